@@ -1,0 +1,31 @@
+"""Imported first by every alma-regen script that runs in CASA's Python.
+
+- Makes casaconfig skip the user's ~/.casa/config.py (our site config rules:
+  measures from casadata, no auto-update), by the `--noconfig` flag casaconfig
+  reads from sys.argv at import time.
+- With ALMA_REGEN_OFFLINE=1, installs an audit hook that refuses any socket
+  connection or DNS look-up, so a CASA that tried the network fails loudly
+  instead of hanging on a time-out.
+This file must not import airflow or anything of alma_regen.
+"""
+import os
+import sys
+
+if "--noconfig" not in sys.argv:
+    sys.argv.append("--noconfig")
+
+
+class NetworkRefused(RuntimeError):
+    pass
+
+
+def _refuse_network(event, args):
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "urllib.Request"):
+        # AF_UNIX sockets are local IPC, not network.
+        if event == "socket.connect" and getattr(args[0], "family", None) == 1:
+            return
+        raise NetworkRefused(f"alma-regen: CASA tried the network ({event} {args[1:]!r}); it must run offline")
+
+
+if os.environ.get("ALMA_REGEN_OFFLINE") == "1":
+    sys.addaudithook(_refuse_network)

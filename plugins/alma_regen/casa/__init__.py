@@ -1,0 +1,1 @@
+"""CASA outside the worker: the offline environment, the runner, the registry."""

@@ -1,0 +1,80 @@
+"""The `alma-regen` command: every step an operator runs, by hand.
+
+Each subcommand calls the same library function the Airflow operator calls.
+A user error prints one line on stderr and exits non-zero, no traceback.
+Subcommands import their module lazily so `alma-regen --help` stays fast.
+"""
+import argparse
+import json
+import logging
+import sys
+
+from .errors import AlmaRegenError
+
+
+def _print_json(obj):
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_synth(a):
+    from .synth import synthesize
+    _print_json(synthesize(a.out, ebs=a.ebs, seed=a.seed, antennas=a.antennas))
+
+
+def cmd_inspect(a):
+    from .delivery import Delivery
+    plan = Delivery(a.member_dir).plan()
+    if a.json:
+        _print_json(plan)
+    else:
+        from .delivery import format_plan
+        print(format_plan(plan))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alma-regen", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="build a synthetic ALMA delivery with real CASA")
+    s.add_argument("out", help="output folder (archive/ is written inside)")
+    s.add_argument("--ebs", type=int, default=2, help="execution blocks (default 2)")
+    s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    s.add_argument("--antennas", type=int, default=8, help="12-m antennas (default 8)")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("inspect", help="print the regeneration plan of a member folder")
+    s.add_argument("member_dir")
+    s.add_argument("--json", action="store_true", help="the documented JSON object")
+    s.set_defaults(func=cmd_inspect)
+
+    # Later steps register here (stage, serve-archive, restore, image, publish, run, demo).
+    for register in _EXTRA:
+        register(sub)
+    return p
+
+
+# Modules that add subcommands: each is a function taking the subparsers object.
+_EXTRA = []
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except AlmaRegenError as exc:
+        print(f"alma-regen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alma-regen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

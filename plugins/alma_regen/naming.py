@@ -1,0 +1,66 @@
+"""ALMA identifiers and the file names the archive uses for them.
+
+An ALMA UID is written `uid://A001/X1296/X133`; in file names it becomes
+`uid___A001_X1296_X133`. Keeping both conversions here means nobody re-derives
+them with ad-hoc string replaces.
+"""
+import re
+
+from .errors import PermanentError
+
+# uid://A001/X1296/X133 : archive id, then two hex-ish parts each starting with X.
+UID_RE = re.compile(r"^uid://(A\d{3})/(X[0-9a-fA-F]+)/(X[0-9a-fA-F]+)$")
+FILE_UID_RE = re.compile(r"^uid___(A\d{3})_(X[0-9a-fA-F]+)_(X[0-9a-fA-F]+)$")
+# The pattern of the DAG's mous_uid param (MOUSs live in archive A001).
+MOUS_PARAM_PATTERN = r"^uid://A001/X[0-9a-fA-F]+/X[0-9a-fA-F]+$"
+PROJECT_RE = re.compile(r"^\d{4}\.\d\.\d{5}\.[A-Z]+$")
+
+
+def uid_to_file(uid: str) -> str:
+    """`uid://A001/X1296/X133` -> `uid___A001_X1296_X133` (idempotent)."""
+    if FILE_UID_RE.match(uid):
+        return uid
+    m = UID_RE.match(uid)
+    if not m:
+        raise PermanentError(f"not an ALMA UID: {uid!r} (expected uid://A001/X.../X...)")
+    return "uid___{}_{}_{}".format(*m.groups())
+
+
+def file_to_uid(name: str) -> str:
+    """`uid___A001_X1296_X133` -> `uid://A001/X1296/X133` (idempotent)."""
+    if UID_RE.match(name):
+        return name
+    m = FILE_UID_RE.match(name)
+    if not m:
+        raise PermanentError(f"not an ALMA UID in file form: {name!r}")
+    return "uid://{}/{}/{}".format(*m.groups())
+
+
+def data_uid_to_file(uid: str) -> str:
+    """A Main.xml dataUID as its ASDMBinary file name (':' and '/' -> '_')."""
+    return uid.replace(":", "_").replace("/", "_")
+
+
+def asdm_dir(eb: str) -> str:
+    """The folder of an EB's ASDM in raw/."""
+    return f"{uid_to_file(eb)}.asdm.sdm"
+
+
+def asdm_tar(project: str, eb: str) -> str:
+    return f"{project}_{uid_to_file(eb)}.asdm.sdm.tar"
+
+
+def auxiliary_tar(project: str, mous: str) -> str:
+    return f"{project}_{uid_to_file(mous)}_auxiliary.tar"
+
+
+def product_tar(project: str, mous: str, part: int = 1, parts: int = 1) -> str:
+    return f"{project}_{uid_to_file(mous)}_{part:03d}_of_{parts:03d}.tar"
+
+
+def readme_name(mous: str) -> str:
+    return f"member.{uid_to_file(mous)}.README.txt"
+
+
+def member_dir(mous: str) -> str:
+    return f"member.{uid_to_file(mous)}"
