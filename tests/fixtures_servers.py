@@ -1,0 +1,1 @@
+"""Fixtures for real servers: SeaweedFS (S3) and the request handler."""

@@ -1,0 +1,1 @@
+"""Fixtures that build synthetic ALMA deliveries with real CASA."""
