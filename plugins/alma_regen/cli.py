@@ -32,6 +32,16 @@ def cmd_inspect(a):
         print(format_plan(plan))
 
 
+def cmd_casa_versions(a):
+    from .casa.registry import load_registry
+    registry = load_registry()
+    if a.json:
+        _print_json([c.as_dict() for c in registry.launchers])
+    else:
+        for c in registry.launchers:
+            print(f"{c.version!s:12} {c.kind:8} {c.pipeline or '-':14} {c.executable}  ({c.source})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alma-regen", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -48,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("member_dir")
     s.add_argument("--json", action="store_true", help="the documented JSON object")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("casa-versions", help="list the installed CASA versions (the CASA registry)")
+    s.add_argument("--json", action="store_true", help="one JSON object per CASA")
+    s.set_defaults(func=cmd_casa_versions)
 
     # Later steps register here (stage, serve-archive, restore, image, publish, run, demo).
     for register in _EXTRA:

@@ -16,8 +16,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from ..errors import CasaError, CasaKilled, CasaTimeout
+from ..errors import AlmaRegenError, CasaError, CasaKilled, CasaTimeout
 from .env import child_env
 
 log = logging.getLogger(__name__)
@@ -45,98 +46,110 @@ class CasaRun:
     severe: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     traceback: list = field(default_factory=list)
+    casa_logs: list = field(default_factory=list)
 
     def as_dict(self):
         return asdict(self)
 
 
 class CasaRunner:
-    """One child at a time; `kill()` may be called from another thread."""
+    """One child at a time; `kill()` may be called from another thread or a signal handler."""
 
     def __init__(self, logger: logging.Logger | None = None, grace_s: float = _GRACE_S):
         self.log = logger or log
         self.grace_s = grace_s
         self._proc = None
         self._killed_by_us = False
-        self._lock = threading.Lock()
+        # Reentrant: Airflow calls on_kill from a signal handler, which may
+        # interrupt this very thread while it holds the lock.
+        self._lock = threading.RLock()
 
-    def run(self, command, cwd, *, timeout=None, env=None, allow_severe=()) -> CasaRun:
-        """Run `command` in `cwd`; return the record or raise a CasaError."""
+    def run(self, command, cwd, *, timeout=None, env=None, allow_severe=(), label=None) -> CasaRun:
+        """Run `command` in `cwd`; return the record, or raise CasaError, CasaTimeout or
+        CasaKilled with the record as `.run`.
+
+        env: extra environment variables (recorded in the result).
+        allow_severe: regexes of SEVERE lines that are expected, not failures.
+        label: what to call the step in messages (default: the script name).
+        """
         command = [str(c) for c in command]
         environment = child_env(env)
+        recorded = set(_RECORDED_ENV) | set(env or ())
         rec = CasaRun(command=command, cwd=str(cwd),
-                      env={k: environment[k] for k in _RECORDED_ENV if k in environment})
+                      env={k: environment[k] for k in sorted(recorded) if k in environment})
+        label = label or _script_name(command)
         self.log.info("CASA: %s (in %s)", " ".join(command), cwd)
-        self._killed_by_us = False
+        started_wall = time.time()
         t0 = time.monotonic()
         with self._lock:
-            self._proc = subprocess.Popen(
-                command, cwd=cwd, env=environment, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        proc = self._proc
-        timer = threading.Timer(timeout, self._timeout) if timeout else None
+            self._killed_by_us = False
+            try:
+                self._proc = proc = subprocess.Popen(
+                    command, cwd=cwd, env=environment, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as exc:
+                # A registry entry pointing at a removed CASA, or a missing working dir.
+                raise CasaError(f"cannot start CASA ({label}): {exc}") from None
+        pgid = proc.pid  # start_new_session: the child leads its own group
+        # The output is read in a thread so that this one can wait for the
+        # child itself: a grandchild holding the pipe open must not keep us
+        # waiting after CASA has exited.
+        pump = _Pump(proc.stdout, rec, self.log, [re.compile(a) for a in allow_severe])
+        pump.start()
+        timer = threading.Timer(timeout, self._kill_group, args=("timeout",)) if timeout else None
         if timer:
             timer.daemon = True
             timer.start()
-        tail = deque(maxlen=40)
-        in_tb = False
-        stale_seen = False
-        allow = [re.compile(a) for a in allow_severe]
         try:
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                tail.append(line)
-                if STALE_MEASURES.search(line):
-                    if not stale_seen:
-                        stale_seen = True
-                        msg = "stale measures data in casadata (leap-second table out of date): not a failure"
-                        rec.warnings.append(msg)
-                        self.log.warning("%s", msg)
-                    continue
-                self.log.info("%s", line)
-                if SEVERE.search(line) and not any(a.search(line) for a in allow):
-                    rec.severe.append(line.strip())
-                if TRACEBACK in line:
-                    in_tb = True
-                if in_tb:
-                    rec.traceback.append(line)
-                    if line and not line.startswith((" ", "\t", TRACEBACK)):
-                        in_tb = False
+            _, status, usage = _wait4(proc.pid)
+        except BaseException:
+            # This process is being stopped (Ctrl-C, a signal handler raising):
+            # CASA must not outlive it.
+            self._kill_group("interrupted")
+            _wait4(proc.pid)
+            raise
         finally:
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
             if timer:
                 timer.cancel()
-            proc.stdout.close()
             with self._lock:
                 self._proc = None
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        # Whatever the child left behind in its group (helpers, a stray
+        # grandchild) ends with it.
+        _signal_group(pgid, signal.SIGKILL)
+        pump.join(self.grace_s)
+        if pump.is_alive():
+            self.log.warning("CASA output still open after the child exited (a process left its group?)")
+        else:
+            proc.stdout.close()
         rec.returncode = proc.returncode
         rec.duration_s = round(time.monotonic() - t0, 3)
         rec.max_rss_mb = round(usage.ru_maxrss / 1024, 1)
-        self._judge(rec, timeout, list(tail))
+        rec.casa_logs = _casa_logs_since(cwd, started_wall)
+        try:
+            self._judge(rec, timeout, label, list(pump.tail))
+        except AlmaRegenError as exc:
+            exc.run = rec  # the record of a failed run still goes into calibration.json
+            raise
         self.log.info("CASA finished in %.1f s, peak memory %.0f MB", rec.duration_s, rec.max_rss_mb)
         return rec
 
-    def _judge(self, rec: CasaRun, timeout, tail):
-        cmd = os.path.basename(rec.command[-1]) if rec.command else "CASA"
+    def _judge(self, rec: CasaRun, timeout, label, tail):
         if self._killed_by_us == "timeout":
-            raise CasaTimeout(f"CASA ({cmd}) ran past its {timeout} s limit and was killed with its process group")
+            raise CasaTimeout(f"CASA ({label}) ran past its {timeout} s limit and was killed with its process group")
         if self._killed_by_us == "kill":
-            raise CasaKilled(f"CASA ({cmd}) was stopped on request")
+            raise CasaKilled(f"CASA ({label}) was stopped on request")
         if rec.returncode is not None and rec.returncode < 0:
             sig = signal.Signals(-rec.returncode).name
-            raise CasaKilled(f"CASA ({cmd}) was killed by {sig} (out of memory or worker shutdown?)")
+            raise CasaKilled(f"CASA ({label}) was killed by {sig} (out of memory or worker shutdown?)")
         quote = rec.traceback[-6:] or rec.severe[-5:] or tail[-5:]
         if rec.returncode != 0:
-            raise CasaError(f"CASA ({cmd}) exited with status {rec.returncode}: " + " | ".join(quote))
+            raise CasaError(f"CASA ({label}) exited with status {rec.returncode}: " + " | ".join(quote))
         if rec.traceback:
-            raise CasaError(f"CASA ({cmd}) raised an exception: " + " | ".join(rec.traceback[-6:]))
+            raise CasaError(f"CASA ({label}) raised an exception: " + " | ".join(rec.traceback[-6:]))
         if rec.severe:
-            raise CasaError(f"CASA ({cmd}) logged {len(rec.severe)} SEVERE line(s): " + " | ".join(rec.severe[:5]))
-
-    def _timeout(self):
-        self._kill_group("timeout")
+            raise CasaError(f"CASA ({label}) logged {len(rec.severe)} SEVERE line(s): " + " | ".join(rec.severe[:5]))
 
     def kill(self):
         """Stop the child and everything it started (Airflow's on_kill)."""
@@ -145,36 +158,109 @@ class CasaRunner:
     def _kill_group(self, why):
         with self._lock:
             proc = self._proc
-            if proc is None or proc.returncode is not None:
+            if proc is None:
                 return
-            self._killed_by_us = why
-            try:
-                pgid = os.getpgid(proc.pid)
-            except ProcessLookupError:
-                return
+            self._killed_by_us = self._killed_by_us or why
+        pgid = proc.pid
         self.log.warning("stopping CASA process group %d (%s)", pgid, why)
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         while time.monotonic() < deadline:
-            if not _group_alive(pgid):
+            if not group_members(pgid):
                 return
             time.sleep(0.1)
         _signal_group(pgid, signal.SIGKILL)
 
 
+class _Pump(threading.Thread):
+    """Streams the child's output into the logger, line by line, and keeps what matters."""
+
+    def __init__(self, stream, rec, logger, allow):
+        super().__init__(name="casa-output", daemon=True)
+        self.stream, self.rec, self.log, self.allow = stream, rec, logger, allow
+        self.tail = deque(maxlen=40)
+
+    def run(self):
+        in_tb = False
+        stale_seen = False
+        rec = self.rec
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            self.tail.append(line)
+            if STALE_MEASURES.search(line):
+                if not stale_seen:
+                    stale_seen = True
+                    msg = "stale measures data in casadata (leap-second table out of date): not a failure"
+                    rec.warnings.append(msg)
+                    self.log.warning("%s", msg)
+                continue
+            self.log.info("%s", line)
+            if SEVERE.search(line) and not any(a.search(line) for a in self.allow):
+                rec.severe.append(line.strip())
+            if TRACEBACK in line:
+                in_tb = True
+            if in_tb:
+                rec.traceback.append(line)
+                # The exception line itself is the first one not indented.
+                if line and not line.startswith((" ", "\t", TRACEBACK)):
+                    in_tb = False
+
+
+def _wait4(pid):
+    return os.wait4(pid, 0)
+
+
+def _script_name(command) -> str:
+    """The script a CASA command runs (after -c, else the first .py), for messages."""
+    if "-c" in command[:-1]:
+        return os.path.basename(command[command.index("-c") + 1])
+    for c in command[1:]:
+        if c.endswith(".py"):
+            return os.path.basename(c)
+    return os.path.basename(command[0]) if command else "CASA"
+
+
+def _casa_logs_since(cwd, t0) -> list:
+    """The casa-*.log files CASA wrote in `cwd` during the run (for publishing)."""
+    try:
+        return sorted(str(p) for p in Path(cwd).glob("casa-*.log") if p.stat().st_mtime >= t0 - 1)
+    except OSError:
+        return []
+
+
 def _signal_group(pgid, sig):
     try:
         os.killpg(pgid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
-def _group_alive(pgid) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def group_members(pgid) -> list:
+    """The live (not zombie) processes of group `pgid`.
+
+    kill(-pgid, 0) would count zombies, and a leader nobody has reaped yet is
+    one; /proc tells them apart. Without /proc, fall back to kill(-pgid, 0).
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except ProcessLookupError:
+            return []
+    members = []
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(d.name))
+    return members
 
 
 def run_casa(command, cwd, **kw) -> CasaRun:
