@@ -152,8 +152,8 @@ def test_monolithic_command_line_reaches_the_casa_executable(tmp_path):
     work.mkdir()
     CasaRunner().run(casa.command("scriptForPI.py", ["--flag"], pipeline=True), work)
     assert (work / "argv.txt").read_text().split() == [
-        "--pipeline", "--nologger", "--nogui", "--agg", "-c", "scriptForPI.py", "--flag"]
-    assert casa.command("x.py") == [str(casa.executable), "--nologger", "--nogui", "--agg", "-c", "x.py"]
+        "--pipeline", "--nologger", "--log2term", "--nogui", "--agg", "-c", "scriptForPI.py", "--flag"]
+    assert casa.command("x.py") == [str(casa.executable), "--nologger", "--log2term", "--nogui", "--agg", "-c", "x.py"]
 
 
 def test_pipeline_flag_needs_a_pipeline_casa():
@@ -166,18 +166,21 @@ def test_pipeline_flag_needs_a_pipeline_casa():
 def test_modular_commands(tmp_path):
     casa = load_registry(config="").modular()
     assert casa.command("s.py", ["a"], shell=False) == [casa.executable, "s.py", "a"]
-    assert casa.command("s.py", ["a"]) == [casa.executable, "-m", "casashell", "--nologger", "--nogui", "--agg",
-                                           "-c", "s.py", "a"]
+    assert casa.command("s.py", ["a"]) == [casa.executable, "-m", "casashell", "--nologger", "--log2term", "--nogui",
+                                           "--agg", "-c", "s.py", "a"]
 
 
 @pytest.mark.casa
 def test_casashell_launch_gives_the_script_casa_tasks_and_its_args(tmp_path, caplog):
     """`python -m casashell -c` is how delivery scripts run on modular CASA: tasks are globals."""
-    (tmp_path / "s.py").write_text("import sys\nprint('SHELL', callable(applycal), sys.argv[1:])\n")
+    (tmp_path / "s.py").write_text("import sys\nprint('SHELL', callable(applycal), sys.argv[1:])\n"
+                                   "casalog.post('an INFO line of the CASA log')\n")
     casa = load_registry(config="").modular()
     with caplog.at_level(logging.INFO, logger="alma_regen.casa.runner"):
         CasaRunner().run(casa.command("s.py", ["x", "y"]), tmp_path)
     assert "SHELL True ['x', 'y']" in caplog.messages
+    # --log2term: the CASA log itself, INFO lines included, reaches the task log.
+    assert any(m.endswith("INFO\t::casa\tan INFO line of the CASA log") for m in caplog.messages)
 
 
 def test_cli_casa_versions(tmp_path, monkeypatch, capsys):

@@ -130,7 +130,8 @@ def test_nonzero_exit_status_is_quoted(tmp_path):
 def test_stale_leap_second_severe_is_one_warning_not_a_failure(tmp_path, caplog):
     stale = ("2026-01-01 00:00:00\tSEVERE\tMeasTable::dUTC(Double)\t"
              "Leap second table TAI_UTC seems out-of-date. Until the table is updated (see the CASA "
-             "documentation or your system admin), times and coordinates derived from UTC could be wrong by 1s or more.")
+             "documentation or your system admin), times and coordinates derived from UTC could be "
+             "wrong by 1s or more.")
     s = script(tmp_path, "stale.py", f"for _ in range(3):\n    print({stale!r})\nprint('task done')\n")
     with caplog.at_level(logging.INFO, logger=RUNNER_LOG):
         rec = CasaRunner().run([PY, s], tmp_path)

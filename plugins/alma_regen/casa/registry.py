@@ -4,9 +4,9 @@ Sites run several CASA versions side by side. Each installation is a
 `CasaLauncher` of one of two kinds:
 
 - ``casa``: a monolithic CASA tarball (``.../bin/casa``), with or without the
-  ALMA pipeline. Started as ``casa [--pipeline] --nologger --nogui --agg -c script args``.
+  ALMA pipeline. Started as ``casa [--pipeline] --nologger --log2term --nogui --agg -c script args``.
 - ``modular``: a Python with casatools/casatasks/casashell from PyPI. Started as
-  ``python -m casashell --nologger --nogui --agg -c script args`` (the delivery's
+  ``python -m casashell --nologger --log2term --nogui --agg -c script args`` (the delivery's
   scripts expect CASA's shell namespace) or as plain ``python script args``
   (our own scripts of include/casa_scripts/, which import casatasks themselves).
 
@@ -46,7 +46,10 @@ from ..errors import CasaError
 
 REGISTRY_ENV = "ALMA_REGEN_CASA_REGISTRY"
 KINDS = ("casa", "modular")
-_HEADLESS = ["--nologger", "--nogui", "--agg"]
+# Unattended: no logger window, no GUI, no display for plots; --log2term puts
+# the whole CASA log (INFO lines too, not only WARN/SEVERE) on the console, so
+# the runner streams it into the task log line by line.
+_HEADLESS = ["--nologger", "--log2term", "--nogui", "--agg"]
 
 # 6.5.4-9 (CASA's notation), 6.5.4.9 (PyPI's), inside any text ("CASA 6.5.4-9").
 _VERSION_RE = re.compile(r"(?<![\d.])(\d+)\.(\d+)\.(\d+)(?:[.-](\d+))?(?!\.?\d)")

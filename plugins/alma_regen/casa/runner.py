@@ -3,7 +3,9 @@
 The child gets its own session (so its whole process group can be killed on
 a timeout or when Airflow calls `on_kill`), the offline environment of
 `casa.env`, and its output is streamed line by line into our logger so the
-Airflow task log shows CASA as it works. A step fails when the child exits
+Airflow task log shows CASA as it works (the registry's launchers pass
+`--log2term`, so that output holds the whole CASA log; the casa-*.log files
+written in the working directory are recorded for publishing). A step fails when the child exits
 non-zero, dies of a signal, prints a Python traceback, or logs a CASA SEVERE
 line (except the stale-measures one, reported once as a warning).
 """
