@@ -30,6 +30,8 @@ def cmd_inspect(a):
     else:
         from .delivery import format_plan
         print(format_plan(plan))
+    # The plan is printed either way; the exit status says whether it can run.
+    return 0 if plan["ok"] else 1
 
 
 def cmd_casa_versions(a):
@@ -80,14 +82,17 @@ def main(argv=None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
     )
     try:
-        args.func(args)
+        return args.func(args) or 0
     except AlmaRegenError as exc:
         print(f"alma-regen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `alma-regen inspect --json | head`: the reader left, nothing is wrong.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"alma-regen {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,322 @@
+"""The delivery model: what an untarred ALMA member folder holds and needs.
+
+Every later step (staging, calibration, imaging, publishing, the DAGs) asks
+this model instead of globbing on its own. It reads, never writes.
+
+`Delivery(member_dir).plan()` returns the documented, stable JSON object that
+`alma-regen inspect --json` prints (schema "alma-regen/plan/1"):
+
+    member_dir, mous_uid, project
+    casa_version   {version, pipeline_version, source}        (version null if unknown)
+    calibration    {kind: restore|pipeline|manual|null, reason, script}
+    imaging        {kind: pipeline|script|none, reason, script}
+    split          {needed, reasons}                            (what scriptForPI would do)
+    scripts        {scriptForPI, restore, pipescript, imaging, imaging_prep, calibration: [...]}
+    ppr            {path, ebs}                                  (EB uids, uid://A002/...)
+    raw            {ebs: [{eb, asdm, state: ok|missing|invalid, scans, antennas, spws,
+                           size_bytes, problem}], extra: [...]} (extra = semipass, ignored)
+    disk           {raw_bytes, needed_bytes_min, needed_bytes_max, free_bytes, enough}
+    problems       [{severity: error|warning, path, message}]
+    ok             true when there is no error
+
+Rules (DOMAIN.md): scripts are matched by suffix, with or without the
+`member.<MOUS>.` and recipe prefixes, and two matches are an error; a
+casa_piperestorescript means restore, else a *cal*casa_pipescript means the
+full pipeline calibration, else per-EB *.ms.scriptForCalibration.py mean
+manual calibration; scriptForImaging.py with only comments means the
+pipeline imaged; a scriptForImagingPrep.py with a line that has no `#` is
+non-trivial and forces the split (the seed's option 1).
+"""
+import re
+import shutil
+from pathlib import Path
+
+from . import naming, safexml
+from .asdm import validate_asdm
+from .errors import AlmaRegenError, DeliveryError
+
+SCHEMA = "alma-regen/plan/1"
+# scriptForPI needs about 11-14 x the size of raw/ in free disk.
+DISK_FACTOR = (11, 14)
+_VERSION_RE = re.compile(
+    r"CASA version(?: used for reduction)?\s*:\s*(?:CASA\s+)?([0-9]+\.[0-9]+\.[0-9]+(?:[-.][0-9]+)?)", re.I)
+_PIPELINE_RE = re.compile(r"Pipeline(?: version)?\s*:\s*([0-9]{4}\.[0-9.]+)", re.I)
+_SCRIPT_SUFFIXES = {
+    "scriptForPI": "scriptForPI.py",
+    "restore": "casa_piperestorescript.py",
+    "pipescript": "casa_pipescript.py",
+    "imaging": "scriptForImaging.py",
+    "imaging_prep": "scriptForImagingPrep.py",
+}
+MANUAL_SUFFIX = ".ms.scriptForCalibration.py"
+
+
+class Problems(list):
+    def error(self, path, message):
+        self.append({"severity": "error", "path": str(path), "message": message})
+
+    def warning(self, path, message):
+        self.append({"severity": "warning", "path": str(path), "message": message})
+
+
+def _names(folder: Path, problems: Problems) -> list:
+    """File names of a folder, refusing (and reporting) names that are not UTF-8."""
+    if not folder.is_dir():
+        return []
+    good = []
+    for p in sorted(folder.iterdir()):
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = p.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            problems.error(folder, f"file name is not valid UTF-8: {shown!r} (rename it)")
+            continue
+        good.append(p)
+    return good
+
+
+def _is_code(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and not s.startswith("#")
+
+
+class Delivery:
+    """A member folder: member.<MOUS>/ with README, script/, calibration/, raw/..."""
+
+    def __init__(self, member_dir):
+        self.path = Path(member_dir)
+        if not self.path.is_dir():
+            raise DeliveryError(self.path, "is not a folder (expected an untarred member.<MOUS> folder)")
+        self.problems = Problems()
+        self._script_files = _names(self.path / "script", self.problems)
+
+    # ------------------------------------------------------------ identity
+    @property
+    def mous_uid(self) -> str | None:
+        name = self.path.name
+        if name.startswith("member."):
+            try:
+                return naming.file_to_uid(name[len("member."):])
+            except AlmaRegenError:
+                pass
+        return None
+
+    # ------------------------------------------------------------ scripts
+    def script(self, role: str) -> Path | None:
+        """The one script of this role (by suffix), None if absent; two is an error."""
+        suffix = _SCRIPT_SUFFIXES[role]
+        found = [p for p in self._script_files if p.name == suffix or p.name.endswith("." + suffix)]
+        if role == "pipescript":
+            # Only a calibration pipeline script (hifa_cal*, hifa_calimage): an
+            # imaging-only recipe cannot calibrate.
+            found = [p for p in found if "cal" in p.name[: -len(suffix)]] or (
+                [p for p in found if p.name == suffix])
+        if len(found) > 1:
+            raise DeliveryError(self.path / "script",
+                                f"{len(found)} candidates for *{suffix}: "
+                                f"{', '.join(p.name for p in found)} (keep exactly one)")
+        return found[0] if found else None
+
+    def manual_scripts(self) -> list:
+        return [p for p in self._script_files if p.name.endswith(MANUAL_SUFFIX)]
+
+    # ------------------------------------------------------------ CASA version
+    def _version_sources(self) -> list:
+        readmes = [p for p in _names(self.path, self.problems) if p.name.lower().endswith("readme.txt") or p.name == "README"]
+        qa = [p for p in _names(self.path / "qa", self.problems) if "qa2_report" in p.name and p.suffix == ".html"]
+        return readmes + qa
+
+    def casa_version(self) -> dict:
+        """The CASA (and pipeline) version of the reduction, from the README or QA2 report."""
+        sources = self._version_sources()
+        if not sources:
+            raise DeliveryError(self.path, "no README (member.<MOUS>.README.txt) or qa/*qa2_report.html to read "
+                                           "the CASA version from")
+        for src in sources:
+            text = src.read_bytes().decode("utf-8", "replace")
+            m = _VERSION_RE.search(text)
+            if m:
+                pm = _PIPELINE_RE.search(text)
+                return {"version": m.group(1), "pipeline_version": pm.group(1) if pm else None,
+                        "source": str(src)}
+        raise DeliveryError(sources[0], "has no 'CASA version used for reduction: X.Y.Z-N' line "
+                                        f"(nor does {', '.join(s.name for s in sources[1:]) or 'any QA2 report'})")
+
+    # ------------------------------------------------------------ PPR
+    def ppr(self) -> Path | None:
+        found = [p for p in self._script_files
+                 if (p.name.startswith("PPR") and p.name.endswith(".xml")) or p.name.endswith("pprequest.xml")]
+        if len(found) > 1:
+            raise DeliveryError(self.path / "script", f"{len(found)} PPR files: "
+                                f"{', '.join(p.name for p in found)} (keep exactly one)")
+        return found[0] if found else None
+
+    def ppr_ebs(self) -> list:
+        """The EBs the PPR lists (<AsdmDiskName>), as uid://A002/... strings, in order."""
+        ppr = self.ppr()
+        if ppr is None:
+            manual = self.manual_scripts()
+            if manual:
+                return [naming.file_to_uid(p.name[: -len(MANUAL_SUFFIX)].split(".")[-1]) for p in manual]
+            raise DeliveryError(self.path / "script", "no PPR (PPR_*.xml or *pprequest.xml) and no "
+                                                      "*.ms.scriptForCalibration.py: cannot tell which EBs belong here")
+        root = safexml.parse_file(ppr)
+        names = [(el.text or "").strip() for el in safexml.find_all(root, "AsdmDiskName")]
+        if not names:
+            raise DeliveryError(ppr, "lists no <AsdmDiskName>: no EB to regenerate")
+        ebs = []
+        for n in names:
+            try:
+                uid = naming.file_to_uid(n)
+            except AlmaRegenError:
+                raise DeliveryError(ppr, f"<AsdmDiskName> {n!r} is not an EB uid") from None
+            if uid not in ebs:
+                ebs.append(uid)
+        return ebs
+
+    # ------------------------------------------------------------ decisions
+    def calibration_kind(self) -> dict:
+        restore, pipe, manual = self.script("restore"), self.script("pipescript"), self.manual_scripts()
+        if restore:
+            return {"kind": "restore", "script": restore.name,
+                    "reason": f"{restore.name} is present: apply the delivered calibration"}
+        if pipe:
+            return {"kind": "pipeline", "script": pipe.name,
+                    "reason": f"no casa_piperestorescript.py, {pipe.name} is present: rerun the calibration pipeline"}
+        if manual:
+            return {"kind": "manual", "script": ", ".join(p.name for p in manual),
+                    "reason": f"{len(manual)} *.ms.scriptForCalibration.py: manual calibration, exact CASA version"}
+        raise DeliveryError(self.path / "script", "no casa_piperestorescript.py, *cal*casa_pipescript.py or "
+                                                  "*.ms.scriptForCalibration.py: nothing can calibrate this delivery")
+
+    def imaging_kind(self) -> dict:
+        script = self.script("imaging")
+        if script is None:
+            return {"kind": "none", "script": None, "reason": "no scriptForImaging.py in script/"}
+        code = [ln for ln in script.read_bytes().decode("utf-8", "replace").splitlines() if _is_code(ln)]
+        if not code:
+            return {"kind": "pipeline", "script": script.name,
+                    "reason": f"{script.name} has only comments: the pipeline made the images"}
+        return {"kind": "script", "script": script.name,
+                "reason": f"{script.name} holds {len(code)} lines of commands: manual imaging"}
+
+    def imaging_prep_nontrivial(self) -> bool:
+        prep = self.script("imaging_prep")
+        if prep is None:
+            return False
+        # The seed's rule, literally: a line that does not contain '#'.
+        return any(ln.strip() and "#" not in ln for ln in prep.read_bytes().decode("utf-8", "replace").splitlines())
+
+    def split_needed(self, dosplit: bool = False) -> dict:
+        reasons = []
+        if dosplit:
+            reasons.append("DOSPLIT=True")
+        if self.imaging_kind()["kind"] == "script":
+            reasons.append("the data were imaged manually (scriptForImaging.py)")
+        if self.imaging_prep_nontrivial():
+            reasons.append("scriptForImagingPrep.py is non-trivial")
+        return {"needed": bool(reasons), "reasons": reasons}
+
+    # ------------------------------------------------------------ raw/
+    def raw_state(self, ebs: list) -> dict:
+        raw = self.path / "raw"
+        present = {p.name: p for p in _names(raw, self.problems) if p.name.endswith(".asdm.sdm") and p.is_dir()}
+        states = []
+        for eb in ebs:
+            name = naming.asdm_dir(eb)
+            entry = {"eb": eb, "asdm": name, "state": "missing", "scans": None, "antennas": None,
+                     "spws": None, "size_bytes": None, "problem": None}
+            if name in present:
+                try:
+                    info = validate_asdm(present.pop(name))
+                except DeliveryError as exc:
+                    entry.update(state="invalid", problem=str(exc))
+                    self.problems.error(raw / name, str(exc).split(": ", 1)[-1])
+                else:
+                    entry.update(state="ok", scans=info.scans, antennas=info.antennas, spws=info.spws,
+                                 size_bytes=info.size_bytes)
+                    if info.eb_uid and info.eb_uid != eb:
+                        entry.update(state="invalid", problem=f"ExecBlock.xml says {info.eb_uid}")
+                        self.problems.error(raw / name, f"ExecBlock.xml names {info.eb_uid}, the PPR expects {eb}")
+            else:
+                self.problems.error(raw / name, "missing: the PPR lists this EB but raw/ does not hold its ASDM")
+            states.append(entry)
+        extra = sorted(present)
+        for name in extra:
+            self.problems.warning(raw / name, "not in the PPR (QA semipass?): ignored")
+        return {"ebs": states, "extra": extra}
+
+    def disk(self, raw_bytes: int) -> dict:
+        free = shutil.disk_usage(self.path).free
+        lo, hi = (raw_bytes * f for f in DISK_FACTOR)
+        return {"raw_bytes": raw_bytes, "needed_bytes_min": lo, "needed_bytes_max": hi,
+                "free_bytes": free, "enough": free >= lo}
+
+    # ------------------------------------------------------------ the plan
+    def plan(self) -> dict:
+        """Everything at once, each problem reported rather than raised."""
+        p = self.problems
+        out = {"schema": SCHEMA, "member_dir": str(self.path), "mous_uid": self.mous_uid, "project": None}
+
+        def attempt(fn, default):
+            try:
+                return fn()
+            except DeliveryError as exc:
+                p.error(exc.path, str(exc)[len(exc.path) + 2:])
+                return default
+
+        out["casa_version"] = attempt(self.casa_version, {"version": None, "pipeline_version": None, "source": None})
+        out["calibration"] = attempt(self.calibration_kind, {"kind": None, "script": None, "reason": None})
+        out["imaging"] = attempt(self.imaging_kind, {"kind": None, "script": None, "reason": None})
+        out["split"] = attempt(self.split_needed, {"needed": None, "reasons": []})
+        scripts = {}
+        for role in _SCRIPT_SUFFIXES:
+            s = attempt(lambda r=role: self.script(r), None)
+            scripts[role] = s.name if s else None
+        scripts["calibration"] = [s.name for s in self.manual_scripts()]
+        out["scripts"] = scripts
+        ppr = attempt(self.ppr, None)
+        ebs = attempt(self.ppr_ebs, [])
+        out["ppr"] = {"path": str(ppr) if ppr else None, "ebs": ebs}
+        if ppr is not None:
+            try:
+                root = safexml.parse_file(ppr)
+                out["project"] = safexml.text_of(root, "ProposalCode") or None
+            except DeliveryError:
+                pass
+        out["raw"] = self.raw_state(ebs)
+        raw_bytes = sum(e["size_bytes"] or 0 for e in out["raw"]["ebs"])
+        out["disk"] = self.disk(raw_bytes)
+        if raw_bytes and not out["disk"]["enough"]:
+            p.warning(self.path, f"free disk {out['disk']['free_bytes'] / 1e9:.1f} GB is less than "
+                                 f"{DISK_FACTOR[0]} x raw/ ({out['disk']['needed_bytes_min'] / 1e9:.1f} GB)")
+        out["problems"] = list(p)
+        out["ok"] = not any(x["severity"] == "error" for x in p)
+        return out
+
+
+def format_plan(plan: dict) -> str:
+    """The plan for a person: what will run, and every problem found."""
+    cv = plan["casa_version"]
+    lines = [
+        f"MOUS          {plan['mous_uid'] or '?'}   project {plan['project'] or '?'}",
+        f"member        {plan['member_dir']}",
+        f"CASA          {cv['version'] or '?'}" + (f" (pipeline {cv['pipeline_version']})" if cv["pipeline_version"] else ""),
+        f"calibration   {plan['calibration']['kind'] or '?'}: {plan['calibration']['reason'] or ''}",
+        f"imaging       {plan['imaging']['kind'] or '?'}: {plan['imaging']['reason'] or ''}",
+        f"split         {'yes: ' + '; '.join(plan['split']['reasons']) if plan['split']['needed'] else 'no'}",
+        f"PPR           {plan['ppr']['path'] or '-'} ({len(plan['ppr']['ebs'])} EBs)",
+    ]
+    for e in plan["raw"]["ebs"]:
+        detail = (f"{e['scans']} scans, {e['antennas']} antennas, {e['spws']} spws, {e['size_bytes'] / 1e6:.1f} MB"
+                  if e["state"] == "ok" else (e["problem"] or ""))
+        lines.append(f"  raw {e['eb']:<28} {e['state']:<8} {detail}")
+    for name in plan["raw"]["extra"]:
+        lines.append(f"  raw {name:<28} ignored (not in the PPR)")
+    d = plan["disk"]
+    lines.append(f"disk          raw {d['raw_bytes'] / 1e9:.3f} GB, needs {d['needed_bytes_min'] / 1e9:.2f}-"
+                 f"{d['needed_bytes_max'] / 1e9:.2f} GB, free {d['free_bytes'] / 1e9:.1f} GB")
+    for pr in plan["problems"]:
+        lines.append(f"{pr['severity'].upper():<13} {pr['path']}: {pr['message']}")
+    lines.append("OK" if plan["ok"] else "NOT READY: fix the errors above")
+    return "\n".join(lines)
