@@ -1,1 +1,48 @@
-"""Fixtures that build synthetic ALMA deliveries with real CASA."""
+"""Fixtures that build synthetic ALMA deliveries with real CASA.
+
+A 2-EB delivery is made once per test session (about 15 s) and shared; tests
+that modify a delivery copy its member folder first (`member_copy`).
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from alma_regen.casa.runner import CasaRunner
+from alma_regen.synth import synthesize
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def synth_delivery(tmp_path_factory):
+    """The result JSON of `alma-regen synth OUT --ebs 2 --seed 1`."""
+    out = tmp_path_factory.mktemp("synth")
+    return synthesize(out, ebs=2, seed=1)
+
+
+@pytest.fixture
+def member_copy(synth_delivery, tmp_path):
+    """A private copy of the synthetic member folder, safe to modify."""
+    src = Path(synth_delivery["member_dir"])
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def run_casa_python(script, *args, cwd):
+    """Run a CASA-side script (tests/casa/ or include/casa_scripts/) in a child."""
+    return CasaRunner().run([sys.executable, str(script), *map(str, args)], cwd=cwd)
+
+
+def truth_check(vis, synth, column, workdir):
+    """Per field and spw: scale, phase and residual of `column` against the true model."""
+    eb = Path(vis).name.split(".")[0]
+    truth = Path(workdir) / "truth.json"
+    truth.write_text(json.dumps(synth["truth"]))
+    result = Path(workdir) / f"check.{eb}.{column}.json"
+    model = Path(synth["truth"]["model_dir"]) / f"{eb}.model.npz"
+    run_casa_python(TESTS / "casa" / "truth_check.py", vis, model, truth, column, result, cwd=workdir)
+    return json.loads(result.read_text())

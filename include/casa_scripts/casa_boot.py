@@ -29,3 +29,10 @@ def _refuse_network(event, args):
 
 if os.environ.get("ALMA_REGEN_OFFLINE") == "1":
     sys.addaudithook(_refuse_network)
+
+
+def casa_log_to_console():
+    """Send the whole CASA log (INFO included) to the console, so the runner
+    streams it into the task log; plain-Python CASA ignores log2term."""
+    from casatasks import casalog
+    casalog.showconsole(True)

@@ -21,13 +21,15 @@ import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import casa_boot  # noqa: E402,F401
+import casa_boot  # noqa: E402
 
 from casatasks import applycal, flagmanager, importasdm, split  # noqa: E402
 
 import almaopts  # noqa: E402
 import calapply_parse  # noqa: E402
 import msinfo  # noqa: E402
+
+casa_boot.casa_log_to_console()
 
 
 class RestoreError(RuntimeError):

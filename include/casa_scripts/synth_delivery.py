@@ -22,7 +22,7 @@ import sys
 import tarfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import casa_boot  # noqa: E402,F401  (offline CASA; must come before casatools)
+import casa_boot  # noqa: E402  (offline CASA; must come before casatools)
 
 import numpy as np  # noqa: E402
 from casatasks import (applycal, bandpass, exportasdm, exportfits, flagdata,  # noqa: E402
@@ -32,6 +32,8 @@ from casatools import componentlist, measures, simulator, table, version_string 
 import almaopts  # noqa: E402
 import calapply_parse  # noqa: E402
 import imaging_params  # noqa: E402
+
+casa_boot.casa_log_to_console()
 
 me, tb = measures(), table()
 # A pretend pipeline working folder: calapply.txt records absolute paths there,

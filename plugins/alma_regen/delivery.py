@@ -40,7 +40,7 @@ SCHEMA = "alma-regen/plan/1"
 DISK_FACTOR = (11, 14)
 _VERSION_RE = re.compile(
     r"CASA version(?: used for reduction)?\s*:\s*(?:CASA\s+)?([0-9]+\.[0-9]+\.[0-9]+(?:[-.][0-9]+)?)", re.I)
-_PIPELINE_RE = re.compile(r"Pipeline(?: version)?\s*:\s*([0-9]{4}\.[0-9.]+)", re.I)
+_PIPELINE_RE = re.compile(r"Pipeline(?: version)?\s*:\s*([^\s,;]+)", re.I)
 _SCRIPT_SUFFIXES = {
     "scriptForPI": "scriptForPI.py",
     "restore": "casa_piperestorescript.py",
@@ -231,7 +231,7 @@ class Delivery:
                     info = validate_asdm(present.pop(name))
                 except DeliveryError as exc:
                     entry.update(state="invalid", problem=str(exc))
-                    self.problems.error(raw / name, str(exc).split(": ", 1)[-1])
+                    self.problems.error(exc.path, exc.detail)
                 else:
                     entry.update(state="ok", scans=info.scans, antennas=info.antennas, spws=info.spws,
                                  size_bytes=info.size_bytes)
@@ -262,7 +262,7 @@ class Delivery:
             try:
                 return fn()
             except DeliveryError as exc:
-                p.error(exc.path, str(exc)[len(exc.path) + 2:])
+                p.error(exc.path, exc.detail)
                 return default
 
         out["casa_version"] = attempt(self.casa_version, {"version": None, "pipeline_version": None, "source": None})

@@ -25,6 +25,7 @@ class DeliveryError(PermanentError):
 
     def __init__(self, path, message):
         self.path = str(path)
+        self.detail = message
         super().__init__(f"{path}: {message}")
 
 

@@ -24,10 +24,6 @@ from .paths import casa_script
 
 log = logging.getLogger(__name__)
 
-# SEVERE lines CASA logs that do not mean the step failed: importasdm leaves an
-# empty WEIGHT_SPECTRUM column that tclean complains about (and then ignores);
-# the stale leap-second table of casadata continues over several lines.
-KNOWN_BENIGN_SEVERE = (r"getcell::WEIGHT_SPECTRUM", r"MeasTable::dUTC")
 CASA_LINE = "CASA version used for reduction: {casa}"
 
 
@@ -105,8 +101,7 @@ def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: Casa
     scratch.mkdir(parents=True)
     (scratch / "spec.json").write_text(json.dumps(spec, indent=1))
     runner = runner or CasaRunner(log)
-    run = runner.run([_python_for_casa(), casa_script("synth_delivery.py"), "spec.json", "result.json"], cwd=scratch,
-                     allow_severe=KNOWN_BENIGN_SEVERE)
+    run = runner.run([_python_for_casa(), casa_script("synth_delivery.py"), "spec.json", "result.json"], cwd=scratch)
     result = json.loads((scratch / "result.json").read_text())
     casa_version = result["casa_version"]
     write_text_files(spec, member, casa_version)
@@ -181,7 +176,7 @@ Member ObsUnitSet: {mous}
 Project: {project}
 
 CASA version used for reduction: {casa}
-Pipeline version: none (synthetic pipeline run, see calibration/*.pipeline_manifest.xml)
+Calibrated the pipeline's way by alma-regen synth with modular CASA (see calibration/*.pipeline_manifest.xml).
 
 Directory structure:
   raw/          the raw data (ASDMs), from the request handler

@@ -25,9 +25,17 @@ from .env import child_env
 
 log = logging.getLogger(__name__)
 
-# casadata's measures (2025-09) make CASA log this SEVERE line on almost every
-# task. It is about stale measures data, not a failed step.
-STALE_MEASURES = re.compile(r"Leap second table TAI_UTC seems out-of-date|Measures tables .* out of date", re.I)
+# SEVERE lines CASA logs although the step did not fail, each reported once as
+# a warning. casadata's measures (2025-09) make CASA log the stale leap-second
+# table (a message continued over several lines, all from MeasTable::dUTC) on
+# almost every task; importasdm leaves an empty WEIGHT_SPECTRUM column that
+# tclean reports as SEVERE before falling back to WEIGHT.
+KNOWN_BENIGN = (
+    (re.compile(r"MeasTable::dUTC|Leap second table TAI_UTC seems out-of-date|Measures tables .* out of date", re.I),
+     "stale measures data in casadata (leap-second table out of date): not a failure"),
+    (re.compile(r"getcell::WEIGHT_SPECTRUM.*no array in row"),
+     "empty WEIGHT_SPECTRUM column (as importasdm leaves it): CASA uses WEIGHT instead"),
+)
 SEVERE = re.compile(r"\bSEVERE\b")
 TRACEBACK = "Traceback (most recent call last)"
 # Environment variables worth recording in a manifest (never secrets).
@@ -184,17 +192,15 @@ class _Pump(threading.Thread):
 
     def run(self):
         in_tb = False
-        stale_seen = False
         rec = self.rec
         for raw in iter(self.stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             self.tail.append(line)
-            if STALE_MEASURES.search(line):
-                if not stale_seen:
-                    stale_seen = True
-                    msg = "stale measures data in casadata (leap-second table out of date): not a failure"
-                    rec.warnings.append(msg)
-                    self.log.warning("%s", msg)
+            benign = next((msg for pattern, msg in KNOWN_BENIGN if pattern.search(line)), None)
+            if benign:
+                if benign not in rec.warnings:
+                    rec.warnings.append(benign)
+                    self.log.warning("%s", benign)
                 continue
             self.log.info("%s", line)
             if SEVERE.search(line) and not any(a.search(line) for a in self.allow):
