@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA = []
 
 
+def _register_staging(sub):
+    from .staging.command import register  # stage, serve-archive
+    register(sub)
+
+
+_EXTRA.append(_register_staging)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(

@@ -1,0 +1,32 @@
+"""The `alma-regen stage` and `alma-regen serve-archive` subcommands."""
+from __future__ import annotations
+
+import os
+
+
+def register(sub) -> None:
+    s = sub.add_parser("stage", help="stage a MOUS (README, auxiliary, products, raw ASDMs) into a workdir")
+    s.add_argument("mous", help="MOUS uid, uid://A001/X.../X...")
+    s.add_argument("--source", required=True,
+                   help="http(s)://host:port (request handler; user:password@ for basic auth, "
+                        "cookie from $ALMA_REQUEST_HANDLER_COOKIE) or s3://bucket/prefix "
+                        "(boto3 environment; AWS_ENDPOINT_URL for a mirror)")
+    s.add_argument("--workdir", required=True, help="the member folder is created inside")
+    s.add_argument("--parallel", type=int, default=2, help="EBs downloaded at once (default 2)")
+    s.add_argument("--lock-timeout", type=float, default=3600.0,
+                   help="seconds to wait for another run staging the same file (default 3600)")
+    s.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
+    s.set_defaults(func=_cmd_stage)
+
+    from ..serve_archive import register_cli
+    register_cli(sub)
+
+
+def _cmd_stage(a) -> None:
+    from ..cli import _print_json
+    from .sources import open_source
+    from .stage import StageOptions, stage_mous
+
+    source = open_source(a.source, cookie=os.environ.get("ALMA_REQUEST_HANDLER_COOKIE", ""))
+    opts = StageOptions(parallel=a.parallel, lock_timeout=a.lock_timeout, progress_interval=a.progress_interval)
+    _print_json(stage_mous(a.mous, source, a.workdir, opts))

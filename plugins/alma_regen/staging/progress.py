@@ -1,0 +1,36 @@
+"""Progress lines for long downloads: bytes, rate, ETA, every few seconds (what the Airflow log shows)."""
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("alma_regen.staging")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"
+
+
+class Progress:
+    def __init__(self, name: str, total: int, start: int = 0, interval: float = 5.0):
+        self.name, self.total, self.interval = name, total, interval
+        self.t0 = self.last = time.monotonic()
+        self.start = start  # bytes already on disk when this run began (a resume)
+
+    def update(self, offset: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        rate = (offset - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - offset) / rate if rate > 0 else float("inf")
+        pct = 100.0 * offset / self.total if self.total else 100.0
+        log.info("%s: %s of %s (%.0f%%), %s/s, ETA %s", self.name, human(offset), human(self.total), pct,
+                 human(rate), f"{eta:.0f} s" if eta != float("inf") else "?")
+
+    def rate(self, offset: int) -> float:
+        return (offset - self.start) / max(time.monotonic() - self.t0, 1e-9)

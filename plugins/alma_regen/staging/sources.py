@@ -1,0 +1,399 @@
+"""Where archive files come from: the request handler (HTTP) or an S3 mirror, behind one interface.
+
+A source lists a MOUS's files (`list_files`) and opens a byte range of one
+(`open(file, start, etag, last_modified)` -> `Body`, an iterator of chunks).
+A Body whose `start` is 0 when a later offset was asked means the remote file
+changed (If-Range/If-Match failed): the caller must restart from scratch.
+
+Errors are mapped once, here, onto the two families: network faults, 5xx and
+throttling are TransientError; 404, 401/403 and other 4xx are PermanentError.
+Credentials are given by the caller (the Airflow hooks build them from the
+`alma_request_handler` / `alma_archive_s3` Connections; the CLI from the URL
+and the environment) so nothing here needs Airflow.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import re
+import socket
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Optional
+from urllib.parse import quote, urljoin, urlsplit
+
+from ..errors import PermanentError, TransientError
+from .datalink import RemoteFile, parse_votable
+from .errors import AccessDeniedError, NotFoundError, SourceChangedError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # read size: large enough for disk-speed streaming, small for memory
+
+
+class Body:
+    """The bytes of one file from `start`, as an iterator of chunks, with the file's identity."""
+
+    def __init__(self, chunks: Iterator[bytes], start: int, etag: str = "", last_modified: str = "",
+                 close=None):
+        self._chunks, self.start = chunks, start
+        self.etag, self.last_modified = etag, last_modified
+        self._close = close
+
+    def __iter__(self):
+        return self._chunks
+
+    def close(self) -> None:
+        if self._close:
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _retry_after(value: Optional[str]) -> float:
+    try:
+        return min(float(value), 60.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class HttpError(TransientError):
+    """A retryable HTTP answer (5xx, 429); carries Retry-After."""
+
+    def __init__(self, message: str, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _status_error(status: int, reason: str, what: str, retry_after: Optional[str] = None):
+    msg = f"{what}: HTTP {status} {reason}".rstrip()
+    if status in (404, 410):
+        return NotFoundError(msg)
+    if status in (401, 403):
+        return AccessDeniedError(msg + " (login cookie or credentials of the request handler?)")
+    if status == 429 or status >= 500:
+        return HttpError(msg, _retry_after(retry_after))
+    return PermanentError(msg)
+
+
+class HttpSource:
+    """The ALMA request handler: DataLink listing plus /dataPortal/<file> downloads."""
+
+    kind = "http"
+
+    def __init__(self, root: str, *, auth: Optional[tuple] = None, cookie: str = "",
+                 timeout: float = 60.0, chunk: int = CHUNK):
+        u = urlsplit(root)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise PermanentError(f"not a request handler URL: {root!r}")
+        if u.username and not auth:
+            auth = (u.username, u.password or "")
+        netloc = u.hostname + (f":{u.port}" if u.port else "")
+        self.root = f"{u.scheme}://{netloc}{u.path.rstrip('/')}"
+        self._host = u.hostname
+        self.timeout, self.chunk = timeout, chunk
+        self._headers = {"User-Agent": "alma-regen-staging"}
+        if auth:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            self._auth_header = f"Basic {token}"
+        else:
+            self._auth_header = ""
+        if cookie:
+            self._headers["Cookie"] = cookie
+
+    def describe(self) -> str:
+        return self.root
+
+    def _request(self, method: str, url: str, headers: dict, what: str):
+        for _ in range(6):
+            u = urlsplit(url)
+            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+            conn = cls(u.hostname, u.port, timeout=self.timeout)
+            h = dict(self._headers, **headers)
+            if self._auth_header and u.hostname == self._host:  # never send credentials elsewhere
+                h["Authorization"] = self._auth_header
+            try:
+                conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), headers=h)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from None
+            location = resp.getheader("Location")
+            if resp.status in (301, 302, 303, 307, 308) and location:
+                conn.close()
+                url = urljoin(url, location)
+                continue
+            return conn, resp
+        raise PermanentError(f"{what}: too many redirects")
+
+    def list_files(self, mous: str) -> list[RemoteFile]:
+        url = f"{self.root}/datalink/sync?ID={quote(mous, safe='')}"
+        conn, resp = self._request("GET", url, {}, f"DataLink of {mous}")
+        try:
+            if resp.status != 200:
+                raise _status_error(resp.status, resp.reason, f"DataLink of {mous} ({url})",
+                                    resp.getheader("Retry-After"))
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"DataLink of {mous}: {exc}") from None
+        finally:
+            conn.close()
+        return parse_votable(data, url)
+
+    def validators(self, f: RemoteFile) -> tuple:
+        """(ETag, Last-Modified) of the file now, from a HEAD request."""
+        conn, resp = self._request("HEAD", f.url, {}, f.name)
+        try:
+            resp.read()
+            if resp.status != 200:
+                raise _status_error(resp.status, resp.reason, f"{f.name} ({f.url})", resp.getheader("Retry-After"))
+            return resp.getheader("ETag") or "", resp.getheader("Last-Modified") or ""
+        finally:
+            conn.close()
+
+    def open(self, f: RemoteFile, start: int = 0, etag: str = "", last_modified: str = "") -> Body:
+        headers = {}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+            if etag or last_modified:
+                # If the file changed, the server answers 200 with the whole new file.
+                headers["If-Range"] = etag or last_modified
+        conn, resp = self._request("GET", f.url, headers, f.name)
+        try:
+            served = self._check(resp, f, start)
+        except BaseException:
+            conn.close()
+            raise
+        want = f.size - served
+
+        def close():
+            # shutdown() wakes a reader thread blocked in recv(); close() alone may not.
+            try:
+                if conn.sock is not None:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+        return Body(self._chunks(resp, f, want, served), served, resp.getheader("ETag") or "",
+                    resp.getheader("Last-Modified") or "", close=close)
+
+    def _check(self, resp, f: RemoteFile, start: int) -> int:
+        if resp.status == 206:
+            m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.getheader("Content-Range") or "")
+            if not m or int(m[1]) != start:
+                raise TransientError(f"{f.name}: server answered another range "
+                                     f"({resp.getheader('Content-Range')!r} for bytes={start}-)")
+            if m[3] != "*" and int(m[3]) != f.size:
+                raise SourceChangedError(f"{f.name}: now {m[3]} bytes, the listing said {f.size}")
+            return start
+        if resp.status == 200:
+            # From the start: a first request, or the file changed (If-Range failed). A changed
+            # file of another size makes the listing stale: a retry must list again.
+            length = resp.getheader("Content-Length")
+            if start and length and length.isdigit() and int(length) != f.size:
+                raise SourceChangedError(f"{f.name}: changed on the server, now {length} bytes, "
+                                         f"the listing said {f.size}")
+            return 0
+        if resp.status == 416:
+            raise SourceChangedError(f"{f.name}: range bytes={start}- not satisfiable (file shrank?)")
+        raise _status_error(resp.status, resp.reason, f"{f.name} ({f.url})", resp.getheader("Retry-After"))
+
+    def _chunks(self, resp, f: RemoteFile, want: int, served: int) -> Iterator[bytes]:
+        # Read exactly `want` bytes: the listing's content_length is the size truth,
+        # not the response's Content-Length (a server can get that wrong).
+        got = 0
+        while got < want:
+            try:
+                # read1: what has arrived (up to a chunk), so a slow link still feeds
+                # the untar and the checkpoints promptly.
+                data = resp.read1(min(self.chunk, want - got))
+            except (OSError, http.client.HTTPException) as exc:
+                raise TransientError(f"{f.name}: connection lost after byte {served + got}: "
+                                     f"{type(exc).__name__}") from None
+            if not data:
+                raise TransientError(f"{f.name}: response ended at byte {served + got} of {f.size}")
+            got += len(data)
+            yield data
+
+
+def _s3_error(exc: Exception, what: str) -> Exception:
+    from botocore.exceptions import ClientError
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        msg = f"{what}: S3 {code or status}: {err.get('Message', '')}".rstrip(": ")
+        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
+            return NotFoundError(msg)
+        if code in ("PreconditionFailed", "InvalidRange") or status in (412, 416):
+            return SourceChangedError(msg)
+        if status in (401, 403) or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return AccessDeniedError(msg)
+        if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            return TransientError(msg)
+        return PermanentError(msg)
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _s3_call(fn, what: str, **kw):
+    try:
+        return fn(**kw)
+    except Exception as exc:  # botocore raises many unrelated classes; map them all here
+        raise _s3_error(exc, what) from None
+
+
+def semantics_of(name: str) -> str:
+    """DataLink semantics from an archive file name (S3 listings carry none)."""
+    if name.endswith(".asdm.sdm.tar"):
+        return "#progenitor"
+    if name.endswith("_auxiliary.tar"):
+        return "#auxiliary"
+    if name.endswith(".README.txt"):
+        return "#documentation"
+    if re.search(r"_\d{3}_of_\d{3}\.tar$", name):
+        return "#this"
+    return ""
+
+
+def default_s3_client(max_pool: int = 32):
+    """A boto3 client from the environment (AWS_* variables, AWS_ENDPOINT_URL for a mirror)."""
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", config=Config(max_pool_connections=max_pool, retries={"mode": "standard"},
+                                            connect_timeout=20, read_timeout=60))
+
+
+class S3Source:
+    """An S3 mirror: the archive's file names under s3://bucket/prefix; big files in parallel ranged GETs."""
+
+    kind = "s3"
+
+    def __init__(self, url: str, client=None, *, part_size: int = 8 << 20, workers: int = 4,
+                 parallel_min: int = 32 << 20, chunk: int = CHUNK):
+        u = urlsplit(url)
+        if u.scheme != "s3" or not u.netloc:
+            raise PermanentError(f"not an s3://bucket/prefix URL: {url!r}")
+        self.bucket, self.prefix = u.netloc, u.path.strip("/")
+        self.client = client if client is not None else default_s3_client()
+        self.part_size, self.workers, self.parallel_min, self.chunk = part_size, workers, parallel_min, chunk
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def validators(self, f: RemoteFile) -> tuple:
+        """(ETag, '') of the object: the listing already holds it."""
+        return f.etag, ""
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def list_files(self, mous: str) -> list[RemoteFile]:
+        out = []
+        token = None
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        while True:
+            kw = dict(Bucket=self.bucket, Prefix=prefix)
+            if token:
+                kw["ContinuationToken"] = token
+            page = _s3_call(self.client.list_objects_v2, f"listing {self.describe()}", **kw)
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(prefix):]
+                if "/" in name:
+                    continue  # only the files directly under the prefix
+                out.append(RemoteFile(name=name, size=obj["Size"], url=f"s3://{self.bucket}/{obj['Key']}",
+                                      semantics=semantics_of(name), etag=obj.get("ETag", "").strip('"')))
+            if not page.get("IsTruncated"):
+                return out
+            token = page.get("NextContinuationToken")
+
+    def open(self, f: RemoteFile, start: int = 0, etag: str = "", last_modified: str = "") -> Body:
+        key = self._key(f.name)
+        etag = etag or f.etag
+        if start and etag:
+            head = _s3_call(self.client.head_object, f.name, Bucket=self.bucket, Key=key)
+            now = head.get("ETag", "").strip('"')
+            if now != etag:
+                if head.get("ContentLength") != f.size:
+                    raise SourceChangedError(f"{f.name}: now {head.get('ContentLength')} bytes, "
+                                             f"the listing said {f.size}")
+                start, etag = 0, now  # changed with the same size: restart on the new version
+        if not etag:
+            etag = _s3_call(self.client.head_object, f.name, Bucket=self.bucket, Key=key)["ETag"].strip('"')
+        if f.size - start >= self.parallel_min and self.workers > 1:
+            return self._parallel(f, key, start, etag)
+        kw = dict(Bucket=self.bucket, Key=key, IfMatch=f'"{etag}"')
+        if start:
+            kw["Range"] = f"bytes={start}-"
+        resp = _s3_call(self.client.get_object, f.name, **kw)
+        stream = resp["Body"]
+        return Body(self._read(stream, f, start), start, etag, close=stream.close)
+
+    def _read(self, stream, f: RemoteFile, start: int) -> Iterator[bytes]:
+        got, want = 0, f.size - start
+        while got < want:
+            try:
+                data = stream.read(min(self.chunk, want - got))
+            except Exception as exc:
+                raise _s3_error(exc, f"{f.name} at byte {start + got}") from None
+            if not data:
+                raise TransientError(f"{f.name}: S3 body ended at byte {start + got} of {f.size}")
+            got += len(data)
+            yield data
+
+    def _parallel(self, f: RemoteFile, key: str, start: int, etag: str) -> Body:
+        stop = threading.Event()
+
+        def get(lo: int, hi: int) -> bytes:
+            if stop.is_set():
+                return b""
+            resp = _s3_call(self.client.get_object, f.name, Bucket=self.bucket, Key=key,
+                            Range=f"bytes={lo}-{hi - 1}", IfMatch=f'"{etag}"')
+            try:
+                data = resp["Body"].read()
+            except Exception as exc:
+                raise _s3_error(exc, f"{f.name} bytes {lo}-{hi - 1}") from None
+            if len(data) != hi - lo:
+                raise TransientError(f"{f.name}: part {lo}-{hi - 1} returned {len(data)} bytes")
+            return data
+
+        def parts() -> Iterator[bytes]:
+            # Parts are fetched `workers` at a time and yielded in order; at most
+            # workers + 2 parts are held in memory.
+            ranges = iter([(lo, min(lo + self.part_size, f.size)) for lo in range(start, f.size, self.part_size)])
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="s3part")
+            pending = deque()
+            try:
+                for r in ranges:
+                    pending.append(pool.submit(get, *r))
+                    if len(pending) >= self.workers + 2:
+                        break
+                while pending:
+                    data = pending.popleft().result()
+                    nxt = next(ranges, None)
+                    if nxt:
+                        pending.append(pool.submit(get, *nxt))
+                    yield data
+            finally:
+                stop.set()
+                for fut in pending:
+                    fut.cancel()
+                pool.shutdown(wait=True)
+
+        return Body(parts(), start, etag)
+
+
+def open_source(url: str, *, s3_client=None, auth=None, cookie: str = "", **kw):
+    """The source for a `--source` URL: http(s)://host:port (request handler) or s3://bucket/prefix."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("http", "https"):
+        return HttpSource(url, auth=auth, cookie=cookie, **kw)
+    if scheme == "s3":
+        return S3Source(url, s3_client, **kw)
+    raise PermanentError(f"unsupported source {url!r}: expected http(s)://host:port or s3://bucket/prefix")

@@ -1,0 +1,532 @@
+"""Stage a MOUS: README, auxiliary and product tars, and every raw ASDM, into the member folder.
+
+On disk, for an EB `<EB>` of member folder M (`member_path(workdir, mous)`):
+    M/raw/<EB>.asdm.sdm/                 the ASDM, renamed in only once verified
+    M/raw/.<EB>.asdm.sdm.staged.json     the stamp, next to the ASDM (hidden, so nothing that
+                                         lists raw/ for ASDMs trips over it): file, size, sha256
+                                         of the tar stream, source URL, ETag/Last-Modified,
+                                         time, and the tree's file count and bytes
+    M/raw/.<EB>.asdm.sdm.partial/        while staging: tree/ (extracted so far), state.json and
+                                         skeleton.bin (the resume checkpoint, see tarstream)
+    M/raw/.<EB>.asdm.sdm.lock            the flock() of whoever stages this EB
+The README and the auxiliary/product tars use `M/.<archive file name>.{staged.json,partial,lock}`.
+
+One file is staged as: lock -> skip if the stamp matches -> resume the partial state if it
+belongs to the same remote file, else start fresh -> stream (untar + sha256 while
+downloading; Range/If-Range after a drop, in-process retries while bytes keep coming) ->
+check byte count and end-of-archive blocks -> validate the ASDM -> swap into place ->
+write the stamp -> remove the partial state. A transient failure keeps the partial
+state for the next try; a permanent one removes it and leaves what was in place untouched.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .. import naming
+from ..errors import AlmaRegenError, DeliveryError, NoSpaceError, PermanentError, TransientError
+from .datalink import RemoteFile
+from .errors import NotFoundError, SourceChangedError
+from .layout import ASDM, AUXILIARY, PRODUCT, README, MemberLayout, member_path
+from .lock import file_lock
+from .progress import Progress, human
+from .tarstream import ResumeError, TarStreamExtractor
+
+log = logging.getLogger("alma_regen.staging")
+
+_PROJ = r"\d{4}\.\d\.\d{5}\.[A-Z]+"
+_UIDF = r"uid___A\d{3}_X[0-9a-fA-F]+_X[0-9a-fA-F]+"
+
+
+@dataclass
+class StageOptions:
+    parallel: int = 2  # EBs downloaded at once
+    lock_timeout: float = 3600.0  # wait this long for another run staging the same file
+    progress_interval: float = 5.0
+    checkpoint_bytes: int = 8 << 20  # resume state written at least this often...
+    checkpoint_seconds: float = 0.5  # ...and this often: bounds what a kill re-fetches
+    max_attempts: int = 6  # in-process retries in a row without any progress
+    backoff: float = 0.5
+    pipeline_depth: int = 4  # chunks between the network thread and the disk/hash thread
+
+
+# ------------------------------------------------------------------ listing
+@dataclass
+class MousFiles:
+    mous: str
+    project: str
+    readme: Optional[RemoteFile] = None
+    auxiliary: Optional[RemoteFile] = None
+    products: list = field(default_factory=list)
+    asdms: dict = field(default_factory=dict)  # EB uid -> RemoteFile
+
+
+def classify(files: Iterable[RemoteFile], mous: str) -> MousFiles:
+    """Sort a source's listing into the MOUS's README, tars and ASDMs, by archive file name."""
+    m = naming.uid_to_file(mous)
+    readme, aux, products, asdms = None, None, [], {}
+    projects = set()
+    for f in files:
+        if f.name == naming.readme_name(mous):
+            readme = f
+        elif (r := re.match(rf"^({_PROJ})_{m}_auxiliary\.tar$", f.name)):
+            aux = f
+            projects.add(r[1])
+        elif (r := re.match(rf"^({_PROJ})_{m}_\d{{3}}_of_\d{{3}}\.tar$", f.name)):
+            products.append(f)
+            projects.add(r[1])
+        elif (r := re.match(rf"^({_PROJ})_({_UIDF})\.asdm\.sdm\.tar$", f.name)):
+            if f.semantics in ("", "#progenitor"):
+                asdms.setdefault(r[1], {})[naming.file_to_uid(r[2])] = f
+    if aux is None:
+        raise NotFoundError(f"{mous}: the source lists no {naming.auxiliary_tar('<project>', mous)}")
+    if len(projects) != 1:
+        raise PermanentError(f"{mous}: the listing names several projects: {sorted(projects)}")
+    project = projects.pop()
+    return MousFiles(mous, project, readme, aux, sorted(products, key=lambda f: f.name),
+                     asdms.get(project, {}))
+
+
+def list_mous(source, mous: str) -> MousFiles:
+    naming.uid_to_file(mous)  # a clear error for a malformed uid
+    return classify(source.list_files(mous), mous)
+
+
+def ppr_ebs(member: Path) -> Optional[list]:
+    """The EBs the PPR lists, when the delivery model is available; None to use the listing."""
+    try:
+        from ..delivery import Delivery  # written by the delivery-model work; optional here
+    except ImportError:
+        return None
+    try:
+        ebs = Delivery(member).ppr_ebs()
+    except AttributeError:
+        return None
+    except DeliveryError as exc:
+        log.warning("no EB list from the PPR (%s); staging every ASDM of the listing", exc)
+        return None
+    return [naming.file_to_uid(naming.uid_to_file(e)) for e in ebs]
+
+
+# ------------------------------------------------------------------ on-disk names
+@dataclass
+class Slot:
+    """Where one archive file goes and its bookkeeping files."""
+    kind: str
+    rfile: RemoteFile
+    member: Path
+    eb: Optional[str] = None
+
+    @property
+    def base(self) -> Path:
+        if self.kind == ASDM:
+            return self.member / "raw" / f".{naming.asdm_dir(self.eb)}"
+        return self.member / f".{self.rfile.name}"
+
+    stamp = property(lambda s: s.base.with_name(s.base.name + ".staged.json"))
+    partial = property(lambda s: s.base.with_name(s.base.name + ".partial"))
+    lock = property(lambda s: s.base.with_name(s.base.name + ".lock"))
+
+    def targets(self, tree: Optional[Path] = None) -> list:
+        """The paths this file fills in the member folder (from the extracted tree if given)."""
+        if self.kind == ASDM:
+            return [self.member / "raw" / naming.asdm_dir(self.eb)]
+        if self.kind == README:
+            return [self.member / self.rfile.name]
+        if tree is not None:
+            return [self.member / p.name for p in sorted(tree.iterdir())]
+        return [self.member / t for t in self.stamp_targets()]
+
+    def stamp_targets(self) -> list:
+        try:
+            return json.loads(self.stamp.read_text()).get("targets", [])
+        except (OSError, ValueError):
+            return []
+
+
+def _tree_summary(paths: list) -> dict:
+    files = size = 0
+    for p in paths:
+        if p.is_file():
+            files, size = files + 1, size + p.stat().st_size
+            continue
+        for root, _dirs, names in os.walk(p):
+            for n in names:
+                files += 1
+                size += os.lstat(os.path.join(root, n)).st_size
+    return {"files": files, "bytes": size}
+
+
+def stamp_matches(slot: Slot, source) -> Optional[dict]:
+    """The stamp if the file is already staged from this same remote file and still complete.
+
+    Same name and size, same ETag/Last-Modified as the source has now (a HEAD for HTTP,
+    the listing for S3), and the staged tree still has the recorded file count and bytes.
+    """
+    try:
+        stamp = json.loads(slot.stamp.read_text())
+    except (OSError, ValueError):
+        return None
+    f = slot.rfile
+    if stamp.get("file") != f.name or stamp.get("size") != f.size:
+        return None
+    targets = [slot.member / t for t in stamp.get("targets", [])]
+    if not targets or not all(t.exists() for t in targets):
+        return None
+    if _tree_summary(targets) != stamp.get("tree"):
+        return None
+    etag, last_modified = source.validators(f)
+    if (etag and stamp.get("etag") and etag != stamp["etag"]) or \
+            (last_modified and stamp.get("last_modified") and last_modified != stamp["last_modified"]):
+        return None
+    return stamp
+
+
+# ------------------------------------------------------------------ sinks
+class FileSink:
+    """A plain file (the README) with the extractor's feed/checkpoint/resume interface."""
+
+    def __init__(self, partial: Path, name: str, resume: bool = False):
+        self.dir = partial / "tree"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / name
+        self.state = partial / "state.json"
+        self.sha = hashlib.sha256()
+        self.offset = 0
+        if resume:
+            st = json.loads(self.state.read_text())
+            os.truncate(self.path, st["offset"])
+            with open(self.path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    self.sha.update(chunk)
+            self.offset = st["offset"]
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    def feed(self, data) -> None:
+        mv = memoryview(data)
+        self.sha.update(mv)
+        while mv:
+            mv = mv[os.write(self.fd, mv):]
+        self.offset += len(data)
+
+    def checkpoint(self, identity: dict) -> bool:
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"identity": identity, "offset": self.offset}))
+        os.replace(tmp, self.state)
+        return True
+
+    def finish(self) -> str:
+        self.close()
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _saved_identity(partial: Path) -> Optional[dict]:
+    return TarStreamExtractor.saved_identity(partial)
+
+
+def _new_sink(slot: Slot, project: str, mous: str, resume: bool):
+    partial = slot.partial
+    if slot.kind == README:
+        try:
+            return FileSink(partial, slot.rfile.name, resume=resume)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ResumeError(str(exc)) from None
+    layout = MemberLayout(slot.kind, project, mous, slot.eb)
+    if resume:
+        return TarStreamExtractor.resume(partial / "tree", layout, slot.rfile.name, partial)
+    return TarStreamExtractor(partial / "tree", layout, slot.rfile.name, partial)
+
+
+# ------------------------------------------------------------------ transfer
+def _pipelined(body, depth: int):
+    """Read the body in a thread, so the network and the disk/hash work overlap (two cores)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    END = object()
+
+    def produce():
+        it = iter(body)
+        try:
+            for chunk in it:
+                while not stop.is_set():
+                    try:
+                        q.put(chunk, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            item = END
+        except BaseException as exc:  # handed to the consumer, raised at the right offset
+            item = exc
+        finally:
+            close = getattr(it, "close", None)  # a generator: run its clean-up (S3 part pool)
+            if close:
+                close()
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    t = threading.Thread(target=produce, name="stage-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        body.close()  # unblocks a reader waiting on the socket
+        t.join(timeout=30)
+
+
+def _transfer(slot: Slot, source, project: str, mous: str, opts: StageOptions) -> tuple:
+    """Download + untar one file into slot.partial; return (sha256, identity, sink)."""
+    f = slot.rfile
+    identity = {"name": f.name, "url": f.url, "size": f.size, "etag": f.etag, "last_modified": ""}
+    sink = None
+    saved = _saved_identity(slot.partial)
+    if saved and all(saved.get(k) == identity[k] for k in ("name", "url", "size")) \
+            and (not f.etag or saved.get("etag") == f.etag):
+        try:
+            sink = _new_sink(slot, project, mous, resume=True)
+            identity.update(etag=saved.get("etag", ""), last_modified=saved.get("last_modified", ""))
+            log.info("%s: resuming at byte %d of %d (%s on disk re-hashed)", f.name, sink.offset, f.size,
+                     human(sink.offset))
+        except ResumeError as exc:
+            log.warning("%s: cannot resume (%s); starting again", f.name, exc)
+            sink = None
+    if sink is None:
+        shutil.rmtree(slot.partial, ignore_errors=True)
+        sink = _new_sink(slot, project, mous, resume=False)
+    progress = Progress(f.name, f.size, sink.offset, opts.progress_interval)
+    fetched = 0  # bytes received in this run (for the summary)
+    attempts = 0
+    try:
+        while sink.offset < f.size:
+            before = sink.offset
+            try:
+                body = source.open(f, sink.offset, identity["etag"], identity["last_modified"])
+                if body.start != sink.offset:
+                    log.warning("%s: the source changed since byte 0 was fetched (ETag/Last-Modified); "
+                                "restarting from byte 0", f.name)
+                    sink.close()
+                    shutil.rmtree(slot.partial, ignore_errors=True)
+                    sink = _new_sink(slot, project, mous, resume=False)
+                    progress = Progress(f.name, f.size, 0, opts.progress_interval)
+                identity.update(etag=body.etag or identity["etag"],
+                                last_modified=body.last_modified or identity["last_modified"])
+                sink.checkpoint(identity)
+                last_ck, last_t = sink.offset, time.monotonic()
+                for chunk in _pipelined(body, opts.pipeline_depth):
+                    sink.feed(chunk)
+                    fetched += len(chunk)
+                    progress.update(sink.offset)
+                    if sink.offset - last_ck >= opts.checkpoint_bytes or \
+                            time.monotonic() - last_t >= opts.checkpoint_seconds:
+                        if sink.checkpoint(identity):
+                            last_ck, last_t = sink.offset, time.monotonic()
+            except SourceChangedError:
+                raise  # a fresh listing must resolve it: the DAG's retry re-lists
+            except TransientError as exc:
+                sink.checkpoint(identity)
+                attempts = 0 if sink.offset > before else attempts + 1
+                if attempts >= opts.max_attempts:
+                    raise TransientError(f"{f.name}: giving up after {attempts} tries without progress "
+                                         f"at byte {sink.offset} of {f.size}: {exc}") from None
+                delay = max(getattr(exc, "retry_after", 0.0), min(opts.backoff * 2 ** max(attempts - 1, 0), 30.0))
+                log.warning("%s: %s; resuming at byte %d in %.1f s", f.name, exc, sink.offset, delay)
+                time.sleep(delay)
+        sha = sink.finish()
+    except OSError as exc:
+        sink.close()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(f"{f.name}: no space left in {slot.partial.parent} "
+                               f"after byte {sink.offset}") from None
+        raise
+    except BaseException:
+        try:
+            sink.checkpoint(identity)
+        except Exception:
+            pass
+        sink.close()
+        raise
+    rate = progress.rate(sink.offset)
+    log.info("%s: %s fetched and verified, %s/s, sha256 %s", f.name, human(f.size), human(rate), sha)
+    return sha, identity, fetched
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+    """Put `new` at `dest`; whatever was there is removed only once the new one is in place."""
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.rename(dest, old)
+        os.rename(new, dest)
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    else:
+        os.rename(new, dest)
+
+
+def _check_space(where: Path, need: int, what: str) -> None:
+    free = shutil.disk_usage(where).free
+    margin = 64 << 20
+    if free < need + margin:
+        raise NoSpaceError(f"{what}: needs {human(need)} in {where}, only {human(free)} free")
+
+
+def stage_file(slot: Slot, source, project: str, mous: str, opts: Optional[StageOptions] = None) -> dict:
+    """Stage one archive file into its slot (idempotent, resumable, locked)."""
+    opts = opts or StageOptions()
+    f = slot.rfile
+    slot.partial.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with file_lock(slot.lock, opts.lock_timeout, f.name):
+        stamp = stamp_matches(slot, source)
+        if stamp:
+            log.info("%s: already staged (sha256 %s), skipped", f.name, stamp.get("sha256", "?")[:16])
+            return dict(stamp, status="skipped", seconds=round(time.monotonic() - t0, 3), fetched=0)
+        _check_space(slot.partial.parent, f.size, f.name)
+        try:
+            sha, identity, fetched = _transfer(slot, source, project, mous, opts)
+            tree = slot.partial / "tree"
+            if slot.kind == ASDM:
+                info = _validate(tree, slot)
+            news = sorted(tree.iterdir()) if slot.kind != ASDM else [tree]
+            targets = slot.targets(tree) if slot.kind != ASDM else slot.targets()
+        except (PermanentError, ResumeError):
+            shutil.rmtree(slot.partial, ignore_errors=True)
+            raise
+        slot.stamp.unlink(missing_ok=True)  # no stamp while the swap is under way
+        for new, dest in zip(news, targets):
+            _swap_in(new, dest)
+        stamp = {
+            "file": f.name, "kind": slot.kind, "size": f.size, "sha256": sha, "source": f.url,
+            "etag": identity["etag"], "last_modified": identity["last_modified"],
+            "staged_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "targets": [str(t.relative_to(slot.member)) for t in targets],
+            "tree": _tree_summary(targets),
+        }
+        if slot.kind == ASDM:
+            stamp["eb"] = slot.eb
+            stamp["asdm"] = {k: v for k, v in info.as_dict().items() if k != "path"}
+        tmp = slot.stamp.with_name(slot.stamp.name + ".tmp")
+        tmp.write_text(json.dumps(stamp, indent=1))
+        os.replace(tmp, slot.stamp)
+        shutil.rmtree(slot.partial, ignore_errors=True)
+        return dict(stamp, status="staged", seconds=round(time.monotonic() - t0, 3), fetched=fetched)
+
+
+def _validate(tree: Path, slot: Slot):
+    from ..asdm import validate_asdm
+    try:
+        info = validate_asdm(tree)
+    except DeliveryError as exc:
+        raise DeliveryError(slot.rfile.name, f"staged ASDM is not valid: {str(exc).split(': ', 1)[-1]}") from None
+    if info.eb_uid and info.eb_uid != slot.eb:
+        raise DeliveryError(slot.rfile.name, f"holds EB {info.eb_uid}, expected {slot.eb}")
+    return info
+
+
+# ------------------------------------------------------------------ per MOUS
+def _summary(result: dict) -> dict:
+    keys = ("file", "kind", "size", "sha256", "status", "seconds", "fetched", "targets", "eb")
+    return {k: result[k] for k in keys if k in result}
+
+
+def stage_auxiliary(mous: str, source, workdir, opts: Optional[StageOptions] = None,
+                    listing: Optional[MousFiles] = None) -> dict:
+    """Stage README, auxiliary tar and product tars; return a summary with the EBs to stage."""
+    opts = opts or StageOptions()
+    listing = listing or list_mous(source, mous)
+    member = member_path(workdir, mous)
+    member.mkdir(parents=True, exist_ok=True)
+    results = []
+    if listing.readme is None:
+        log.warning("%s: the source lists no README", mous)
+    else:
+        results.append(stage_file(Slot(README, listing.readme, member), source, listing.project, mous, opts))
+    results.append(stage_file(Slot(AUXILIARY, listing.auxiliary, member), source, listing.project, mous, opts))
+    for p in listing.products:
+        results.append(stage_file(Slot(PRODUCT, p, member), source, listing.project, mous, opts))
+    return {"mous": mous, "project": listing.project, "member_dir": str(member),
+            "ebs": ebs_to_stage(member, listing), "files": [_summary(r) for r in results]}
+
+
+def ebs_to_stage(member: Path, listing: MousFiles) -> list:
+    """The PPR's EBs (each must be in the listing), or every ASDM listed when no PPR model exists."""
+    ebs = ppr_ebs(member)
+    if ebs is None:
+        return sorted(listing.asdms)
+    missing = [eb for eb in ebs if eb not in listing.asdms]
+    if missing:
+        raise NotFoundError(f"{listing.mous}: the PPR lists EB(s) the source does not have: "
+                            + ", ".join(naming.asdm_tar(listing.project, e) for e in missing))
+    return ebs
+
+
+def stage_eb(mous: str, eb: str, source, workdir, opts: Optional[StageOptions] = None,
+             listing: Optional[MousFiles] = None) -> dict:
+    """Stage one EB's raw ASDM into raw/ (the per-EB mapped task)."""
+    eb = naming.file_to_uid(naming.uid_to_file(eb))
+    listing = listing or list_mous(source, mous)
+    rfile = listing.asdms.get(eb)
+    if rfile is None:
+        raise NotFoundError(f"{naming.asdm_tar(listing.project, eb)}: not listed by {source.describe()}")
+    member = member_path(workdir, mous)
+    return _summary(stage_file(Slot(ASDM, rfile, member, eb), source, listing.project, mous, opts))
+
+
+def stage_mous(mous: str, source, workdir, opts: Optional[StageOptions] = None) -> dict:
+    """`alma-regen stage`: the whole MOUS, EBs in parallel (bounded by opts.parallel)."""
+    opts = opts or StageOptions()
+    t0 = time.monotonic()
+    listing = list_mous(source, mous)
+    member = member_path(workdir, mous)
+    member.mkdir(parents=True, exist_ok=True)
+    summary = stage_auxiliary(mous, source, workdir, opts, listing)
+    ebs = summary["ebs"]
+    pending = [Slot(ASDM, listing.asdms[eb], member, eb) for eb in ebs]
+    need = sum(s.rfile.size for s in pending if not stamp_matches(s, source))
+    if need:
+        _check_space(member, need, f"{mous} raw ASDMs")
+    results, errors = [], []
+    with ThreadPoolExecutor(max(1, opts.parallel), thread_name_prefix="stage-eb") as pool:
+        futures = [(s, pool.submit(stage_file, s, source, listing.project, mous, opts)) for s in pending]
+        for slot, fut in futures:
+            try:
+                results.append(_summary(fut.result()))
+            except AlmaRegenError as exc:
+                errors.append(exc)
+                log.error("%s: %s", slot.rfile.name, exc)
+    if errors:
+        # Report a permanent fault first: retrying would not clear it.
+        raise next((e for e in errors if isinstance(e, PermanentError)), errors[0])
+    summary["files"] += results
+    summary["source"] = source.describe()
+    summary["fetched_bytes"] = sum(r.get("fetched", 0) for r in summary["files"])
+    summary["seconds"] = round(time.monotonic() - t0, 3)
+    return summary
