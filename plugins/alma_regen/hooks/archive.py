@@ -1,0 +1,89 @@
+"""Hooks for the two archive sources: the request handler (HTTP) and the S3 mirror.
+
+Connections (never literals in code):
+  `alma_request_handler` (HTTP): host (with or without scheme), port, schema (http/https),
+      login/password for basic auth, extra {"cookie": "<login cookie>", "timeout": 60}.
+  `alma_archive_s3` (AWS): the amazon provider's usual fields (login/password or role,
+      extra endpoint_url/region_name), plus extra {"archive_url": "s3://bucket/prefix"}.
+The hooks only build a `staging.sources` object; the downloading is the library's.
+"""
+from __future__ import annotations
+
+from airflow.exceptions import AirflowNotFoundException
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.sdk import BaseHook
+
+from ..errors import PermanentError
+from ..staging.sources import HttpSource, S3Source
+
+
+class AlmaRequestHandlerHook(BaseHook):
+    conn_name_attr = "http_conn_id"
+    default_conn_name = "alma_request_handler"
+    conn_type = "http"
+    hook_name = "ALMA request handler"
+
+    def __init__(self, http_conn_id: str = default_conn_name, timeout: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.http_conn_id = http_conn_id
+        self.timeout = timeout
+
+    def base_url(self) -> str:
+        conn = self.get_connection(self.http_conn_id)
+        host = (conn.host or "").rstrip("/")
+        if not host:
+            raise PermanentError(f"connection {self.http_conn_id!r} has no host")
+        url = host if "://" in host else f"{conn.schema or 'https'}://{host}"
+        if conn.port and "://" not in host:
+            url += f":{conn.port}"
+        return url
+
+    def get_source(self, root: str | None = None) -> HttpSource:
+        """The request handler at the connection's host, or at `root` with the connection's credentials."""
+        conn = self.get_connection(self.http_conn_id)
+        extra = conn.extra_dejson
+        auth = (conn.login, conn.password or "") if conn.login else None
+        timeout = self.timeout or float(extra.get("timeout", 60))
+        return HttpSource(root or self.base_url(), auth=auth, cookie=extra.get("cookie", ""), timeout=timeout)
+
+    def get_conn(self) -> HttpSource:
+        return self.get_source()
+
+
+class AlmaArchiveS3Hook(S3Hook):
+    default_conn_name = "alma_archive_s3"
+    hook_name = "ALMA archive mirror (S3)"
+
+    def __init__(self, aws_conn_id: str = default_conn_name, **kwargs):
+        super().__init__(aws_conn_id=aws_conn_id, **kwargs)
+
+    def archive_url(self) -> str:
+        url = self.get_connection(self.aws_conn_id).extra_dejson.get("archive_url", "")
+        if not url:
+            raise PermanentError(f"connection {self.aws_conn_id!r} has no extra 'archive_url' (s3://bucket/prefix)")
+        return url
+
+    def get_source(self, url: str | None = None, **kwargs) -> S3Source:
+        return S3Source(url or self.archive_url(), self.get_conn(), **kwargs)
+
+
+def archive_source(source: str, http_conn_id: str = AlmaRequestHandlerHook.default_conn_name,
+                   aws_conn_id: str = AlmaArchiveS3Hook.default_conn_name):
+    """The staging source for a DAG's `source` param.
+
+    `request_handler` -> the HTTP connection; `s3` -> the S3 connection's archive_url;
+    an explicit `s3://bucket/prefix` -> that place with the S3 connection's credentials;
+    an explicit `http(s)://...` -> that root with the HTTP connection's credentials, if any.
+    """
+    if source == "request_handler":
+        return AlmaRequestHandlerHook(http_conn_id).get_source()
+    if source == "s3":
+        return AlmaArchiveS3Hook(aws_conn_id).get_source()
+    if source.startswith("s3://"):
+        return AlmaArchiveS3Hook(aws_conn_id).get_source(source)
+    if source.startswith(("http://", "https://")):
+        try:
+            return AlmaRequestHandlerHook(http_conn_id).get_source(root=source)
+        except AirflowNotFoundException:  # no such connection: anonymous access to the given root
+            return HttpSource(source)
+    raise PermanentError(f"unknown source {source!r}: request_handler, s3, s3://bucket/prefix or http(s)://host")

@@ -1,0 +1,1 @@
+"""Airflow operators: thin wrappers over the library (one library call each)."""
