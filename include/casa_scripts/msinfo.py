@@ -31,6 +31,8 @@ def summary(vis):
     try:
         cols = tb.colnames()
         nrows = tb.nrows()
+        field_ids = sorted(int(f) for f in np.unique(tb.getcol("FIELD_ID")))
+        spw_ids = sorted(int(d) for d in np.unique(tb.getcol("DATA_DESC_ID")))
         flagged = total = 0
         for d in np.unique(tb.getcol("DATA_DESC_ID")):
             sub = tb.query("DATA_DESC_ID==%d" % d)
@@ -43,11 +45,15 @@ def summary(vis):
     md = msmetadata()
     md.open(vis)
     try:
-        fields = list(md.fieldnames())
-        spws = {int(s): int(md.nchan(s)) for s in range(md.nspw())}
+        names = list(md.fieldnames())
+        # Only the fields and spws that have data rows: split keeps the others
+        # in its subtables.
+        fields = [names[f] for f in field_ids]
+        spws = {int(md.spwfordatadesc(d)): int(md.nchan(md.spwfordatadesc(d))) for d in spw_ids}
         target_fields = list(md.fieldsforintent("OBSERVE_TARGET*", True)) if any(
             i.startswith("OBSERVE_TARGET") for i in md.intents()) else []
     finally:
         md.close()
-    return {"vis": vis, "rows": nrows, "columns": cols, "fields": fields, "target_fields": target_fields,
+    return {"vis": vis, "rows": nrows, "columns": cols, "fields": fields,
+            "target_fields": [f for f in target_fields if f in fields],
             "spws": spws, "flag_fraction": round(flagged / total, 6) if total else 0.0}

@@ -78,10 +78,12 @@ def restore(job):
         applycal(**kwargs)
     timings["applycal"] = time.monotonic() - t
 
-    out = {"eb": eb, "vis": vis, "applycal_calls": len(calls)}
+    science = msinfo.science_spws(vis)
+    out = {"eb": eb, "vis": vis, "applycal_calls": len(calls), "science_spws": science,
+           "summary": msinfo.summary(vis)}
     if job.get("split"):
         t = time.monotonic()
-        spws = job.get("split_spws") or ",".join(str(s) for s in msinfo.science_spws(vis))
+        spws = job.get("split_spws") or ",".join(str(s) for s in science)
         if not spws:
             raise RestoreError("%s has no science spw (OBSERVE_TARGET, more than 4 channels) to split" % vis)
         outvis = os.path.join(work, eb + ".ms.split.cal")
@@ -89,6 +91,7 @@ def restore(job):
               intent="*OBSERVE_TARGET*", keepflags=True)
         out["split"] = outvis
         out["split_spws"] = spws
+        out["split_summary"] = msinfo.summary(outvis)
         timings["split"] = time.monotonic() - t
     out["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return out
