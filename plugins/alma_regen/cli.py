@@ -44,6 +44,16 @@ def cmd_casa_versions(a):
             print(f"{c.version!s:12} {c.kind:8} {c.pipeline or '-':14} {c.executable}  ({c.source})")
 
 
+def cmd_restore(a):
+    from .calibration import Options, calibrate
+    summary = calibrate(a.member_dir, Options(engine=a.engine, casa_version=a.casa_version or None,
+                                              dosplit=a.dosplit, spacesaving=a.spacesaving,
+                                              docontsub=a.docontsub, timeout_s=a.timeout),
+                        parallel=a.parallel)
+    _print_json({k: summary[k] for k in ("mous_uid", "plan", "elapsed_s")} |
+                {"outputs": [r["output"] for r in summary["ebs"]]})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alma-regen", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -64,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("casa-versions", help="list the installed CASA versions (the CASA registry)")
     s.add_argument("--json", action="store_true", help="one JSON object per CASA")
     s.set_defaults(func=cmd_casa_versions)
+
+    s = sub.add_parser("restore", help="calibrate a member folder (restore, pipeline or manual)")
+    s.add_argument("member_dir")
+    s.add_argument("--engine", default="auto", choices=["auto", "native", "scriptforpi", "pipeline", "manual"])
+    s.add_argument("--casa-version", default="", help="override the CASA version of the README")
+    s.add_argument("--dosplit", action="store_true", help="split the science spws (scriptForPI's DOSPLIT)")
+    s.add_argument("--spacesaving", type=int, default=1, help="scriptForPI's SPACESAVING (default 1; -1: no disk check)")
+    s.add_argument("--docontsub", action="store_true", help="scriptForPI's DOCONTSUB")
+    s.add_argument("--parallel", type=int, default=1, help="EBs restored at once (native engine)")
+    s.add_argument("--timeout", type=float, default=None, help="seconds per CASA run")
+    s.set_defaults(func=cmd_restore)
 
     # Later steps register here (stage, serve-archive, restore, image, publish, run, demo).
     for register in _EXTRA:
