@@ -36,6 +36,7 @@ import imaging_params  # noqa: E402
 casa_boot.casa_log_to_console()
 
 me, tb = measures(), table()
+SOURCE_DATE = 1714521600  # 2024-05-01, the synthetic observing date
 # A pretend pipeline working folder: calapply.txt records absolute paths there,
 # as real deliveries do; a restore must rewrite them.
 PIPELINE_WORKDIR = "/lustre/alma/pipeline/{project}/{mous}/working"
@@ -279,6 +280,8 @@ def fix_asdm(spec, eb, asdm):
 
     asdm_xml = read("ASDM.xml")
     asdm_xml = re.sub(r"(<Name>\s*Scan\s*</Name>\s*<NumberRows>)\s*\d+\s*", r"\g<1> %d " % len(scans), asdm_xml)
+    # The same seed gives the same bytes: creation time = the observing date.
+    asdm_xml = re.sub(r"(<TimeOfCreation>)[^<]*", r"\g<1> %s " % spec["date_iso"], asdm_xml)
     write("ASDM.xml", asdm_xml)
 
     eb_xml = read("ExecBlock.xml")
@@ -357,9 +360,44 @@ def write_calapply(path, lines, spec, ebname):
             f.write(calapply_parse.format_applycal(kw) + "\n")
 
 
-def tar_dir(tgz, src_dir, arcname):
-    with tarfile.open(tgz, "w:gz") as tf:
-        tf.add(src_dir, arcname=arcname)
+def _neutral(info):
+    """Same seed, same bytes: no owner names, no creation times in archives."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = SOURCE_DATE
+    return info
+
+
+def write_tgz(tgz, entries):
+    """A gzipped tar of (path, arcname) entries, folders recursively, sorted."""
+    import gzip
+    with open(tgz, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for path, arcname in entries:
+            write_tree(tf, path, arcname)
+
+
+def write_tree(tf, path, arcname):
+    tf.add(path, arcname=arcname, filter=_neutral, recursive=False)
+    if os.path.isdir(path):
+        for sub in sorted(os.listdir(path)):
+            write_tree(tf, os.path.join(path, sub), arcname + "/" + sub)
+
+
+def normalise_fits_header(path, date_iso):
+    """exportfits stamps DATE with the wall clock and tclean records the memory
+    it found free (MEMAVAIL): fix both so the same seed gives the same bytes."""
+    fixed = {b"DATE    = ": "DATE    = '%s'" % date_iso, b"MEMAVAIL= ": "MEMAVAIL= %20.7E" % 0.0}
+    with open(path, "r+b") as f:
+        header = f.read(2880 * 8)
+        for i in range(0, len(header), 80):
+            card = header[i:i + 80]
+            key = card[:10]
+            if key in fixed:
+                f.seek(i)
+                f.write(fixed[key].ljust(80).encode("ascii"))
+            if card.startswith(b"END     "):
+                break
 
 
 def longest_baseline(vis):
@@ -392,7 +430,8 @@ def image_products(spec, vislist, product_dir, workdir):
             for suffix in ("pbcor", "pb"):
                 src = imagename + (".image.pbcor" if suffix == "pbcor" else ".pb")
                 out = os.path.join(product_dir, "%s.%s.fits" % (base, suffix))
-                exportfits(imagename=src, fitsimage=out, overwrite=True, dropdeg=False)
+                exportfits(imagename=src, fitsimage=out, overwrite=True, dropdeg=False, history=False)
+                normalise_fits_header(out, spec["date_iso"])
                 made.append(os.path.basename(out))
     return made
 
@@ -420,8 +459,8 @@ def main(spec_path, result_path):
         import_ms(asdm, vis)
         lines = calibrate(spec, eb, vis, work, truth)
         write_calapply(os.path.join(caldir, ebname + ".ms.calapply.txt"), lines, spec, ebname)
-        tar_dir(os.path.join(caldir, ebname + ".ms.flagversions.tgz"), vis + ".flagversions",
-                os.path.basename(vis) + ".flagversions")
+        write_tgz(os.path.join(caldir, ebname + ".ms.flagversions.tgz"),
+                  [(vis + ".flagversions", os.path.basename(vis) + ".flagversions")])
         for kw in lines:
             applycal(**kw, **almaopts.APPLYCAL_DEFAULTS)
         truth["uid"] = eb["uid"]
@@ -429,10 +468,8 @@ def main(spec_path, result_path):
         result["ebs"].append(truth)
         vislist.append(vis)
     # One caltables tarball per session, members named <EB>.ms.* at its top.
-    with tarfile.open(os.path.join(caldir, "%s.session_1.caltables.tgz" % spec["mous_file"]), "w:gz") as tf:
-        for truth in result["ebs"]:
-            for name in truth["caltables"]:
-                tf.add(os.path.join(work, name), arcname=name)
+    write_tgz(os.path.join(caldir, "%s.session_1.caltables.tgz" % spec["mous_file"]),
+              [(os.path.join(work, name), name) for truth in result["ebs"] for name in truth["caltables"]])
     result["products"] = image_products(spec, vislist, product, work)
     result["longest_baseline_m"] = max(longest_baseline(v) for v in vislist)
     with open(result_path, "w") as f:

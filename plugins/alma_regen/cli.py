@@ -104,6 +104,15 @@ def _register_staging(sub):
 _EXTRA.append(_register_staging)
 
 
+def _register_chain(sub):
+    from .demo import register_cli, run_cli  # demo, run
+    register_cli(sub)
+    run_cli(sub)
+
+
+_EXTRA.append(_register_chain)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(

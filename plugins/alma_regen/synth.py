@@ -51,6 +51,7 @@ def make_spec(seed: int, ebs: int, antennas: int, member_dir: Path) -> dict:
         "antenna_config": "alma.cycle10.1.cfg",
         "refant": 2,
         "date": "2024/05/01/00:00:00",
+        "date_iso": "2024-05-01T00:00:00",
         "integration_s": 6,
         "slew_s": 10,
         # Calibrator, target, calibrator, target, calibrator: the phase
