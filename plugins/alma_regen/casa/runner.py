@@ -126,8 +126,9 @@ class CasaRunner:
                 self._proc = None
         proc.returncode = os.waitstatus_to_exitcode(status)
         # Whatever the child left behind in its group (helpers, a stray
-        # grandchild) ends with it.
+        # grandchild) ends with it, and is gone when run() returns.
         _signal_group(pgid, signal.SIGKILL)
+        _wait_group_gone(pgid, limit_s=5.0)
         pump.join(self.grace_s)
         if pump.is_alive():
             self.log.warning("CASA output still open after the child exited (a process left its group?)")
@@ -241,6 +242,13 @@ def _signal_group(pgid, sig):
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_group_gone(pgid, limit_s: float):
+    """SIGKILL is asynchronous: wait (bounded) until the group has no live member."""
+    deadline = time.monotonic() + limit_s
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def group_members(pgid) -> list:
