@@ -11,12 +11,13 @@ import threading
 import time
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-__all__ = ["seaweedfs", "archive_server", "S3Server", "ArchiveHandle", "free_port"]
+__all__ = ["seaweedfs", "archive_server", "S3Server", "ArchiveHandle", "free_port", "seaweedfs_server"]
 
 
 def free_port(grpc_offset: int = 0) -> int:
@@ -73,23 +74,20 @@ class S3Server:
                 "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region,
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def airflow_conn_uri(self) -> str:
-        """An Airflow `aws` connection URI for this endpoint (AIRFLOW_CONN_<ID>)."""
-        extra = json.dumps({"endpoint_url": self.endpoint_url, "region_name": self.region})
-        return json.dumps({"conn_type": "aws", "login": self.access_key, "password": self.secret_key,
-                           "extra": json.loads(extra)})
 
+@contextmanager
+def seaweedfs_server(root: Path, weed: str | None = None):
+    """Run `weed mini` in `root` on loopback with random free ports; yield an S3Server; stop it after.
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory):
-    """`weed mini` on 127.0.0.1 with random free ports and a temporary folder, stopped afterwards."""
-    weed = weed_binary()
-    root = tmp_path_factory.mktemp("seaweedfs")
+    A plain context manager (no pytest) so benchmarks and other steps can use it too.
+    """
+    weed = weed or weed_binary()
+    root = Path(root)
     access, secret = "alma-test-key", uuid.uuid4().hex
     (root / "s3.json").write_text(json.dumps({"identities": [{
         "name": "admin", "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    (root / "data").mkdir()
+    (root / "data").mkdir(exist_ok=True)
     s3_port = free_port(10000)
     args = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={free_port(10000)}", f"-volume.port={free_port(10000)}",
@@ -123,6 +121,13 @@ def seaweedfs(tmp_path_factory):
             proc.kill()
             proc.wait(10)
         logf.close()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """`weed mini` on 127.0.0.1 with random free ports and a temporary folder, stopped afterwards."""
+    with seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 class ArchiveHandle:

@@ -16,6 +16,8 @@ def register(sub) -> None:
     s.add_argument("--lock-timeout", type=float, default=3600.0,
                    help="seconds to wait for another run staging the same file (default 3600)")
     s.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
+    s.add_argument("--s3-workers", type=int, default=4,
+                   help="parallel ranged GETs per file from S3 (default 4; 1 = one stream)")
     s.set_defaults(func=_cmd_stage)
 
     from ..serve_archive import register_cli
@@ -27,6 +29,9 @@ def _cmd_stage(a) -> None:
     from .sources import open_source
     from .stage import StageOptions, stage_mous
 
-    source = open_source(a.source, cookie=os.environ.get("ALMA_REQUEST_HANDLER_COOKIE", ""))
+    if a.source.startswith("s3://"):
+        source = open_source(a.source, workers=a.s3_workers)
+    else:
+        source = open_source(a.source, cookie=os.environ.get("ALMA_REQUEST_HANDLER_COOKIE", ""))
     opts = StageOptions(parallel=a.parallel, lock_timeout=a.lock_timeout, progress_interval=a.progress_interval)
     _print_json(stage_mous(a.mous, source, a.workdir, opts))

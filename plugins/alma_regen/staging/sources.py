@@ -355,31 +355,44 @@ class S3Source:
                 return b""
             resp = _s3_call(self.client.get_object, f.name, Bucket=self.bucket, Key=key,
                             Range=f"bytes={lo}-{hi - 1}", IfMatch=f'"{etag}"')
+            # Read into one buffer piece by piece: read() of a whole part would hold
+            # it twice (the pieces and the joined copy).
+            data, got, body = bytearray(hi - lo), 0, resp["Body"]
             try:
-                data = resp["Body"].read()
+                while got < hi - lo:
+                    piece = body.read(min(1 << 20, hi - lo - got))
+                    if not piece:
+                        break
+                    data[got:got + len(piece)] = piece
+                    got += len(piece)
             except Exception as exc:
                 raise _s3_error(exc, f"{f.name} bytes {lo}-{hi - 1}") from None
-            if len(data) != hi - lo:
-                raise TransientError(f"{f.name}: part {lo}-{hi - 1} returned {len(data)} bytes")
+            finally:
+                body.close()
+            if got != hi - lo:
+                raise TransientError(f"{f.name}: part {lo}-{hi - 1} returned {got} bytes")
             return data
 
         def parts() -> Iterator[bytes]:
             # Parts are fetched `workers` at a time and yielded in order; at most
-            # workers + 2 parts are held in memory.
+            # workers + 1 parts are held here (8 MiB each by default).
             ranges = iter([(lo, min(lo + self.part_size, f.size)) for lo in range(start, f.size, self.part_size)])
             pool = ThreadPoolExecutor(self.workers, thread_name_prefix="s3part")
             pending = deque()
             try:
                 for r in ranges:
                     pending.append(pool.submit(get, *r))
-                    if len(pending) >= self.workers + 2:
+                    if len(pending) >= self.workers + 1:
                         break
                 while pending:
-                    data = pending.popleft().result()
+                    data = memoryview(pending.popleft().result())
                     nxt = next(ranges, None)
                     if nxt:
                         pending.append(pool.submit(get, *nxt))
-                    yield data
+                    # In 1 MiB slices, so the queues downstream (counted in chunks) pin
+                    # few parts in memory.
+                    for i in range(0, len(data), self.chunk):
+                        yield data[i:i + self.chunk]
             finally:
                 stop.set()
                 for fut in pending:

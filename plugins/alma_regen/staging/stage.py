@@ -196,6 +196,35 @@ def stamp_matches(slot: Slot, source) -> Optional[dict]:
 
 
 # ------------------------------------------------------------------ sinks
+class ThreadedSha256:
+    """sha256 in its own thread: hashlib releases the GIL, so hashing overlaps the disk writes.
+
+    Chunks handed to update() must not change afterwards (they are bytes from the network).
+    """
+
+    def __init__(self, depth: int = 8):
+        self._h = hashlib.sha256()
+        self._q: queue.Queue = queue.Queue(depth)
+        self._t = threading.Thread(target=self._run, name="stage-sha256", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (data := self._q.get()) is not None:
+            self._h.update(data)
+
+    def update(self, data) -> None:
+        self._q.put(data)
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._h.hexdigest()
+
+
 class FileSink:
     """A plain file (the README) with the extractor's feed/checkpoint/resume interface."""
 
@@ -204,7 +233,7 @@ class FileSink:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / name
         self.state = partial / "state.json"
-        self.sha = hashlib.sha256()
+        self.sha = ThreadedSha256()
         self.offset = 0
         if resume:
             st = json.loads(self.state.read_text())
@@ -233,6 +262,7 @@ class FileSink:
         return self.sha.hexdigest()
 
     def close(self) -> None:
+        self.sha.close()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -251,8 +281,8 @@ def _new_sink(slot: Slot, project: str, mous: str, resume: bool):
             raise ResumeError(str(exc)) from None
     layout = MemberLayout(slot.kind, project, mous, slot.eb)
     if resume:
-        return TarStreamExtractor.resume(partial / "tree", layout, slot.rfile.name, partial)
-    return TarStreamExtractor(partial / "tree", layout, slot.rfile.name, partial)
+        return TarStreamExtractor.resume(partial / "tree", layout, slot.rfile.name, partial, ThreadedSha256())
+    return TarStreamExtractor(partial / "tree", layout, slot.rfile.name, partial, ThreadedSha256())
 
 
 # ------------------------------------------------------------------ transfer

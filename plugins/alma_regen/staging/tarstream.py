@@ -71,14 +71,14 @@ def _pad(n: int) -> int:
 
 
 class TarStreamExtractor:
-    def __init__(self, dest, mapper: Mapper, where: str, state_dir=None):
+    def __init__(self, dest, mapper: Mapper, where: str, state_dir=None, hasher=None):
         self.dest = Path(os.path.realpath(dest))
         self.dest.mkdir(parents=True, exist_ok=True)
         self.mapper = mapper
         self.where = where  # the archive file name, for messages
         self.state_dir = Path(state_dir) if state_dir else None
         self.offset = 0
-        self.sha = hashlib.sha256()
+        self.sha = hasher if hasher is not None else hashlib.sha256()
         self.members = 0
         self._mode = HEADER
         self._buf = bytearray()  # a header block or an extended-header body being collected
@@ -160,6 +160,7 @@ class TarStreamExtractor:
         return self.sha.hexdigest()
 
     def close(self) -> None:
+        getattr(self.sha, "close", lambda: None)()
         for attr in ("_fd", "_skel_fd"):
             fd = getattr(self, attr)
             if fd is not None:
@@ -387,7 +388,7 @@ class TarStreamExtractor:
             return None
 
     @classmethod
-    def resume(cls, dest, mapper: Mapper, where: str, state_dir) -> "TarStreamExtractor":
+    def resume(cls, dest, mapper: Mapper, where: str, state_dir, hasher=None) -> "TarStreamExtractor":
         """Rebuild an extractor from a checkpoint, re-hashing what is on disk; ResumeError if unusable."""
         state_dir = Path(state_dir)
         try:
@@ -397,7 +398,7 @@ class TarStreamExtractor:
         if state.get("version") != STATE_VERSION:
             raise ResumeError("state written by another version")
         self = cls.__new__(cls)
-        cls.__init__(self, dest, mapper, where, state_dir=None)  # no truncating open of the skeleton
+        cls.__init__(self, dest, mapper, where, state_dir=None, hasher=hasher)  # no truncating open of the skeleton
         self.state_dir = state_dir
         try:
             self._replay(state)
