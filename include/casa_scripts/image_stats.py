@@ -1,0 +1,209 @@
+"""Statistics of images, differences of image pairs, thumbnails (CASA's Python).
+
+Usage: python image_stats.py JOB.json RESULT.json
+
+JOB: {"images": [{"id", "path", "pb": path or null}],
+      "pairs":  [{"id", "a", "b"}]            (ids of "images": a regenerated, b delivered)
+      "workdir": folder for regridded copies,
+      "thumbnails": folder for PNGs or null}
+
+Per image (FITS or CASA image): shape, cell, peak (the maximum), where it is
+(pixel and RA/Dec), the rms (robust: 1.4826 x the median absolute deviation,
+so sources barely move it; on a pb-corrected image the noise is first
+flattened by multiplying with the primary beam when one is given), the
+restoring beam (the common beam of a cube). Per pair: b's grid is the
+reference; a is regridded onto it when the grids differ, and the pixel-wise
+difference a - b is reported in units of b's rms.
+This file must not import airflow or alma_regen.
+"""
+import json
+import math
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import casa_boot  # noqa: E402
+
+import numpy as np  # noqa: E402
+from casatasks import imregrid, imsmooth  # noqa: E402
+from casatools import image  # noqa: E402
+
+casa_boot.casa_log_to_console()
+ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
+
+
+def load(path):
+    """Pixels as float64 with NaN where masked, the coordinate system record, beam and unit."""
+    ia = image()
+    ia.open(path)
+    try:
+        data = np.array(ia.getchunk(), dtype=np.float64)
+        mask = np.array(ia.getchunk(getmask=True), dtype=bool)
+        data[~mask] = np.nan
+        # tclean writes a fully flagged channel as a plane of exact zeros: it
+        # is blank, not a noise-free measurement (it would fake a low rms).
+        planes = data.reshape(data.shape[0], data.shape[1], -1)
+        for k in range(planes.shape[2]):
+            if not np.any(np.nan_to_num(planes[:, :, k]) != 0):
+                planes[:, :, k] = np.nan
+        cs = ia.coordsys()
+        info = {
+            "shape": [int(n) for n in ia.shape()],
+            "unit": ia.brightnessunit(),
+            "beam": beam_of(ia),
+            "increment_arcsec": [abs(float(x)) * ARCSEC_PER_RAD for x in cs.increment(type="direction")["numeric"]],
+            "refval": [float(x) for x in cs.referencevalue(type="direction")["numeric"]],
+            "refpix": [float(x) for x in cs.referencepixel(type="direction")["numeric"]],
+        }
+        return data, cs, info
+    finally:
+        ia.close()
+
+
+def beam_of(ia):
+    rb = ia.restoringbeam()
+    if not rb:
+        return None
+    if "major" not in rb:  # per-plane beams of a cube: the smallest beam all planes fit in
+        try:
+            rb = ia.commonbeam()
+        except Exception:  # noqa: BLE001 (a cube CASA cannot find a common beam for)
+            return None
+
+    def arcsec(q):
+        return float(q["value"]) * {"arcsec": 1.0, "deg": 3600.0, "rad": ARCSEC_PER_RAD}.get(q["unit"], 1.0)
+    return {"major_arcsec": arcsec(rb["major"]), "minor_arcsec": arcsec(rb["minor"]),
+            "pa_deg": float((rb.get("positionangle") or rb.get("pa") or {"value": 0.0})["value"])}
+
+
+def robust_rms(values):
+    """1.4826 x MAD; for a cube the median over its planes (channel noise differs)."""
+    planes = values.reshape(values.shape[0], values.shape[1], -1)
+    per_plane = []
+    for k in range(planes.shape[2]):
+        v = planes[:, :, k][np.isfinite(planes[:, :, k])]
+        if v.size:
+            per_plane.append(1.4826 * np.median(np.abs(v - np.median(v))))
+    return float(np.median(per_plane)) if per_plane else None
+
+
+def stats(entry):
+    data, cs, info = load(entry["path"])
+    finite = np.isfinite(data)
+    if not finite.any():
+        return dict(info, peak=None, rms=None, problem="every pixel is masked or blank")
+    flat = data
+    if entry.get("pb"):
+        pb, _, _ = load(entry["pb"])
+        if pb.shape == data.shape:
+            flat = data * pb
+    idx = np.unravel_index(np.nanargmax(data), data.shape)
+    world = cs.toworld([float(i) for i in idx], "n")["numeric"]
+    cs.done()
+    return dict(info, peak=float(data[idx]), peak_pixel=[int(i) for i in idx],
+                peak_ra_deg=float(world[0]) * 180 / math.pi, peak_dec_deg=float(world[1]) * 180 / math.pi,
+                rms=robust_rms(flat), finite_fraction=round(float(finite.mean()), 4))
+
+
+def same_grid(ia_info, ib_info):
+    return (ia_info["shape"] == ib_info["shape"]
+            and np.allclose(ia_info["increment_arcsec"], ib_info["increment_arcsec"], rtol=1e-6)
+            and np.allclose(ia_info["refval"], ib_info["refval"], rtol=0, atol=1e-10)
+            and np.allclose(ia_info["refpix"], ib_info["refpix"], atol=1e-6))
+
+
+def compare(a_path, b_path, b_rms, workdir, pair_id):
+    a, _, a_info = load(a_path)
+    b, _, b_info = load(b_path)
+    regridded = False
+    if not same_grid(a_info, b_info):
+        # imregrid reads its template only as a CASA image, not FITS.
+        template, out = (os.path.join(workdir, "%s.%s" % (pair_id, x)) for x in ("template", "regrid"))
+        for p in (template, out):
+            shutil.rmtree(p, ignore_errors=True)
+        ia = image()
+        ia.fromimage(outfile=template, infile=b_path)
+        ia.close()
+        source = a_path
+        if a_info["shape"][2:] == b_info["shape"][2:]:
+            # Same planes: regrid the sky only (a cube with one beam per
+            # plane cannot be regridded along frequency).
+            axes = [0, 1]
+        else:
+            axes = [-1]
+            source = os.path.join(workdir, "%s.common" % pair_id)
+            shutil.rmtree(source, ignore_errors=True)
+            imsmooth(imagename=a_path, kernel="commonbeam", outfile=source, overwrite=True)
+        imregrid(imagename=source, template=template, output=out, overwrite=True, axes=axes)
+        if source != a_path:
+            shutil.rmtree(source, ignore_errors=True)
+        a, _, _ = load(out)
+        for p in (template, out):
+            shutil.rmtree(p, ignore_errors=True)
+        regridded = True
+    if a.shape != b.shape:
+        return {"regridded": regridded, "problem": "shapes differ after regridding: %s vs %s"
+                % (list(a.shape), list(b.shape))}
+    both = np.isfinite(a) & np.isfinite(b)
+    if not both.any() or not b_rms:
+        return {"regridded": regridded, "problem": "no pixel is valid in both images"}
+    diff = (a - b)[both] / b_rms
+    # Planes blank (flagged) in one image only cannot be compared: counted, not judged.
+    pa, pb = (x.reshape(x.shape[0], x.shape[1], -1) for x in (a, b))
+    blank_a = [not np.isfinite(pa[:, :, k]).any() for k in range(pa.shape[2])]
+    blank_b = [not np.isfinite(pb[:, :, k]).any() for k in range(pb.shape[2])]
+    return {"regridded": regridded, "pixels": int(both.sum()),
+            "planes_blank_only_regenerated": int(sum(x and not y for x, y in zip(blank_a, blank_b))),
+            "planes_blank_only_delivered": int(sum(y and not x for x, y in zip(blank_a, blank_b))),
+            "diff_max_abs_sigma": float(np.max(np.abs(diff))),
+            "diff_rms_sigma": float(np.sqrt(np.mean(diff ** 2)))}
+
+
+def thumbnail(path, png, title):
+    """The peak plane (a cube's brightest channel), for the HTML summary page."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    data, cs, _ = load(path)
+    cs.done()
+    plane = data.reshape(data.shape[0], data.shape[1], -1)
+    if plane.shape[2] > 1 and np.isfinite(plane).any():
+        k = int(np.nanargmax(np.nanmax(np.nan_to_num(plane, nan=-np.inf), axis=(0, 1))))
+        plane = plane[:, :, k]
+    else:
+        plane = plane[:, :, 0]
+    fig, ax = plt.subplots(figsize=(3, 3), dpi=80)
+    ax.imshow(plane.T, origin="lower", cmap="inferno")  # CASA arrays are [x, y]
+    ax.set_title(title, fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def main(job_path, result_path):
+    with open(job_path) as f:
+        job = json.load(f)
+    workdir = job.get("workdir") or os.getcwd()
+    os.makedirs(workdir, exist_ok=True)
+    images = {}
+    for entry in job.get("images", []):
+        images[entry["id"]] = s = stats(entry)
+        s["path"] = entry["path"]
+        if job.get("thumbnails") and s.get("peak") is not None:
+            os.makedirs(job["thumbnails"], exist_ok=True)
+            png = os.path.join(job["thumbnails"], entry["id"] + ".png")
+            thumbnail(entry["path"], png, entry["id"])
+            s["thumbnail"] = png
+    pairs = {}
+    for p in job.get("pairs", []):
+        pairs[p["id"]] = compare(images[p["a"]]["path"], images[p["b"]]["path"], images[p["b"]].get("rms"),
+                                 workdir, p["id"])
+    with open(result_path, "w") as f:
+        json.dump({"images": images, "pairs": pairs}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(*[a for a in sys.argv[1:] if not a.startswith("--")])

@@ -1,0 +1,256 @@
+"""Fidelity: do the regenerated images match what the observatory delivered?
+
+Every regenerated image in `<member>/imaging/products/` (primary beams aside)
+is paired with its counterpart in `<member>/product/` (same file name, else
+the same target, spw, mode, Stokes and kind), both are measured in a CASA
+child (include/casa_scripts/image_stats.py: peak, peak position, robust rms,
+beam; the regenerated image regridded onto the delivered grid when they
+differ, and the pixel-wise difference in units of the delivered rms) and the
+numbers are judged against tolerances. The result goes to
+`<member>/imaging/fidelity.json` (with PNG thumbnails for the summary page);
+a bad match raises FidelityError with the numbers in the message. An image
+without a counterpart is reported as such, never failed.
+
+Tolerances (defaults below) can be given per call, or as a JSON object in
+$ALMA_REGEN_FIDELITY_TOLERANCES. This module does not import Airflow.
+"""
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+
+from .casa.registry import load_registry
+from .casa.runner import CasaRunner
+from .errors import PermanentError
+from .imaging import imaging_dir, products_dir
+from .paths import casa_script
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "alma-regen/fidelity/1"
+TOLERANCES_ENV = "ALMA_REGEN_FIDELITY_TOLERANCES"
+DEFAULT_TOLERANCES = {
+    # Peak: relative difference, unless within peak_sigma x the delivered rms
+    # (a faint peak is noise-limited, a percentage means nothing there).
+    "peak_rel": 0.05,
+    "peak_sigma": 3.0,
+    # Peak position, in beams (checked only where the delivered peak is a
+    # detection: at least detection_sigma x rms).
+    "peak_offset_beams": 0.25,
+    "detection_sigma": 5.0,
+    "rms_rel": 0.30,
+    "beam_rel": 0.10,
+    # The pixel-wise difference in units of the delivered rms: its rms over
+    # the image (about 1 when the images differ by noise alone), and its
+    # largest value (or peak_rel of the peak, whichever is larger: a cube's
+    # partly flagged edge channel or a regrid near a bright source moves a
+    # few pixels by far more than the noise).
+    "diff_rms_sigma": 1.5,
+    "diff_max_sigma": 20.0,
+}
+# member.<MOUS>.<target>_<intent>.spw<ids>.<mode>.<stokes>.<kind>.fits (ALMA product names).
+_NAME_RE = re.compile(r"^member\.(?P<mous>uid___[^.]+)\.(?P<target>.+)_(?P<intent>[a-z]+)\.spw(?P<spw>[0-9_]+)"
+                      r"\.(?P<mode>[A-Za-z]+)\.(?P<stokes>[IQUV]+)\.(?P<kind>[a-z.]+)\.fits$")
+
+
+class FidelityError(PermanentError):
+    """A regenerated image does not match its delivered counterpart within tolerance."""
+
+
+def tolerances(overrides=None) -> dict:
+    tol = dict(DEFAULT_TOLERANCES)
+    env = os.environ.get(TOLERANCES_ENV)
+    if env:
+        try:
+            tol.update(json.loads(env))
+        except (ValueError, TypeError) as exc:
+            raise PermanentError(f"${TOLERANCES_ENV} is not a JSON object: {exc}") from None
+    tol.update(overrides or {})
+    unknown = set(tol) - set(DEFAULT_TOLERANCES)
+    if unknown:
+        raise PermanentError(f"unknown fidelity tolerance(s) {sorted(unknown)}; known: {sorted(DEFAULT_TOLERANCES)}")
+    return tol
+
+
+def _key(name: str):
+    m = _NAME_RE.match(name)
+    if not m:
+        return None
+    mode = {"mfs": "cont"}.get(m["mode"], m["mode"])
+    return (m["target"], m["intent"], m["spw"], mode, m["stokes"], m["kind"])
+
+
+def is_pb(name: str) -> bool:
+    return name.endswith(".pb.fits")
+
+
+def pb_for(path: Path) -> Path | None:
+    """The primary beam image next to a pb-corrected one (…I.pbcor.fits -> …I.pb.fits)."""
+    if path.name.endswith(".pbcor.fits"):
+        pb = path.with_name(path.name[: -len(".pbcor.fits")] + ".pb.fits")
+        return pb if pb.is_file() else None
+    return None
+
+
+def counterparts(regenerated: list, delivered_dir: Path) -> dict:
+    """regenerated name -> the delivered Path of the same image, or None."""
+    delivered = sorted(p for p in delivered_dir.glob("*.fits") if not is_pb(p.name)) if delivered_dir.is_dir() else []
+    by_name = {p.name: p for p in delivered}
+    by_key = {}
+    for p in delivered:
+        k = _key(p.name)
+        if k:
+            by_key.setdefault(k, p)
+    out = {}
+    for name in regenerated:
+        out[name] = by_name.get(name) or by_key.get(_key(name))
+    return out
+
+
+def measure(images: list, pairs: list, workdir: Path, thumbnails: Path | None = None, *, runner=None,
+            registry=None, timeout=None) -> dict:
+    """Run image_stats.py on `images` ([{id, path, pb}]) and `pairs` ([{id, a, b}])."""
+    runner = runner or CasaRunner(log)
+    registry = registry or load_registry()
+    workdir.mkdir(parents=True, exist_ok=True)
+    job, result = workdir / "stats.job.json", workdir / "stats.result.json"
+    job.write_text(json.dumps({"images": images, "pairs": pairs, "workdir": str(workdir),
+                               "thumbnails": str(thumbnails) if thumbnails else None}, indent=1))
+    result.unlink(missing_ok=True)
+    cmd = registry.modular().command(casa_script("image_stats.py"), [job, result], shell=False)
+    runner.run(cmd, cwd=workdir, timeout=timeout, label="image statistics")
+    return json.loads(result.read_text())
+
+
+def _rel(a, b):
+    return (a - b) / abs(b) if b else math.inf
+
+
+def _separation_arcsec(a, b) -> float:
+    ra1, de1, ra2, de2 = map(math.radians, (a["peak_ra_deg"], a["peak_dec_deg"], b["peak_ra_deg"], b["peak_dec_deg"]))
+    # Haversine: exact enough at any separation.
+    h = math.sin((de2 - de1) / 2) ** 2 + math.cos(de1) * math.cos(de2) * math.sin((ra2 - ra1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600
+
+
+def judge(name: str, regen: dict, ref: dict, diff: dict, tol: dict) -> dict:
+    """Compare one pair; every number and each failed rule (as text) in the result."""
+    out = {"image": name, "failures": [], "checks": {}}
+    fail = out["failures"]
+    if regen.get("peak") is None or ref.get("peak") is None:
+        fail.append(f"no valid pixel in the {'regenerated' if regen.get('peak') is None else 'delivered'} image")
+        return out
+    rms = ref.get("rms") or 0.0
+    dpeak = regen["peak"] - ref["peak"]
+    rel = _rel(regen["peak"], ref["peak"])
+    out["checks"]["peak"] = {"regenerated": regen["peak"], "delivered": ref["peak"], "rel": rel,
+                             "sigma": dpeak / rms if rms else None}
+    if abs(rel) > tol["peak_rel"] and abs(dpeak) > tol["peak_sigma"] * rms:
+        fail.append(f"peak {regen['peak']:.4g} vs delivered {ref['peak']:.4g} {ref.get('unit', '')} "
+                    f"({rel * 100:+.1f} %, tolerance {tol['peak_rel'] * 100:.0f} % or {tol['peak_sigma']:g} rms)")
+    sep = _separation_arcsec(regen, ref)
+    beam = (ref.get("beam") or {}).get("major_arcsec") or (ref.get("increment_arcsec") or [0])[0] * 5
+    detected = rms and ref["peak"] >= tol["detection_sigma"] * rms
+    out["checks"]["peak_position"] = {"offset_arcsec": sep, "beam_arcsec": beam,
+                                      "offset_beams": sep / beam if beam else None, "checked": bool(detected)}
+    if detected and beam and sep > tol["peak_offset_beams"] * beam:
+        fail.append(f"peak position {sep:.3f} arcsec from the delivered one ({sep / beam:.2f} beams, "
+                    f"tolerance {tol['peak_offset_beams']:g})")
+    if regen.get("rms") and rms:
+        r = _rel(regen["rms"], rms)
+        out["checks"]["rms"] = {"regenerated": regen["rms"], "delivered": rms, "rel": r}
+        if abs(r) > tol["rms_rel"]:
+            fail.append(f"rms {regen['rms']:.3g} vs delivered {rms:.3g} ({r * 100:+.1f} %, "
+                        f"tolerance {tol['rms_rel'] * 100:.0f} %)")
+    rb, db = regen.get("beam"), ref.get("beam")
+    if rb and db:
+        rel_major = _rel(rb["major_arcsec"], db["major_arcsec"])
+        rel_minor = _rel(rb["minor_arcsec"], db["minor_arcsec"])
+        out["checks"]["beam"] = {"regenerated": rb, "delivered": db, "rel_major": rel_major, "rel_minor": rel_minor}
+        if max(abs(rel_major), abs(rel_minor)) > tol["beam_rel"]:
+            fail.append(f"beam {rb['major_arcsec']:.3f}x{rb['minor_arcsec']:.3f} vs delivered "
+                        f"{db['major_arcsec']:.3f}x{db['minor_arcsec']:.3f} arcsec (tolerance "
+                        f"{tol['beam_rel'] * 100:.0f} %)")
+    out["checks"]["difference"] = diff
+    if diff.get("problem"):
+        fail.append(f"pixel difference: {diff['problem']}")
+    else:
+        limit = max(tol["diff_max_sigma"], tol["peak_rel"] * abs(ref["peak"]) / rms if rms else 0.0)
+        diff["limit_sigma"] = limit
+        if diff["diff_rms_sigma"] > tol["diff_rms_sigma"]:
+            fail.append(f"pixel difference rms {diff['diff_rms_sigma']:.2f} x the delivered rms "
+                        f"(tolerance {tol['diff_rms_sigma']:g})" + (" after regridding" if diff.get("regridded") else ""))
+        if diff["diff_max_abs_sigma"] > limit:
+            fail.append(f"largest pixel difference {diff['diff_max_abs_sigma']:.2f} x the delivered rms "
+                        f"(rms of the difference {diff['diff_rms_sigma']:.2f}; tolerance {limit:.2f})"
+                        + (" after regridding" if diff.get("regridded") else ""))
+    return out
+
+
+def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, timeout=None,
+                   raise_on_failure: bool = True) -> dict:
+    """Compare every regenerated image with the delivery's; write imaging/fidelity.json.
+
+    Raises FidelityError (after writing the file) when a pair is out of tolerance.
+    """
+    member_dir = Path(member_dir)
+    tol = tolerances(tolerances_)
+    regen_dir = products_dir(member_dir)
+    regenerated = sorted(p for p in regen_dir.glob("*.fits") if not is_pb(p.name))
+    if not regenerated:
+        raise PermanentError(f"{regen_dir} holds no regenerated image: run alma-regen image first")
+    pairs_of = counterparts([p.name for p in regenerated], member_dir / "product")
+    images, pairs = [], []
+    for p in regenerated:
+        images.append({"id": "regen:" + p.name, "path": str(p), "pb": _str(pb_for(p))})
+        ref = pairs_of[p.name]
+        if ref is not None:
+            images.append({"id": "delivered:" + ref.name, "path": str(ref), "pb": _str(pb_for(ref))})
+            pairs.append({"id": p.name, "a": "regen:" + p.name, "b": "delivered:" + ref.name})
+    d = imaging_dir(member_dir)
+    stats = measure(images, pairs, d / "fidelity_work", d / "thumbnails", runner=runner, registry=registry,
+                    timeout=timeout)
+    results = []
+    for p in regenerated:
+        regen = stats["images"]["regen:" + p.name]
+        entry = {"image": p.name, "regenerated": _public(regen), "counterpart": None}
+        ref_path = pairs_of[p.name]
+        if ref_path is None:
+            entry.update(status="no counterpart", note=f"no delivered image in product/ matches {p.name}")
+        else:
+            ref = stats["images"]["delivered:" + ref_path.name]
+            verdict = judge(p.name, regen, ref, stats["pairs"][p.name], tol)
+            entry.update(counterpart=ref_path.name, delivered=_public(ref), checks=verdict["checks"],
+                         failures=verdict["failures"], status="fail" if verdict["failures"] else "pass")
+        results.append(entry)
+    matched = {r["counterpart"] for r in results if r["counterpart"]}
+    delivered_all = sorted(p.name for p in (member_dir / "product").glob("*.fits")
+                           if not is_pb(p.name)) if (member_dir / "product").is_dir() else []
+    summary = {s: sum(r["status"] == s for r in results) for s in ("pass", "fail", "no counterpart")}
+    doc = {"schema": SCHEMA, "member_dir": str(member_dir), "tolerances": tol, "summary": summary,
+           "ok": summary["fail"] == 0, "images": results,
+           "delivered_not_regenerated": sorted(set(delivered_all) - matched)}
+    out = d / "fidelity.json"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out)
+    log.info("fidelity: %d pass, %d fail, %d without counterpart", summary["pass"], summary["fail"],
+             summary["no counterpart"])
+    if not doc["ok"] and raise_on_failure:
+        bad = [f"{r['image']}: " + "; ".join(r["failures"]) for r in results if r["status"] == "fail"]
+        raise FidelityError(f"{summary['fail']} regenerated image(s) do not match the delivered ones: "
+                            + " | ".join(bad))
+    return doc
+
+
+def _str(p):
+    return str(p) if p else None
+
+
+def _public(stats: dict) -> dict:
+    """What fidelity.json keeps of an image's statistics."""
+    keys = ("peak", "peak_pixel", "peak_ra_deg", "peak_dec_deg", "rms", "beam", "unit", "shape",
+            "increment_arcsec", "thumbnail", "problem")
+    return {k: stats[k] for k in keys if k in stats}

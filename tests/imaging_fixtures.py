@@ -1,0 +1,78 @@
+"""Calibrated inputs for the imaging, fidelity and publishing tests.
+
+Each EB of the shared synthetic delivery is restored once with the native
+restore script (include/casa_scripts/restore_eb.py) into a copy of the member
+folder laid out as scriptForPI leaves it: calibrated/working/<EB>.ms (with
+CORRECTED_DATA) and <EB>.ms.split.cal (science spws, target, DATA =
+calibrated), linked at calibrated/ level. Fixtures are session-scoped and
+cached here, so the test modules that import them share one restore and one
+native imaging run.
+"""
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from alma_regen import naming
+from alma_regen.casa.runner import CasaRunner
+from alma_regen.paths import casa_script
+
+__all__ = ["build_calibrated", "calibrated_member", "native_imaged", "fresh_member"]
+_CACHE = {}
+
+
+def build_calibrated(synth: dict, member: Path, split: bool = True) -> Path:
+    """Copy the synthetic member to `member` and restore every EB into member/calibrated/."""
+    src = Path(synth["member_dir"])
+    shutil.copytree(src, member, symlinks=True)
+    work = member / "calibrated" / "working"
+    work.mkdir(parents=True)
+    mous_f = naming.uid_to_file(synth["mous_uid"])
+    for eb in synth["ebs"]:
+        f = naming.uid_to_file(eb)
+        job = {
+            "eb": f, "asdm": str(member / "raw" / naming.asdm_dir(eb)), "workdir": str(work),
+            "calapply": str(member / "calibration" / f"{f}.ms.calapply.txt"),
+            "flagversions": str(member / "calibration" / f"{f}.ms.flagversions.tgz"),
+            "caltables": str(member / "calibration" / f"{mous_f}.session_1.caltables.tgz"),
+            "split": split,
+        }
+        (work / f"{f}.job.json").write_text(json.dumps(job))
+        CasaRunner().run([sys.executable, casa_script("restore_eb.py"), f"{f}.job.json", f"{f}.result.json"],
+                         cwd=work)
+        name = f"{f}.ms.split.cal" if split else f"{f}.ms"
+        os.symlink(f"working/{name}", member / "calibrated" / name)
+    (member / "calibration.json").write_text(json.dumps({"engine": "test-restore", "ebs": synth["ebs"]}))
+    return member
+
+
+@pytest.fixture(scope="session")
+def calibrated_member(synth_delivery, tmp_path_factory):
+    """A member folder with calibrated/ as scriptForPI leaves it (split). Do not modify."""
+    if "calibrated" not in _CACHE:
+        root = tmp_path_factory.mktemp("calibrated")
+        _CACHE["calibrated"] = build_calibrated(synth_delivery, root / Path(synth_delivery["member_dir"]).name)
+    return _CACHE["calibrated"]
+
+
+def fresh_member(calibrated: Path, dest: Path) -> Path:
+    """A private copy of a calibrated member (the MSs linked, not copied: read-only use)."""
+    member = dest / calibrated.name
+    shutil.copytree(calibrated, member, symlinks=True,
+                    ignore=lambda d, names: ["working", "imaging"] if Path(d) == calibrated / "calibrated"
+                    or Path(d) == calibrated else [])
+    os.symlink(calibrated / "calibrated" / "working", member / "calibrated" / "working")
+    return member
+
+
+@pytest.fixture(scope="session")
+def native_imaged(calibrated_member, tmp_path_factory):
+    """(member folder, imaging record) after one native imaging run, 2 workers."""
+    if "native" not in _CACHE:
+        from alma_regen import imaging
+        member = fresh_member(calibrated_member, tmp_path_factory.mktemp("native"))
+        _CACHE["native"] = (member, imaging.image(member, engine="native", workers=2))
+    return _CACHE["native"]
