@@ -56,7 +56,7 @@ class StageOptions:
     parallel: int = 2  # EBs downloaded at once
     lock_timeout: float = 3600.0  # wait this long for another run staging the same file
     progress_interval: float = 5.0
-    checkpoint_bytes: int = 8 << 20  # resume state written at least this often...
+    checkpoint_bytes: int = 64 << 20  # resume state written at least this often...
     checkpoint_seconds: float = 0.5  # ...and this often: bounds what a kill re-fetches
     max_attempts: int = 6  # in-process retries in a row without any progress
     backoff: float = 0.5
