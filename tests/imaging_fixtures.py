@@ -45,7 +45,8 @@ def build_calibrated(synth: dict, member: Path, split: bool = True) -> Path:
                          cwd=work)
         name = f"{f}.ms.split.cal" if split else f"{f}.ms"
         os.symlink(f"working/{name}", member / "calibrated" / name)
-    (member / "calibration.json").write_text(json.dumps({"engine": "test-restore", "ebs": synth["ebs"]}))
+    # Where alma_regen.calibration leaves its summary.
+    (member / "calibrated" / "calibration.json").write_text(json.dumps({"engine": "test-restore", "ebs": synth["ebs"]}))
     return member
 
 

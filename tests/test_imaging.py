@@ -125,3 +125,18 @@ def test_calibrated_ms_prefers_the_split(tmp_path):
 def test_unknown_engine(member_copy):
     with pytest.raises(PermanentError, match="unknown imaging engine"):
         imaging.choose_engine(member_copy, "magic")
+
+
+def test_mapped_operators_then_fidelity(calibrated_member, tmp_path):
+    """The DAG's shape: list the units, one mapped task per unit, then the fidelity check."""
+    from alma_regen.operators.imaging import (FidelityOperator, NativeImagingUnitOperator,
+                                              NativeImagingUnitsOperator)
+    member = fresh_member(calibrated_member, tmp_path)
+    units = NativeImagingUnitsOperator(task_id="units", member_dir=str(member)).execute({})
+    assert len(units) == 2
+    for i, unit in enumerate(units):
+        out = NativeImagingUnitOperator(task_id=f"unit_{i}", member_dir=str(member), unit=unit).execute({})
+        assert len(out["fits"]) == 4
+    assert imaging.imaging_record(member)["products"] == sorted(p.name for p in (member / "imaging" / "products").iterdir())
+    result = FidelityOperator(task_id="fidelity", member_dir=str(member)).execute({})
+    assert result["ok"] and result["summary"]["pass"] == 4

@@ -19,6 +19,7 @@ This file must not import airflow or alma_regen.
 import json
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -194,7 +195,7 @@ def main(job_path, result_path):
         s["path"] = entry["path"]
         if job.get("thumbnails") and s.get("peak") is not None:
             os.makedirs(job["thumbnails"], exist_ok=True)
-            png = os.path.join(job["thumbnails"], entry["id"] + ".png")
+            png = os.path.join(job["thumbnails"], re.sub(r"[^A-Za-z0-9_.+-]", "_", entry["id"]) + ".png")
             thumbnail(entry["path"], png, entry["id"])
             s["thumbnail"] = png
     pairs = {}

@@ -113,6 +113,14 @@ def _register_chain(sub):
 _EXTRA.append(_register_chain)
 
 
+def _register_products(sub):
+    from .product_commands import register  # image, publish
+    register(sub)
+
+
+_EXTRA.append(_register_products)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(

@@ -1,0 +1,18 @@
+"""The hook of the `alma_products_s3` connection: where products are published.
+
+The connection is the Amazon provider's `aws` kind (login/password or a role,
+extra {"endpoint_url": ..., "region_name": ...}); this hook only names the
+default connection. `alma_regen.publish` takes the client it gives, and uses
+the environment instead when it runs without Airflow (the CLI).
+"""
+from __future__ import annotations
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+
+class AlmaProductsS3Hook(S3Hook):
+    default_conn_name = "alma_products_s3"
+    hook_name = "ALMA products (S3)"
+
+    def __init__(self, aws_conn_id: str = default_conn_name, **kwargs):
+        super().__init__(aws_conn_id=aws_conn_id, **kwargs)

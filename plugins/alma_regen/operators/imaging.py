@@ -1,0 +1,96 @@
+"""Thin imaging operators: parameters, `template_fields`, one library call each.
+
+    ImagingOperator(task_id="image", member_dir="{{ ti.xcom_pull('calibrate')['member_dir'] }}", engine="auto")
+or, mapped per target and spw (native engine):
+    units = NativeImagingUnitsOperator(task_id="imaging_units", member_dir=...)
+    NativeImagingUnitOperator.partial(task_id="image_unit", member_dir=...).expand(unit=units.output)
+then
+    FidelityOperator(task_id="fidelity", member_dir=...)
+
+Errors are the library's (PermanentError: fail now; TransientError: retry).
+on_kill stops every CASA child the task started, with its process group.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+
+
+class _CasaTask(BaseOperator):
+    template_fields: Sequence[str] = ("member_dir",)
+    ui_color = "#e8daef"
+
+    def __init__(self, *, member_dir: str, timeout_s: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.member_dir, self.timeout_s = member_dir, timeout_s
+        self._runners, self._lock = [], threading.Lock()
+
+    def _runner(self):
+        from ..casa.runner import CasaRunner
+        r = CasaRunner(self.log)
+        with self._lock:
+            self._runners.append(r)
+        return r
+
+    def on_kill(self) -> None:
+        with self._lock:
+            runners = list(self._runners)
+        for r in runners:
+            r.kill()
+
+
+class ImagingOperator(_CasaTask):
+    """All images of a member folder with one engine (auto|pipeline|script|native); returns the record."""
+
+    template_fields: Sequence[str] = ("member_dir", "engine")
+
+    def __init__(self, *, engine: str = "auto", workers: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.engine, self.workers = engine, workers
+
+    def execute(self, context: Any) -> dict:
+        from ..imaging import image
+        record = image(self.member_dir, self.engine, workers=self.workers, runner_factory=self._runner,
+                       timeout=self.timeout_s)
+        self.log.info("imaging engine %s (%s): %d FITS", record["engine"], record["reason"], len(record["products"]))
+        return {"engine": record["engine"], "reason": record["reason"], "products": record["products"]}
+
+
+class NativeImagingUnitsOperator(_CasaTask):
+    """Start a native imaging run; return its work units (one per target and spw) to map over."""
+
+    def execute(self, context: Any) -> list:
+        from ..imaging import native_units
+        return native_units(self.member_dir, runner=self._runner(), timeout=self.timeout_s)
+
+
+class NativeImagingUnitOperator(_CasaTask):
+    """One native work unit (continuum + cube of one target and spw)."""
+
+    template_fields: Sequence[str] = ("member_dir", "unit")
+
+    def __init__(self, *, unit: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.unit = unit
+
+    def execute(self, context: Any) -> dict:
+        from ..imaging import run_native_unit
+        result = run_native_unit(self.member_dir, self.unit, runner=self._runner(), timeout=self.timeout_s)
+        return {"unit": result["unit"], "fits": [f for i in result["images"] for f in i["fits"].values()]}
+
+
+class FidelityOperator(_CasaTask):
+    """Compare the regenerated images with product/; fails (PermanentError) on a bad match."""
+
+    template_fields: Sequence[str] = ("member_dir",)
+
+    def __init__(self, *, tolerances: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.tolerances = tolerances
+
+    def execute(self, context: Any) -> dict:
+        from ..fidelity import check_fidelity
+        doc = check_fidelity(self.member_dir, self.tolerances, runner=self._runner(), timeout=self.timeout_s)
+        return {"ok": doc["ok"], "summary": doc["summary"]}

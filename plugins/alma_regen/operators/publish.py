@@ -1,0 +1,56 @@
+"""The thin publishing operator: one call to `alma_regen.publish.publish`, then an Asset event.
+
+    PublishOperator(task_id="publish", member_dir=..., to="s3://alma-products/regen")
+
+The run id defaults to the DAG run's id (made safe for a key), so a retry of
+the same DAG run resumes the same, unpublished set; once its manifest exists
+the run is never written again. On success the task emits an Asset event
+through the `alma_regen_products` alias: one Asset per MOUS,
+`s3://<bucket>/<prefix>/<MOUS>/`, with the run and manifest as the event's extra.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator
+
+PRODUCTS_ALIAS = "alma_regen_products"
+
+
+def mous_asset(to: str, mous_uid: str) -> Asset:
+    """The Asset of a MOUS's published products (what downstream DAGs schedule on)."""
+    from ..naming import uid_to_file
+    from ..publish import parse_s3_url
+    bucket, prefix = parse_s3_url(to)
+    mous_f = uid_to_file(mous_uid)
+    path = "/".join(x for x in (prefix, mous_f) if x)
+    return Asset(uri=f"s3://{bucket}/{path}/", name=f"alma_products_{mous_f}", group="alma-regen")
+
+
+class PublishOperator(BaseOperator):
+    template_fields: Sequence[str] = ("member_dir", "to", "run")
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, member_dir: str, to: str, run: str | None = None, include_ms: bool = False,
+                 aws_conn_id: str = "alma_products_s3", workers: int = 8, **kwargs):
+        kwargs.setdefault("outlets", [AssetAlias(PRODUCTS_ALIAS)])
+        super().__init__(**kwargs)
+        self.member_dir, self.to, self.run = member_dir, to, run
+        self.include_ms, self.aws_conn_id, self.workers = include_ms, aws_conn_id, workers
+
+    def execute(self, context: Any) -> dict:
+        from ..publish import publish, s3_client
+        run = self.run or re.sub(r"[^A-Za-z0-9._-]", "_", str(context.get("run_id") or "")).strip("_.-") or None
+        manifest = publish(self.member_dir, self.to, run=run, include_ms=self.include_ms, workers=self.workers,
+                           client=s3_client(self.aws_conn_id))
+        asset = mous_asset(self.to, manifest["mous_uid"])
+        extra = {"mous_uid": manifest["mous_uid"], "run": manifest["run"],
+                 "manifest": manifest["location"] + "manifest.json",
+                 "fidelity_ok": (manifest["fidelity"] or {}).get("ok")}
+        events = context.get("outlet_events")
+        if events is not None:
+            events[AssetAlias(PRODUCTS_ALIAS)].add(asset, extra=extra)
+        self.log.info("published %s (%d objects); asset event for %s", manifest["location"],
+                      len(manifest["outputs"]), asset.uri)
+        return extra

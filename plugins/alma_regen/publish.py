@@ -1,0 +1,601 @@
+"""Publish a member's products to object storage, never half-written.
+
+Layout, for `s3://bucket/prefix` and MOUS uid___A001_X1_X2:
+    prefix/uid___A001_X1_X2/<run>/products/*.fits        regenerated images
+                                 /fidelity.json, imaging.json, calibration.json
+                                 /logs/<path>/casa-*.log
+                                 /index.html, thumbnails/*.png   the summary page
+                                 /calibrated/<EB>.ms.split.cal.tar   (optional, streamed)
+                                 /manifest.json          written LAST
+    prefix/uid___A001_X1_X2/latest.json                  moved after the manifest
+
+Rules: a set without manifest.json is not published (readers look for the
+manifest first); every object is verified after upload (HEAD: size, the ETag
+the server computed from the bytes it received against our own MD5s, the S3
+SHA256 checksum where the server supports additional checksums, and our
+sha256 metadata); a run whose manifest exists is never written again (a
+rerun picks a new run id, or is refused); objects of an interrupted attempt
+with the same run id are reused when they verify, re-uploaded otherwise.
+The calibrated MS tar is built while it uploads (tarfile in stream mode
+feeding multipart parts): nothing is staged on disk.
+
+Credentials: `s3_client()` reads the environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, ALMA_REGEN_S3_ENDPOINT or AWS_ENDPOINT_URL,
+AWS_DEFAULT_REGION), or the `alma_products_s3` Airflow connection when asked
+(`conn_id=`, as the operator does). This module does not import Airflow.
+"""
+import base64
+import hashlib
+import html
+import json
+import logging
+import os
+import re
+import socket
+import tarfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__, naming
+from .delivery import Delivery
+from .errors import AlmaRegenError, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "alma-regen/manifest/1"
+CONN_ID = "alma_products_s3"
+ENDPOINT_ENV = "ALMA_REGEN_S3_ENDPOINT"
+PART_SIZE = 8 * 1024 * 1024
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
+WORKERS = 8
+_RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CONTENT_TYPES = {".fits": "application/fits", ".json": "application/json", ".html": "text/html; charset=utf-8",
+                  ".png": "image/png", ".log": "text/plain; charset=utf-8", ".tar": "application/x-tar"}
+
+
+# ------------------------------------------------------------------ client
+
+def parse_s3_url(url: str):
+    """`s3://bucket/prefix` -> (bucket, prefix without slashes at the ends)."""
+    m = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$", url or "")
+    if not m:
+        raise PermanentError(f"not an S3 location: {url!r} (expected s3://bucket/prefix)")
+    return m.group(1), (m.group(2) or "").strip("/")
+
+
+def s3_client(conn_id: str | None = None, *, workers: int = WORKERS):
+    """A boto3 S3 client: from the Airflow connection `conn_id`, else from the environment."""
+    if conn_id:
+        from .hooks.products import AlmaProductsS3Hook  # Airflow only when asked for
+        return AlmaProductsS3Hook(conn_id).get_conn()
+    import boto3
+    from botocore.config import Config
+    endpoint = os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL") or None
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        config=Config(s3={"addressing_style": "path"} if endpoint else {}, max_pool_connections=workers + 4,
+                      retries={"mode": "standard", "max_attempts": 3}, connect_timeout=10, read_timeout=120))
+
+
+def _classify(exc, what: str) -> AlmaRegenError:
+    """A boto3/network error as one of ours: 5xx, throttling, a dropped connection are transient."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    if isinstance(exc, AlmaRegenError):
+        return exc
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        msg = f"{what}: S3 said {code or status}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
+        if status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"):
+            return TransientError(msg)
+        return PermanentError(msg)
+    if isinstance(exc, (BotoCoreError, OSError, socket.error)):
+        return TransientError(f"{what}: the S3 endpoint is unreachable or dropped the connection ({exc})")
+    return PermanentError(f"{what}: {exc}")
+
+
+# ------------------------------------------------------------------ checksums
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+class _Parts:
+    """What the server must report for an object we uploaded in these parts."""
+
+    def __init__(self):
+        self.md5s, self.sha256s, self.size = [], [], 0
+
+    def add(self, data: bytes):
+        self.md5s.append(hashlib.md5(data).digest())
+        self.sha256s.append(hashlib.sha256(data).digest())
+        self.size += len(data)
+
+    def etag(self) -> str:
+        if len(self.md5s) == 1:
+            return self.md5s[0].hex()
+        return hashlib.md5(b"".join(self.md5s)).hexdigest() + f"-{len(self.md5s)}"
+
+    def checksum_sha256(self) -> str:
+        """S3's ChecksumSHA256: of the object, or composite (of the part digests) with -N."""
+        if len(self.sha256s) == 1:
+            return _b64(self.sha256s[0])
+        return _b64(hashlib.sha256(b"".join(self.sha256s)).digest()) + f"-{len(self.sha256s)}"
+
+
+def file_digests(path: Path, part_size: int) -> tuple:
+    """(sha256 hex of the file, _Parts as it will be uploaded)."""
+    whole, parts = hashlib.sha256(), _Parts()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(part_size), b""):
+            whole.update(chunk)
+            parts.add(chunk)
+    if parts.size == 0:
+        parts.add(b"")
+    return whole.hexdigest(), parts
+
+
+# ------------------------------------------------------------------ uploading
+
+class Uploader:
+    """Multipart uploads with checksums and a verification of every object."""
+
+    def __init__(self, client, bucket: str, *, part_size: int = PART_SIZE, workers: int = WORKERS, progress=None):
+        if part_size < MIN_PART:
+            raise PermanentError(f"part size {part_size} is below S3's minimum of {MIN_PART} bytes")
+        self.client, self.bucket, self.part_size = client, bucket, part_size
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="s3-part")
+        self.inflight = threading.BoundedSemaphore(workers * 2)  # memory: at most 2 x workers parts held
+        self.progress = progress or (lambda key, done, total: None)
+        self.checksums = True  # S3 additional checksums, until the server says it has none
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+    def head(self, key: str):
+        from botocore.exceptions import ClientError
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or \
+                    exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _classify(exc, f"HEAD s3://{self.bucket}/{key}") from None
+        except Exception as exc:  # noqa: BLE001 (network faults become TransientError)
+            raise _classify(exc, f"HEAD s3://{self.bucket}/{key}") from None
+
+    # -- one object from a file (its sha256 known before the upload starts)
+    def upload_file(self, path: Path, key: str) -> dict:
+        sha, parts = file_digests(path, self.part_size)
+        record = {"key": key, "size": parts.size, "sha256": sha, "etag": parts.etag(),
+                  "content_type": _content_type(key)}
+        old = self.head(key)
+        if old is not None and self._matches(old, record, parts):
+            record.update(reused=True, checksum_sha256=old.get("ChecksumSHA256"))
+            self.progress(key, parts.size, parts.size)
+            return record
+        with open(path, "rb") as f:
+            chunks = iter(lambda: f.read(self.part_size), b"")
+            self._upload(key, chunks, record, {"sha256": sha}, expected=parts)
+        return record
+
+    # -- one object from a stream (the sha256 known only at the end)
+    def upload_stream(self, key: str, chunks) -> dict:
+        record = {"key": key, "content_type": _content_type(key)}
+        whole = hashlib.sha256()
+
+        def hashed():
+            for c in chunks:
+                whole.update(c)
+                yield c
+        parts = self._upload(key, hashed(), record, {}, expected=None)
+        record.update(size=parts.size, sha256=whole.hexdigest(), etag=parts.etag())
+        self._verify(key, record, parts)
+        return record
+
+    def _upload(self, key, chunks, record, metadata, expected):
+        """Single PUT when the whole object fits in one part, else multipart."""
+        first = next(chunks, b"")
+        second = next(chunks, None)
+        what = f"upload of s3://{self.bucket}/{key}"
+        extra = {"ContentType": record["content_type"], "Metadata": metadata}
+        if second is None:
+            parts = _Parts()
+            parts.add(first)
+            try:
+                self._put(key, first, parts, extra)
+            except Exception as exc:  # noqa: BLE001
+                raise _classify(exc, what) from None
+            self.progress(key, parts.size, parts.size)
+        else:
+            parts = self._multipart(key, _chain(first, second, chunks), extra, what)
+        if expected is not None:
+            self._verify(key, record, parts)
+        record["parts"] = len(parts.md5s)
+        return parts
+
+    def _put(self, key, data, parts, extra):
+        kwargs = dict(Bucket=self.bucket, Key=key, Body=data, **extra)
+        if self.checksums:
+            try:
+                return self.client.put_object(ChecksumSHA256=parts.checksum_sha256(), **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                if not _no_checksum_support(exc):
+                    raise
+                self._drop_checksums(exc)
+        return self.client.put_object(ContentMD5=_b64(parts.md5s[0]), **kwargs)
+
+    def _multipart(self, key, chunks, extra, what) -> _Parts:
+        c = self.client
+        try:
+            try:
+                mp = c.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                               **({"ChecksumAlgorithm": "SHA256"} if self.checksums else {}), **extra)
+            except Exception as exc:  # noqa: BLE001
+                if not (self.checksums and _no_checksum_support(exc)):
+                    raise
+                self._drop_checksums(exc)
+                mp = c.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
+        except Exception as exc:  # noqa: BLE001
+            raise _classify(exc, what) from None
+        upload_id, use_sums = mp["UploadId"], self.checksums and mp.get("ChecksumAlgorithm") == "SHA256"
+        parts, futures, done = _Parts(), [], [0]
+        lock = threading.Lock()
+
+        def send(number, data, md5, sha):
+            try:
+                kw = dict(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
+                          ContentMD5=_b64(md5))
+                if use_sums:
+                    kw.update(ChecksumSHA256=_b64(sha), ChecksumAlgorithm="SHA256")
+                r = c.upload_part(**kw)
+                with lock:
+                    done[0] += len(data)
+                self.progress(key, done[0], None)
+                return {"PartNumber": number, "ETag": r["ETag"], **({"ChecksumSHA256": _b64(sha)} if use_sums else {})}
+            finally:
+                self.inflight.release()
+
+        try:
+            for number, data in enumerate(chunks, 1):
+                parts.add(data)
+                self.inflight.acquire()
+                futures.append(self.pool.submit(send, number, data, parts.md5s[-1], parts.sha256s[-1]))
+                # Fail fast: a dead endpoint should not wait for the whole file to be read.
+                failed = next((f for f in futures if f.done() and f.exception()), None)
+                if failed:
+                    failed.result()
+            uploaded = [f.result() for f in futures]
+            c.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                        MultipartUpload={"Parts": uploaded})
+        except BaseException as exc:
+            for f in futures:
+                f.cancel()
+            try:  # best effort: the server may be the thing that failed
+                c.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception:  # noqa: BLE001
+                pass
+            if isinstance(exc, Exception):
+                raise _classify(exc, what) from None
+            raise
+        return parts
+
+    def _drop_checksums(self, exc):
+        log.warning("the S3 server does not take additional checksums (%s): relying on ETag/MD5 and our "
+                    "sha256 metadata", exc)
+        self.checksums = False
+
+    def _matches(self, head, record, parts) -> bool:
+        return (head.get("ContentLength") == record["size"]
+                and head.get("ETag", "").strip('"') == parts.etag()
+                and (head.get("Metadata") or {}).get("sha256") == record["sha256"])
+
+    def _verify(self, key, record, parts):
+        """HEAD the object: size, ETag from the bytes the server got, SHA256 checksum, metadata."""
+        head = self.head(key)
+        where = f"s3://{self.bucket}/{key}"
+        if head is None:
+            raise TransientError(f"{where} is missing right after its upload")
+        problems = []
+        if head.get("ContentLength") != parts.size:
+            problems.append(f"size {head.get('ContentLength')} != {parts.size}")
+        if head.get("ETag", "").strip('"') != parts.etag():
+            problems.append(f"ETag {head.get('ETag')} != {parts.etag()}")
+        server_sum = head.get("ChecksumSHA256")
+        if server_sum and server_sum != parts.checksum_sha256():
+            problems.append(f"ChecksumSHA256 {server_sum} != {parts.checksum_sha256()}")
+        meta = (head.get("Metadata") or {}).get("sha256")
+        if meta and meta != record["sha256"]:
+            problems.append(f"sha256 metadata {meta} != {record['sha256']}")
+        if problems:
+            # The bytes stored are not the bytes sent: a retry uploads them again.
+            raise TransientError(f"{where} failed verification after upload: " + "; ".join(problems))
+        record["checksum_sha256"] = server_sum
+        record["verified"] = True
+
+
+def _chain(first, second, rest):
+    yield first
+    yield second
+    yield from rest
+
+
+def _no_checksum_support(exc) -> bool:
+    from botocore.exceptions import ClientError
+    if not isinstance(exc, ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code in ("NotImplemented", "InvalidArgument", "InvalidRequest", "XAmzContentChecksumMismatch") and \
+        "checksum" in str(exc).lower()
+
+
+def _content_type(key: str) -> str:
+    return next((t for ext, t in _CONTENT_TYPES.items() if key.endswith(ext)), "application/octet-stream")
+
+
+class _TarStream:
+    """A file-like sink for tarfile's stream mode that hands out fixed-size chunks."""
+
+    def __init__(self, size):
+        self.size, self.buf, self.ready = size, bytearray(), []
+
+    def write(self, data):
+        self.buf += data
+        while len(self.buf) >= self.size:
+            self.ready.append(bytes(self.buf[: self.size]))
+            del self.buf[: self.size]
+        return len(data)
+
+    def take(self):
+        out, self.ready = self.ready, []
+        return out
+
+
+def tar_chunks(folder: Path, arcname: str, part_size: int):
+    """The tar of `folder` as chunks of part_size bytes, produced while it is read."""
+    sink = _TarStream(part_size)
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for p in [folder] + sorted(folder.rglob("*")):
+            tf.add(p, arcname=arcname if p == folder else f"{arcname}/{p.relative_to(folder)}", recursive=False)
+            yield from sink.take()
+    yield from sink.take()
+    if sink.buf:
+        yield bytes(sink.buf)
+
+
+# ------------------------------------------------------------------ what to publish
+
+def _calibration_json(member: Path) -> Path | None:
+    for p in (member / "calibrated" / "calibration.json", member / "calibration.json"):
+        if p.is_file():
+            return p
+    return None
+
+
+def collect(member_dir, include_ms: bool = False) -> dict:
+    """{relative key: local Path} of the files to publish, plus the MSs to stream."""
+    member = Path(member_dir)
+    img = member / "imaging"
+    products = sorted((img / "products").glob("*.fits"))
+    if not products:
+        raise PermanentError(f"{img / 'products'} holds no FITS image: run alma-regen image first")
+    files = {f"products/{p.name}": p for p in products}
+    for name in ("fidelity.json", "imaging.json"):
+        if (img / name).is_file():
+            files[name] = img / name
+    cal = _calibration_json(member)
+    if cal:
+        files["calibration.json"] = cal
+    for p in sorted((img / "thumbnails").glob("*.png")):
+        files[f"thumbnails/{p.name}"] = p
+    for where in ("calibrated", "imaging"):
+        base = member / where
+        if base.is_dir():
+            for log_file in sorted(base.rglob("casa-*.log")):
+                files[f"logs/{log_file.relative_to(member)}"] = log_file
+    streams = {}
+    if include_ms:
+        from .imaging import calibrated_ms
+        for ms in calibrated_ms(member):
+            streams[f"calibrated/{ms.name}.tar"] = ms.resolve()
+    return {"files": files, "streams": streams}
+
+
+def inputs_of(member_dir) -> list:
+    """The inputs with sizes and checksums: the staging stamps where staging left them
+    (size and sha256 of each archive file as downloaded), else hashes of the member's files."""
+    member = Path(member_dir)
+    stamps = sorted(list(member.glob(".*.staged.json")) + list((member / "raw").glob(".*.staged.json")))
+    if stamps:
+        out = []
+        for s in stamps:
+            d = json.loads(s.read_text())
+            out.append({"file": d.get("file"), "size": d.get("size"), "sha256": d.get("sha256"),
+                        "source": d.get("source"), "kind": d.get("kind")})
+        return out
+    out = []
+    for sub in ("script", "calibration"):
+        for p in sorted((member / sub).glob("*")):
+            if p.is_file():
+                out.append({"file": f"{sub}/{p.name}", "size": p.stat().st_size, "sha256": _sha256_file(p)})
+    for asdm in sorted((member / "raw").glob("*.asdm.sdm")):
+        size, digest = _tree_digest(asdm)
+        out.append({"file": f"raw/{asdm.name}", "size": size, "sha256_tree": digest})
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_digest(folder: Path):
+    """sha256 over (relative path, sha256) of every file: one checksum for an ASDM directory."""
+    h, size = hashlib.sha256(), 0
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            size += p.stat().st_size
+            h.update(f"{p.relative_to(folder)}\0{_sha256_file(p)}\n".encode())
+    return size, h.hexdigest()
+
+
+def summary_html(mous: str, run: str, imaging: dict | None, fidelity: dict | None, keys: list) -> str:
+    """A small page: per image peak, rms, beam, fidelity verdict and thumbnail."""
+    e = html.escape
+    rows = []
+    for entry in (fidelity or {}).get("images", []):
+        s = entry.get("regenerated", {})
+        beam = s.get("beam") or {}
+        thumb = f"thumbnails/{Path(s['thumbnail']).name}" if s.get("thumbnail") else ""
+        img = f'<img src="{e(thumb)}" width="160">' if thumb in keys else ""
+        rows.append(
+            f"<tr><td>{img}</td><td><a href=\"products/{e(entry['image'])}\">{e(entry['image'])}</a></td>"
+            f"<td>{_fmt(s.get('peak'))}</td><td>{_fmt(s.get('rms'))}</td>"
+            f"<td>{_fmt(beam.get('major_arcsec'), 3)} x {_fmt(beam.get('minor_arcsec'), 3)}</td>"
+            f"<td>{e(entry.get('status', ''))}</td><td>{e('; '.join(entry.get('failures', [])) or entry.get('note', ''))}</td></tr>")
+    if not rows:
+        rows = [f"<tr><td></td><td><a href=\"{e(k)}\">{e(k)}</a></td><td colspan=5>no fidelity check was run</td></tr>"
+                for k in keys if k.startswith("products/")]
+    engine = (imaging or {}).get("engine", "?")
+    casa = ((imaging or {}).get("casa") or {}).get("version", "?")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{e(mous)} run {e(run)}</title>
+<style>body{{font-family:sans-serif}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}</style></head>
+<body><h1>{e(mous)}</h1><p>run {e(run)}: imaging engine {e(engine)}, CASA {e(casa)};
+<a href="manifest.json">manifest.json</a>, <a href="fidelity.json">fidelity.json</a></p>
+<table><tr><th></th><th>image</th><th>peak (Jy/beam)</th><th>rms (Jy/beam)</th><th>beam (arcsec)</th>
+<th>fidelity</th><th>notes</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+
+
+def _fmt(v, digits=4):
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
+def _load(path: Path | None):
+    return json.loads(path.read_text()) if path and path.is_file() else None
+
+
+# ------------------------------------------------------------------ publish
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def publish(member_dir, to: str, *, run: str | None = None, client=None, include_ms: bool = False,
+            part_size: int = PART_SIZE, workers: int = WORKERS, progress=None) -> dict:
+    """Upload and verify everything, then manifest.json, then latest.json. Returns the manifest.
+
+    run: the run id (default: a new unique one); a run whose manifest exists is refused.
+    client: a boto3 S3 client (default: `s3_client()` from the environment).
+    progress: called as progress(key, bytes_done, total_or_None) while uploading.
+    """
+    t0 = time.monotonic()
+    member = Path(member_dir)
+    bucket, prefix = parse_s3_url(to)
+    mous = Delivery(member).mous_uid
+    if not mous:
+        raise PermanentError(f"{member} is not a member.<MOUS> folder: cannot tell which MOUS to publish")
+    mous_f = naming.uid_to_file(mous)
+    run = run or new_run_id()
+    if not _RUN_RE.match(run):
+        raise PermanentError(f"run id {run!r} must be letters, digits, '.', '_' or '-' (at most 128)")
+    base = "/".join(x for x in (prefix, mous_f, run) if x) + "/"
+    latest_key = "/".join(x for x in (prefix, mous_f) if x) + "/latest.json"
+    location = f"s3://{bucket}/{base}"
+    what = collect(member, include_ms)
+    client = client or s3_client(workers=workers)
+    up = Uploader(client, bucket, part_size=part_size, workers=workers, progress=progress)
+    try:
+        if up.head(base + "manifest.json") is not None:
+            raise PermanentError(f"{location} is already published (its manifest.json exists); a rerun never "
+                                 "overwrites a published run: publish under a new run id")
+        imaging_doc = _load(member / "imaging" / "imaging.json")
+        fidelity_doc = _load(member / "imaging" / "fidelity.json")
+        outputs = []
+        files = what["files"]
+        log.info("publishing %d file(s)%s to %s", len(files),
+                 f" and {len(what['streams'])} streamed MS tar(s)" if what["streams"] else "", location)
+        # Small files in parallel; each large one spreads its parts over the same workers.
+        with ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="s3-file") as pool:
+            futures = [pool.submit(up.upload_file, path, base + key) for key, path in files.items()]
+            for f in futures:
+                outputs.append(f.result())
+        for key, folder in what["streams"].items():
+            outputs.append(up.upload_stream(base + key, tar_chunks(folder, folder.name, part_size)))
+        page = summary_html(mous, run, imaging_doc, fidelity_doc, list(files))
+        outputs.append(_upload_bytes(up, base + "index.html", page.encode()))
+        for o in outputs:
+            o["key"] = o["key"][len(base):]
+        manifest = {
+            "schema": SCHEMA, "mous_uid": mous, "run": run, "location": location,
+            "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "alma_regen": __version__,
+            "inputs": inputs_of(member),
+            "engines": _engines(member, imaging_doc),
+            "timings_s": {"imaging": (imaging_doc or {}).get("seconds"),
+                          "calibration": (_load(_calibration_json(member)) or {}).get("seconds"),
+                          "publish": round(time.monotonic() - t0, 3)},
+            "outputs": sorted(outputs, key=lambda o: o["key"]),
+            "fidelity": _fidelity_summary(fidelity_doc),
+        }
+        # Last: the manifest makes the set published; latest.json follows it.
+        body = json.dumps(manifest, indent=1).encode()
+        _upload_bytes(up, base + "manifest.json", body)
+        latest = {"mous_uid": mous, "run": run, "manifest": f"s3://{bucket}/{base}manifest.json",
+                  "manifest_sha256": hashlib.sha256(body).hexdigest(), "published_at": manifest["published_at"]}
+        _upload_bytes(up, latest_key, json.dumps(latest, indent=1).encode())
+    finally:
+        up.close()
+    log.info("published %s: %d objects, manifest written last, latest.json moved (%.1f s)", location,
+             len(manifest["outputs"]), time.monotonic() - t0)
+    return manifest
+
+
+def _upload_bytes(up: Uploader, key: str, data: bytes) -> dict:
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=Path(key).suffix) as tmp:
+        tmp.write(data)
+        tmp.flush()
+        return up.upload_file(Path(tmp.name), key)
+
+
+def _engines(member: Path, imaging_doc) -> dict:
+    cal = _load(_calibration_json(member)) or {}
+    return {
+        "imaging": {k: (imaging_doc or {}).get(k) for k in ("engine", "reason", "casa", "casa_choice")},
+        "calibration": {k: cal.get(k) for k in ("engine", "kind", "casa", "reason") if k in cal},
+    }
+
+
+def _fidelity_summary(doc) -> dict | None:
+    if not doc:
+        return None
+    return {"ok": doc["ok"], "summary": doc["summary"], "tolerances": doc["tolerances"],
+            "images": [{"image": e["image"], "status": e["status"], "counterpart": e.get("counterpart"),
+                        "failures": e.get("failures", []),
+                        "peak": (e.get("checks") or {}).get("peak"),
+                        "diff_rms_sigma": ((e.get("checks") or {}).get("difference") or {}).get("diff_rms_sigma")}
+                       for e in doc["images"]]}
+
+
+def read_manifest(client, to: str, mous: str, run: str) -> dict | None:
+    """The manifest of a published run, or None (then the run is not published)."""
+    from botocore.exceptions import ClientError
+    bucket, prefix = parse_s3_url(to)
+    key = "/".join(x for x in (prefix, naming.uid_to_file(mous), run) if x) + "/manifest.json"
+    try:
+        return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise _classify(exc, f"GET s3://{bucket}/{key}") from None
