@@ -449,6 +449,39 @@ def apply_spacesaving(work: Path, level: int) -> list:
     return removed
 
 
+def prepare(member, options: Options | None = None, registry: CasaRegistry | None = None) -> Plan:
+    """The step before the mapped restores: plan, disk preflight, calibrated/ layout."""
+    options = options or Options()
+    p = plan(member, options, registry)
+    preflight_disk(member, options.spacesaving, p.ebs)
+    if p.engine == "native":
+        prepare_layout(member, p.ebs)
+    return p
+
+
+def finish_mapped(member, options: Options | None = None, registry: CasaRegistry | None = None,
+                  runner: CasaRunner | None = None) -> dict:
+    """The step after the mapped restores: gather each EB's record and finish.
+    For the engines that cannot be mapped (scriptForPI, pipeline, manual) this
+    is where the whole calibration runs."""
+    options = options or Options()
+    member = Path(member)
+    p = plan(member, options, registry)
+    if p.engine != "native":
+        return calibrate(member, options, registry, runner)
+    records, missing = [], []
+    for eb in p.ebs:
+        rec = calibrated_dir(member) / "working" / f"{naming.uid_to_file(eb)}.calibration.json"
+        if rec.is_file():
+            records.append(json.loads(rec.read_text()))
+        else:
+            missing.append(eb)
+    if missing:
+        raise PermanentError(f"{member}: no restore record for {', '.join(missing)}: their restore did not finish")
+    elapsed = max((r.get("duration_s", 0) for r in records), default=0)
+    return finish(member, p, options, records, elapsed, runner=runner)
+
+
 def load_summary(member) -> dict:
     path = calibrated_dir(member) / SUMMARY
     if not path.is_file():

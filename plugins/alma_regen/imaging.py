@@ -167,6 +167,32 @@ def image(member_dir, engine: str = "auto", *, workers: int = 1, registry=None, 
     return record
 
 
+def plan_mapped(member_dir, engine: str = "auto", *, registry=None, runner=None, timeout=None) -> list:
+    """Before a mapped imaging (the DAG): the native work units to expand over, or
+    none when the engine is `none` or cannot be split (script, pipeline)."""
+    if engine == "none":
+        log.info("imaging: engine none requested: no images")
+        return []
+    choice = choose_engine(member_dir, engine, registry)
+    if choice["engine"] != "native":
+        return []
+    return native_units(member_dir, registry=registry, runner=runner, choice=choice, timeout=timeout)
+
+
+def finish_mapped(member_dir, engine: str = "auto", *, registry=None, runner_factory=CasaRunner,
+                  timeout=None) -> dict | None:
+    """After the mapped units: gather them (native), or run an engine that
+    cannot be split; None when no imaging was asked for."""
+    if engine == "none":
+        return None
+    choice = choose_engine(member_dir, engine, registry)
+    if choice["engine"] == "native":
+        record = imaging_record(member_dir)
+        log.info("imaging (native) made %d FITS images", len(record["products"]))
+        return record
+    return image(member_dir, choice["engine"], registry=registry, runner_factory=runner_factory, timeout=timeout)
+
+
 def imaging_record(member_dir) -> dict:
     """The record of the last imaging run: plan.json plus every unit's result, and the products."""
     d = imaging_dir(member_dir)

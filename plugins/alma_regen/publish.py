@@ -543,7 +543,7 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
             "inputs": inputs_of(member),
             "engines": _engines(member, imaging_doc),
             "timings_s": {"imaging": (imaging_doc or {}).get("seconds"),
-                          "calibration": (_load(_calibration_json(member)) or {}).get("seconds"),
+                          "calibration": (_load(_calibration_json(member)) or {}).get("elapsed_s"),
                           "publish": round(time.monotonic() - t0, 3)},
             "outputs": sorted(outputs, key=lambda o: o["key"]),
             "fidelity": _fidelity_summary(fidelity_doc),
@@ -573,8 +573,16 @@ def _engines(member: Path, imaging_doc) -> dict:
     cal = _load(_calibration_json(member)) or {}
     return {
         "imaging": {k: (imaging_doc or {}).get(k) for k in ("engine", "reason", "casa", "casa_choice")},
-        "calibration": {k: cal.get(k) for k in ("engine", "kind", "casa", "reason") if k in cal},
+        "calibration": _calibration_engine(cal),
     }
+
+
+def _calibration_engine(cal: dict) -> dict:
+    """engine, CASA version and why, from calibration.json (alma-regen/calibration/1)."""
+    plan = cal.get("plan") or {}
+    casa = (plan.get("casa") or {}).get("casa") or {}
+    return {"engine": plan.get("engine"), "reason": plan.get("reason"), "casa": casa.get("version"),
+            "casa_reason": (plan.get("casa") or {}).get("reason")}
 
 
 def _fidelity_summary(doc) -> dict | None:

@@ -33,7 +33,7 @@ class AlmaRequestHandlerHook(BaseHook):
         host = (conn.host or "").rstrip("/")
         if not host:
             raise PermanentError(f"connection {self.http_conn_id!r} has no host")
-        url = host if "://" in host else f"{conn.schema or 'https'}://{host}"
+        url = host if "://" in host else f"{conn.schema or ('https' if conn.conn_type == 'https' else 'http')}://{host}"
         if conn.port and "://" not in host:
             url += f":{conn.port}"
         return url

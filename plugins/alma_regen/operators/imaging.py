@@ -94,3 +94,31 @@ class FidelityOperator(_CasaTask):
         from ..fidelity import check_fidelity
         doc = check_fidelity(self.member_dir, self.tolerances, runner=self._runner(), timeout=self.timeout_s)
         return {"ok": doc["ok"], "summary": doc["summary"]}
+
+
+class PlanImagingOperator(_CasaTask):
+    """Choose the engine; return the native work units to map over (none for
+    script/pipeline/none, which FinishImagingOperator runs whole)."""
+
+    template_fields: Sequence[str] = ("member_dir", "engine")
+
+    def __init__(self, *, engine: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        self.engine = engine
+
+    def execute(self, context: Any) -> list:
+        from ..imaging import plan_mapped
+        return plan_mapped(self.member_dir, self.engine, runner=self._runner(), timeout=self.timeout_s)
+
+
+class FinishImagingOperator(PlanImagingOperator):
+    """Gather the mapped units, or run an engine that cannot be split; skipped for `none`."""
+
+    def execute(self, context: Any) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from ..imaging import finish_mapped
+        record = finish_mapped(self.member_dir, self.engine, runner_factory=self._runner, timeout=self.timeout_s)
+        if record is None:
+            raise AirflowSkipException("imaging=none: no images asked for")
+        return {"engine": record["engine"], "products": record["products"]}

@@ -29,18 +29,23 @@ def mous_asset(to: str, mous_uid: str) -> Asset:
 
 
 class PublishOperator(BaseOperator):
-    template_fields: Sequence[str] = ("member_dir", "to", "run")
+    template_fields: Sequence[str] = ("member_dir", "to", "run", "enabled")
     ui_color = "#d5f5e3"
 
     def __init__(self, *, member_dir: str, to: str, run: str | None = None, include_ms: bool = False,
-                 aws_conn_id: str = "alma_products_s3", workers: int = 8, **kwargs):
+                 aws_conn_id: str = "alma_products_s3", workers: int = 8, enabled=True, **kwargs):
         kwargs.setdefault("outlets", [AssetAlias(PRODUCTS_ALIAS)])
         super().__init__(**kwargs)
         self.member_dir, self.to, self.run = member_dir, to, run
         self.include_ms, self.aws_conn_id, self.workers = include_ms, aws_conn_id, workers
+        self.enabled = enabled
 
     def execute(self, context: Any) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from ..publish import publish, s3_client
+        if str(self.enabled).strip().lower() in ("false", "0", "no", "off") or not self.to:
+            raise AirflowSkipException("publishing is off (publish=False or no products_url configured)")
         run = self.run or re.sub(r"[^A-Za-z0-9._-]", "_", str(context.get("run_id") or "")).strip("_.-") or None
         manifest = publish(self.member_dir, self.to, run=run, include_ms=self.include_ms, workers=self.workers,
                            client=s3_client(self.aws_conn_id))

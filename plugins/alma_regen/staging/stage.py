@@ -73,6 +73,10 @@ class MousFiles:
     products: list = field(default_factory=list)
     asdms: dict = field(default_factory=dict)  # EB uid -> RemoteFile
 
+    def all_files(self) -> list:
+        """Every file of the MOUS in the listing (what a manifest's inputs name)."""
+        return [f for f in (self.readme, self.auxiliary) if f] + list(self.products) + list(self.asdms.values())
+
 
 def classify(files: Iterable[RemoteFile], mous: str) -> MousFiles:
     """Sort a source's listing into the MOUS's README, tars and ASDMs, by archive file name."""

@@ -1,0 +1,82 @@
+"""Settings that are not secrets, in one typed object.
+
+Read from the environment (`ALMA_REGEN_<FIELD>`, upper case) when a DAG file is
+parsed — parsing must stay fast and must not touch the metadata database —
+and, inside tasks, overridden by the Airflow Variable `alma_regen` (a JSON
+object with the same field names). Secrets live in Airflow Connections:
+`alma_request_handler`, `alma_archive_s3`, `alma_products_s3`.
+"""
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+
+VARIABLE = "alma_regen"
+
+
+@dataclass(frozen=True)
+class Settings:
+    workdir: str = "/opt/alma/work"            # member folders live here (shared by the workers)
+    products_url: str = ""                     # s3://bucket/prefix to publish to; empty: no publishing
+    request_handler_conn: str = "alma_request_handler"
+    archive_s3_conn: str = "alma_archive_s3"
+    products_s3_conn: str = "alma_products_s3"
+    casa_pool: str = "casa"                    # CASA tasks: slots = CASA processes at once
+    casa_queue: str = "casa"                   # Celery queue of the workers that have CASA
+    staging_pool: str = "alma_staging"         # downloads at once (disk and network)
+    retries: int = 3
+    retry_delay_s: int = 60
+    max_retry_delay_s: int = 1800
+    stage_timeout_s_per_gb: int = 600          # execution_timeout grows with the raw data
+    casa_timeout_s_per_gb: int = 3600
+    min_timeout_s: int = 1800
+    deadline_minutes: int = 0                  # 0: derived from the MOUS size at trigger time
+    deadline_minutes_per_gb: int = 30
+    deadline_base_minutes: int = 60
+    notify_webhook: str = ""                   # generic JSON webhook for alerts
+    notify_email: str = ""                     # comma-separated addresses (SMTP connection smtp_default)
+    notify_slack_conn: str = ""                # a Slack webhook connection id
+    bulk_schedule: str = "0 3 * * 0"           # cron of alma_bulk_reprocess
+    bulk_worklist: str = ""                    # file path or s3://bucket/key
+    bulk_max_runs: int = 4                     # alma_regenerate runs started per bulk run at most
+    bulk_min_free_gb: float = 50.0             # no new runs below this free disk in workdir
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"ALMA_REGEN_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _cast(f, raw)
+        return cls(**values)
+
+    def with_overrides(self, overrides: dict) -> "Settings":
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ValueError(f"unknown alma_regen settings: {', '.join(unknown)}")
+        return Settings(**{**asdict(self), **{k: _cast(known[k], v) for k, v in overrides.items()}})
+
+
+def _cast(f, raw):
+    if f.type in ("int", int):
+        return int(raw)
+    if f.type in ("float", float):
+        return float(raw)
+    return str(raw)
+
+
+def settings() -> Settings:
+    """Parse time: the environment only."""
+    return Settings.from_env()
+
+
+def runtime_settings() -> Settings:
+    """Inside a task: the environment, then the `alma_regen` Variable if set."""
+    base = Settings.from_env()
+    try:
+        from airflow.sdk import Variable
+        raw = Variable.get(VARIABLE, default=None)
+    except Exception:  # no Airflow context (CLI): the environment is all there is
+        return base
+    return base.with_overrides(json.loads(raw)) if raw else base

@@ -1,0 +1,95 @@
+"""Thin calibration operators: parameters, `template_fields`, one library call each.
+
+    prep = PrepareCalibrationOperator(task_id="prepare_calibration", member_dir=..., ...)
+    RestoreEbOperator.partial(task_id="restore_eb", member_dir=..., ...).expand(eb_uid=prep.output["map_ebs"])
+    FinishCalibrationOperator(task_id="finish_calibration", member_dir=..., ...)
+
+The native restore maps per EB across workers; the other engines (scriptForPI,
+the full pipeline, manual scripts) cannot be split, so `map_ebs` is empty for
+them and the finishing step runs them whole. CASA runs in a child process;
+`on_kill` stops its whole process group.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+
+CAL_FIELDS = ("member_dir", "engine", "casa_version", "dosplit", "spacesaving", "docontsub")
+
+
+class _CalibrationBase(BaseOperator):
+    template_fields: Sequence[str] = CAL_FIELDS
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, member_dir: str, engine: str = "auto", casa_version: str = "", dosplit=False,
+                 spacesaving=1, docontsub=False, casa_timeout_s: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.member_dir, self.engine, self.casa_version = member_dir, engine, casa_version
+        self.dosplit, self.spacesaving, self.docontsub = dosplit, spacesaving, docontsub
+        self.casa_timeout_s = casa_timeout_s
+        self._runner = None
+
+    def _options(self):
+        from ..calibration import Options
+        return Options(engine=self.engine, casa_version=self.casa_version or None,
+                       dosplit=_bool(self.dosplit), spacesaving=self.spacesaving,
+                       docontsub=_bool(self.docontsub), timeout_s=self.casa_timeout_s)
+
+    def _casa_runner(self):
+        from ..casa.runner import CasaRunner
+        self._runner = CasaRunner(self.log)
+        return self._runner
+
+    def on_kill(self) -> None:
+        if self._runner is not None:
+            self._runner.kill()
+
+
+def _bool(v) -> bool:
+    # Templated params arrive as strings ("True"/"False") unless rendered natively.
+    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+class PrepareCalibrationOperator(_CalibrationBase):
+    """Plan (engine, CASA, why), check the disk, lay out calibrated/.
+
+    Returns the EBs to restore one by one (what the mapped restore expands
+    over): all of them for the native engine, none for engines that run whole.
+    The plan itself goes to the XCom key "plan"."""
+
+    def execute(self, context: Any) -> list:
+        from ..calibration import prepare
+        p = prepare(self.member_dir, self._options())
+        self.log.info("calibration plan: engine %s (%s); CASA %s (%s)", p.engine, p.reason,
+                      p.resolution.launcher.describe(), p.resolution.reason)
+        context["ti"].xcom_push(key="plan", value=p.as_dict())
+        return p.ebs if p.engine == "native" else []
+
+
+class RestoreEbOperator(_CalibrationBase):
+    """Native restore of one EB (mapped); returns its small record."""
+
+    template_fields: Sequence[str] = CAL_FIELDS + ("eb_uid",)
+
+    def __init__(self, *, eb_uid: str, **kwargs):
+        super().__init__(**kwargs)
+        self.eb_uid = eb_uid
+
+    def execute(self, context: Any) -> dict:
+        from ..calibration import plan, restore_eb
+        p = plan(self.member_dir, self._options())
+        rec = restore_eb(self.member_dir, self.eb_uid, split=p.split, resolution=p.resolution,
+                         runner=self._casa_runner(), timeout_s=self.casa_timeout_s)
+        return {k: rec[k] for k in ("eb", "output", "flag_fraction", "duration_s", "max_rss_mb")}
+
+
+class FinishCalibrationOperator(_CalibrationBase):
+    """Gather the EBs (or run an engine that cannot be mapped), ImagingPrep,
+    SPACESAVING, calibration.json; returns a summary small enough for XCom."""
+
+    def execute(self, context: Any) -> dict:
+        from ..calibration import finish_mapped
+        s = finish_mapped(self.member_dir, self._options(), runner=self._casa_runner())
+        return {"engine": s["plan"]["engine"], "casa": s["plan"]["casa"]["casa"]["version"],
+                "outputs": [r["output"] for r in s["ebs"]], "elapsed_s": s["elapsed_s"]}

@@ -1,0 +1,112 @@
+"""The run's bookkeeping tasks: the per-MOUS lock and the plan.
+
+    LockMousOperator      first: takes the MOUS for this run (another live run -> retry later)
+    InspectDeliveryOperator  the plan in the log and as a small XCom (never bulky data)
+    ReleaseMousOperator   teardown: always runs, drops the lock of this run
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+
+from ..errors import DeliveryError
+
+
+def _state_of(dag_id: str, run_id: str):
+    """The state of another DAG run, through the Task SDK (None if unknown)."""
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+        return str(RuntimeTaskInstance.get_dagrun_state(dag_id=dag_id, run_id=run_id)).lower()
+    except Exception:  # noqa: BLE001 - the run may have been deleted
+        return None
+
+
+class _MousBase(BaseOperator):
+    template_fields: Sequence[str] = ("mous_uid", "workdir")
+    ui_color = "#e8f8f5"
+
+    def __init__(self, *, mous_uid: str, workdir: str, **kwargs):
+        super().__init__(**kwargs)
+        self.mous_uid, self.workdir = mous_uid, workdir
+
+    @property
+    def member_dir(self):
+        from ..staging import member_path
+        return member_path(self.workdir, self.mous_uid)
+
+
+class LockMousOperator(_MousBase):
+    def execute(self, context: Any) -> dict:
+        from ..mous_lock import acquire
+        from ..naming import uid_to_file
+        uid_to_file(self.mous_uid)  # a malformed uid fails here, permanently
+        run = context["dag_run"]
+        held = acquire(self.workdir, self.mous_uid, run.dag_id, run.run_id, state_of=_state_of)
+        self.log.info("MOUS %s locked for run %s", self.mous_uid, held["run_id"])
+        return {"mous_uid": self.mous_uid, "run_id": held["run_id"]}
+
+
+class ReleaseMousOperator(_MousBase):
+    def execute(self, context: Any) -> bool:
+        from ..mous_lock import release
+        run = context["dag_run"]
+        released = release(self.workdir, self.mous_uid, run.dag_id, run.run_id)
+        self.log.info("MOUS %s lock %s", self.mous_uid, "released" if released else "was not held by this run")
+        return released
+
+
+class InspectDeliveryOperator(_MousBase):
+    """The plan of the staged auxiliary files. raw/ is staged after this step, so a
+    missing ASDM is not an error yet; every other problem is (permanent)."""
+
+    def execute(self, context: Any) -> dict:
+        from ..delivery import Delivery, format_plan
+        from ..notify import record_step
+        record_step(self.member_dir, self.task_id, context["dag_run"].run_id)
+        plan = Delivery(self.member_dir).plan()
+        self.log.info("regeneration plan:\n%s", format_plan(plan))
+        errors = [p for p in plan["problems"] if p["severity"] == "error"
+                  and not p["message"].startswith("missing: the PPR lists this EB")]
+        if errors:
+            raise DeliveryError(errors[0]["path"], errors[0]["message"] +
+                                (f" (+{len(errors) - 1} more, see the log)" if len(errors) > 1 else ""))
+        return {
+            "mous_uid": plan["mous_uid"], "project": plan["project"],
+            "casa_version": plan["casa_version"]["version"],
+            "calibration": plan["calibration"]["kind"], "imaging": plan["imaging"]["kind"],
+            "split": plan["split"]["needed"], "ebs": plan["ppr"]["ebs"],
+        }
+
+
+class CheckPublishedOperator(_MousBase):
+    """Skip the whole regeneration when the MOUS is already published with the same
+    inputs (archive file names and sizes) and CASA, unless forced."""
+
+    template_fields: Sequence[str] = ("mous_uid", "workdir", "source", "force", "products_url")
+
+    def __init__(self, *, source: str, force=False, products_url: str = "", http_conn_id: str,
+                 aws_conn_id: str, products_conn_id: str, **kwargs):
+        super().__init__(**kwargs)
+        self.source, self.force, self.products_url = source, force, products_url
+        self.http_conn_id, self.aws_conn_id, self.products_conn_id = http_conn_id, aws_conn_id, products_conn_id
+
+    def execute(self, context: Any) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from ..hooks.archive import archive_source
+        from ..publish import s3_client
+        from ..reuse import current_casa, latest_manifest, same_as_published
+        from ..staging import list_mous
+        if str(self.force).strip().lower() in ("true", "1", "yes", "on"):
+            return {"reuse": False, "why": "force=True"}
+        if not self.products_url:
+            return {"reuse": False, "why": "no products_url: nothing is published"}
+        listing = list_mous(archive_source(self.source, self.http_conn_id, self.aws_conn_id), self.mous_uid)
+        files = {f.name: f.size for f in listing.all_files()}
+        manifest = latest_manifest(s3_client(self.products_conn_id), self.products_url, self.mous_uid)
+        same, why = same_as_published(manifest, files, current_casa())
+        self.log.info("%s: %s", self.mous_uid, why)
+        if same:
+            raise AirflowSkipException(f"{why}; set force=True to regenerate anyway")
+        return {"reuse": False, "why": why}

@@ -1,0 +1,51 @@
+"""Is this MOUS already published with the same inputs and CASA? (the `force` param)
+
+A published run's manifest lists its inputs (archive file names, sizes and
+sha256 as staged) and the CASA of its calibration. A MOUS is not regenerated
+again when the archive lists the same files with the same sizes and the CASA
+that would run now is the one recorded, unless forced. Sizes, not checksums,
+are compared before staging: the archive publishes no checksums (DOMAIN.md),
+and a changed file of unchanged size is caught by the staging stamps.
+"""
+import json
+import logging
+
+from . import naming
+from .publish import parse_s3_url
+
+log = logging.getLogger(__name__)
+
+
+def latest_manifest(client, products_url: str, mous: str) -> dict | None:
+    """The manifest `latest.json` points at, or None."""
+    from botocore.exceptions import ClientError
+    bucket, prefix = parse_s3_url(products_url)
+    key = "/".join(x for x in (prefix, naming.uid_to_file(mous)) if x) + "/latest.json"
+    try:
+        latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        mb, mk = parse_s3_url(latest["manifest"])
+        return json.loads(client.get_object(Bucket=mb, Key=mk)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+
+
+def same_as_published(manifest: dict | None, files: dict, casa_version: str) -> tuple:
+    """(True, why) when `files` {name: size} and `casa_version` match the manifest."""
+    if not manifest:
+        return False, "not published yet"
+    published = {i["file"]: i["size"] for i in manifest.get("inputs", []) if i.get("file")}
+    if published != files:
+        changed = sorted(set(published.items()) ^ set(files.items()))
+        return False, f"inputs changed since run {manifest.get('run')}: {', '.join(n for n, _ in changed[:3])}"
+    casa = ((manifest.get("engines") or {}).get("calibration") or {}).get("casa")
+    if casa != casa_version:
+        return False, f"published with CASA {casa}, now CASA {casa_version}"
+    return True, f"published as run {manifest.get('run')} with the same inputs and CASA {casa}"
+
+
+def current_casa() -> str:
+    """The CASA the default (native) calibration would use now."""
+    from .casa.registry import load_registry
+    return str(load_registry().modular().version)
