@@ -408,10 +408,14 @@ def longest_baseline(vis):
 
 
 def image_products(spec, vislist, product_dir, workdir):
-    """product/: continuum and cube per science spw, from calibrated data."""
+    """product/: continuum and cube per science spw, from calibrated data.
+
+    Returns the tclean parameters used: the delivery's scriptForImaging.py
+    repeats exactly these calls (on the split MSs), as a data reducer's script
+    would, so regenerating the images with it must give back product/."""
     tgt = spec["target"]["name"]
     bmax = max(longest_baseline(v) for v in vislist)
-    made = []
+    made, calls = [], []
     for i, spw in enumerate(spec["spws"]):
         if spw["nchan"] <= 4:
             continue
@@ -421,19 +425,20 @@ def image_products(spec, vislist, product_dir, workdir):
             imagename = os.path.join(workdir, base)
             for ext in (".image", ".pb", ".psf", ".residual", ".model", ".sumwt", ".mask", ".image.pbcor"):
                 shutil.rmtree(imagename + ext, ignore_errors=True)
-            tclean(vis=vislist, imagename=imagename, field=tgt, spw=str(i), intent="OBSERVE_TARGET#ON_SOURCE",
-                   datacolumn="corrected", specmode="mfs" if mode == "cont" else "cube",
-                   imsize=p["imsize"], cell="%.4farcsec" % p["cell_arcsec"], stokes="I",
-                   gridder="standard", deconvolver="hogbom", weighting="briggs", robust=0.5,
-                   niter=500, threshold="%.5fJy" % (3 * spec["expected_rms_jy"]), pbcor=True,
-                   interactive=False)
+            params = dict(field=tgt, spw=str(i), specmode="mfs" if mode == "cont" else "cube",
+                          imsize=[p["imsize"], p["imsize"]], cell=["%.4farcsec" % p["cell_arcsec"]], stokes="I",
+                          gridder="standard", deconvolver="hogbom", weighting="briggs", robust=0.5,
+                          niter=500, threshold="%.5fJy" % (3 * spec["expected_rms_jy"]), pbcor=True)
+            tclean(vis=vislist, imagename=imagename, intent="OBSERVE_TARGET#ON_SOURCE", datacolumn="corrected",
+                   interactive=False, **params)
+            calls.append({"imagename": base, "params": params})
             for suffix in ("pbcor", "pb"):
                 src = imagename + (".image.pbcor" if suffix == "pbcor" else ".pb")
                 out = os.path.join(product_dir, "%s.%s.fits" % (base, suffix))
                 exportfits(imagename=src, fitsimage=out, overwrite=True, dropdeg=False, history=False)
                 normalise_fits_header(out, spec["date_iso"])
                 made.append(os.path.basename(out))
-    return made
+    return made, calls
 
 
 def main(spec_path, result_path):
@@ -470,7 +475,7 @@ def main(spec_path, result_path):
     # One caltables tarball per session, members named <EB>.ms.* at its top.
     write_tgz(os.path.join(caldir, "%s.session_1.caltables.tgz" % spec["mous_file"]),
               [(os.path.join(work, name), name) for truth in result["ebs"] for name in truth["caltables"]])
-    result["products"] = image_products(spec, vislist, product, work)
+    result["products"], result["imaging_calls"] = image_products(spec, vislist, product, work)
     result["longest_baseline_m"] = max(longest_baseline(v) for v in vislist)
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)

@@ -29,7 +29,8 @@ class Settings:
     stage_timeout_s_per_gb: int = 600          # execution_timeout grows with the raw data
     casa_timeout_s_per_gb: int = 3600
     min_timeout_s: int = 1800
-    deadline_minutes: int = 0                  # 0: derived from the MOUS size at trigger time
+    deadline_minutes: int = 0                  # 0: the default; negative: no deadline alert
+    deadline_seconds: int = 0                  # > 0: the allowance exactly (wins over minutes; tests, tight SLAs)
     deadline_minutes_per_gb: int = 30
     deadline_base_minutes: int = 60
     notify_webhook: str = ""                   # generic JSON webhook for alerts

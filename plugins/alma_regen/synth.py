@@ -105,7 +105,7 @@ def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: Casa
     run = runner.run([_python_for_casa(), casa_script("synth_delivery.py"), "spec.json", "result.json"], cwd=scratch)
     result = json.loads((scratch / "result.json").read_text())
     casa_version = result["casa_version"]
-    write_text_files(spec, member, casa_version)
+    write_text_files(spec, member, casa_version, result["imaging_calls"])
     files = pack_archive(spec, member, out / "archive")
     shutil.rmtree(scratch)
     ebs_truth = {e["uid"]: e for e in result["ebs"]}
@@ -143,7 +143,7 @@ def ebs_of(spec):
     return [naming.uid_to_file(e["uid"]) for e in spec["ebs"]]
 
 
-def write_text_files(spec, member: Path, casa_version: str):
+def write_text_files(spec, member: Path, casa_version: str, imaging_calls: list):
     mous_f = spec["mous_file"]
     script = member / "script"
     cal = member / "calibration"
@@ -156,7 +156,7 @@ def write_text_files(spec, member: Path, casa_version: str):
     (script / f"member.{mous_f}.scriptForPI.py").write_text(SCRIPT_FOR_PI)
     (script / f"member.{mous_f}.hifa_calimage.casa_piperestorescript.py").write_text(restore_script(ebs))
     (script / f"member.{mous_f}.hifa_calimage.casa_pipescript.py").write_text(pipescript(ebs))
-    (script / f"member.{mous_f}.scriptForImaging.py").write_text(imaging_script(spec, ebs))
+    (script / f"member.{mous_f}.scriptForImaging.py").write_text(imaging_script(spec, ebs, imaging_calls))
     (cal / f"{mous_f}.pipeline_manifest.xml").write_text(pipeline_manifest(spec, casa_version))
     c = spec["calibrator"]
     flux = ["field,spw,I,Q,U,V,spix,uvmin,uvmax,comment"]
@@ -266,33 +266,22 @@ finally:
 """
 
 
-def imaging_script(spec, ebs) -> str:
-    """A manual imaging script as a data reducer writes one: interactive masking."""
-    tgt = spec["target"]["name"]
+def imaging_script(spec, ebs, calls) -> str:
+    """A manual imaging script as a data reducer writes one: the tclean calls that
+    made product/, on the split MSs, the first one with interactive masking."""
     vis = ", ".join(repr(f"{e}.ms.split.cal") for e in ebs)
-    return f"""# ALMA Data Reduction Script: imaging of {spec['mous']}
-# Run in calibrated/ after scriptForPI.py.
-import os
-
-thesteps = [0, 1, 2]
-vislist = [{vis}]
-field = '{tgt}'
-prefix = 'member.{spec['mous_file']}.{tgt}_sci'
-
-# Continuum of spw 0, masked interactively.
-os.system('rm -rf ' + prefix + '.spw0.cont.I.*')
-tclean(vis=vislist, imagename=prefix + '.spw0.cont.I', field=field, spw='0',
-       specmode='mfs', imsize=[120, 120], cell=['0.3arcsec'], weighting='briggs', robust=0.5,
-       niter=500, threshold='1.5mJy', interactive=True, pbcor=True)
-exportfits(imagename=prefix + '.spw0.cont.I.image.pbcor', fitsimage=prefix + '.spw0.cont.I.pbcor.fits', overwrite=True)
-
-# Cube of spw 1.
-os.system('rm -rf ' + prefix + '.spw1.cube.I.*')
-tclean(vis=vislist, imagename=prefix + '.spw1.cube.I', field=field, spw='1',
-       specmode='cube', imsize=[120, 120], cell=['0.3arcsec'], weighting='briggs', robust=0.5,
-       niter=200, threshold='3mJy', interactive=False, pbcor=True)
-exportfits(imagename=prefix + '.spw1.cube.I.image.pbcor', fitsimage=prefix + '.spw1.cube.I.pbcor.fits', overwrite=True)
-"""
+    lines = [f"# ALMA Data Reduction Script: imaging of {spec['mous']}",
+             "# Run in calibrated/ after scriptForPI.py.", "import os", "",
+             "thesteps = [0, 1]", f"vislist = [{vis}]", ""]
+    for n, call in enumerate(calls):
+        name = call["imagename"]
+        args = ", ".join(f"{k}={v!r}" for k, v in call["params"].items())
+        lines += [f"# {name}",
+                  f"os.system('rm -rf {name}.*')",
+                  f"tclean(vis=vislist, imagename={name!r}, {args}, interactive={n == 0})",
+                  f"exportfits(imagename={name + '.image.pbcor'!r}, fitsimage={name + '.pbcor.fits'!r}, overwrite=True)",
+                  f"exportfits(imagename={name + '.pb'!r}, fitsimage={name + '.pb.fits'!r}, overwrite=True)", ""]
+    return "\n".join(lines)
 
 
 def pipeline_manifest(spec, casa_version) -> str:
