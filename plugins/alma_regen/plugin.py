@@ -1,11 +1,34 @@
 """The Airflow plugin of alma-regen (registered by the `airflow.plugins` entry point).
 
-It grows with the Airflow layer: operator extra links, the "Reprocessing"
-view and listeners. Importing it must stay cheap: Airflow loads plugins in
-every component.
+- `deadline_references`: MousSizeDeadline, the DeadlineAlert reference of
+  alma_regenerate (the scheduler deserializes only references a plugin declares);
+- operator extra links: the products' summary page and manifest, from the
+  publish and image tasks (alma_regen.ui);
+- the "Reprocessing" view: a FastAPI app under /alma-regen plus its entry in
+  the UI's navigation (alma_regen.ui);
+- listeners: per-step durations as task metrics and the step a run is in
+  (alma_regen.listeners).
+
+Importing it must stay cheap: Airflow loads plugins in every component. The
+FastAPI app is only built by the api-server (a lazy attribute).
 """
 from airflow.plugins_manager import AirflowPlugin
+
+from . import listeners
+from .deadlines import MousSizeDeadline
+from .ui import VIEW_PREFIX, LazyApp, ManifestLink, SummaryPageLink
 
 
 class AlmaRegenPlugin(AirflowPlugin):
     name = "alma_regen"
+    deadline_references = [MousSizeDeadline]
+    operator_extra_links = [SummaryPageLink(), ManifestLink()]
+    listeners = [listeners]
+    fastapi_apps = [{"app": LazyApp(), "url_prefix": VIEW_PREFIX, "name": "ALMA reprocessing"}]
+    external_views = [{
+        "name": "Reprocessing",
+        "href": f"{VIEW_PREFIX}/",
+        "destination": "nav",
+        "category": "browse",
+        "url_route": "alma-reprocessing",
+    }]

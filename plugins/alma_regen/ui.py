@@ -1,0 +1,94 @@
+"""UI monitoring: operator extra links and the "Reprocessing" view.
+
+Links (computed in the task's process when it ends, stored by Airflow as XCom):
+  SummaryPageLink  -> <base>/alma-regen/products/<MOUS>/<run>/index.html
+  ManifestLink     -> <base>/alma-regen/products/<MOUS>/<run>/manifest.json
+where <run> is the publish run id of the DAG run (what PublishOperator uses).
+The view's /products/ route streams those objects from the products bucket
+(connection `alma_products_s3`), so the bucket needs no public access.
+
+The view (a FastAPI app mounted by the api-server under /alma-regen):
+  GET /             HTML table: one row per MOUS, its latest alma_regenerate run
+  GET /api/mous     the same as JSON
+  GET /products/<MOUS>/<run>/<path>   a published object (index.html, manifest.json, FITS, ...)
+Read from Airflow's own database (DagRuns, TaskInstances, XComs of alma_regenerate)
+and the manifests in S3 (latest.json): no second database.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from airflow.sdk import BaseOperatorLink
+
+VIEW_PREFIX = "/alma-regen"
+DAG_ID = "alma_regenerate"
+
+
+def publish_run_id(run_id: str) -> str:
+    """The run id PublishOperator publishes a DAG run under."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(run_id or "")).strip("_.-")
+
+
+def view_base() -> str:
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "")
+    if not base:
+        try:
+            from airflow.configuration import conf
+            base = conf.get("api", "base_url", fallback="") or ""
+        except Exception:  # noqa: BLE001
+            base = ""
+    return base.rstrip("/") + VIEW_PREFIX
+
+
+def products_url(mous_uid: str, run: str, name: str) -> str:
+    from .naming import uid_to_file
+    return f"{view_base()}/products/{uid_to_file(mous_uid)}/{run}/{name}"
+
+
+def _mous_of(operator, ti_key) -> str | None:
+    """The MOUS of the task: from its member folder (member.uid___...), else the publish XCom."""
+    member = str(getattr(operator, "member_dir", "") or "")
+    m = re.search(r"member\.(uid___[A-Za-z0-9_]+)", member)
+    if m:
+        from .naming import file_to_uid
+        return file_to_uid(m.group(1))
+    return None
+
+
+class _ProductsLink(BaseOperatorLink):
+    target = "index.html"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        mous = _mous_of(operator, ti_key)
+        if not mous:
+            return ""
+        return products_url(mous, publish_run_id(ti_key.run_id), self.target)
+
+
+class SummaryPageLink(_ProductsLink):
+    name = "Products summary"
+    target = "index.html"
+
+
+class ManifestLink(_ProductsLink):
+    name = "Products manifest"
+    target = "manifest.json"
+
+
+def create_app():
+    from .ui_app import create_app as _create
+    return _create()
+
+
+class LazyApp:
+    """An ASGI app that builds the FastAPI app on its first request: plugins load in
+    every Airflow component, and only the api-server serves it."""
+
+    def __init__(self):
+        self._app = None
+
+    async def __call__(self, scope, receive, send):
+        if self._app is None:
+            self._app = create_app()
+        await self._app(scope, receive, send)
