@@ -1,0 +1,33 @@
+# The alma-regen Airflow image: the official Airflow 3.3.2 image plus our pinned
+# requirements (providers, modular CASA, boto3, ...) and the alma_regen package.
+#
+#   docker build -t alma-regen-airflow:latest .
+#   docker compose up -d            (docker-compose.yaml uses this image)
+FROM apache/airflow:3.3.2-python3.11
+
+USER root
+# CASA's C++ libraries need these at run time (the official image is Debian).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 libfontconfig1 libxrender1 libsm6 libxext6 \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
+RUN mkdir -p /opt/alma/work /opt/alma-regen && chown -R airflow:0 /opt/alma /opt/alma-regen
+
+USER airflow
+WORKDIR /opt/alma-regen
+# Dependencies first (a cached layer while only the code changes).
+COPY --chown=airflow:0 requirements.txt constraints.txt ./
+RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r requirements.txt -c constraints.txt
+# The library, the plugin (entry point `airflow.plugins`) and the `alma-regen` command.
+COPY --chown=airflow:0 pyproject.toml README.md ./
+COPY --chown=airflow:0 plugins ./plugins
+COPY --chown=airflow:0 include ./include
+RUN pip install --no-cache-dir --no-deps -e .
+COPY --chown=airflow:0 dags /opt/airflow/dags
+
+# CASA never touches the network: the site config points measurespath at the casadata
+# package and turns auto-updates off. ALMA_REGEN_INCLUDE is where the CASA-side scripts live.
+ENV ALMA_REGEN_INCLUDE=/opt/alma-regen/include \
+    CASASITECONFIG=/opt/alma-regen/include/casa/casasiteconfig.py \
+    ALMA_REGEN_WORKDIR=/opt/alma/work \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False
+WORKDIR /opt/airflow
