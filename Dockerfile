@@ -21,7 +21,8 @@ RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r requirements.txt -c co
 COPY --chown=airflow:0 pyproject.toml README.md ./
 COPY --chown=airflow:0 plugins ./plugins
 COPY --chown=airflow:0 include ./include
-RUN pip install --no-cache-dir --no-deps -e .
+# (without the build's plugins/*.egg-info Airflow sees the plugin's entry point once)
+RUN pip install --no-cache-dir --no-deps -e . && rm -rf plugins/*.egg-info
 COPY --chown=airflow:0 dags /opt/airflow/dags
 
 # CASA never touches the network: the site config points measurespath at the casadata

@@ -15,6 +15,9 @@ $(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps -e .
+	# The build leaves plugins/alma_regen.egg-info, on sys.path through the editable .pth:
+	# Airflow would then see the plugin's entry point twice (a plugin import error in the UI).
+	rm -rf plugins/*.egg-info
 	touch $@
 
 demo: $(STAMP)

@@ -114,7 +114,7 @@ def test_dockerfile():
     assert "COPY --chown=airflow:0 requirements.txt constraints.txt ./" in text
     assert "-r requirements.txt -c constraints.txt" in text
     assert "COPY --chown=airflow:0 plugins ./plugins" in text and "COPY --chown=airflow:0 include ./include" in text
-    assert "pip install --no-cache-dir --no-deps -e ." in text
+    assert "pip install --no-cache-dir --no-deps -e . && rm -rf plugins/*.egg-info" in text
     assert "CASASITECONFIG=/opt/alma-regen/include/casa/casasiteconfig.py" in text
     assert "ALMA_REGEN_INCLUDE=/opt/alma-regen/include" in text
     assert (ROOT / "include/casa/casasiteconfig.py").is_file()

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
+from ..ui import ManifestLink, SummaryPageLink
+
 
 class _CasaTask(BaseOperator):
     template_fields: Sequence[str] = ("member_dir",)
@@ -45,6 +47,7 @@ class ImagingOperator(_CasaTask):
     """All images of a member folder with one engine (auto|pipeline|script|native); returns the record."""
 
     template_fields: Sequence[str] = ("member_dir", "engine")
+    operator_extra_links = (SummaryPageLink(), ManifestLink())  # where the images get published
 
     def __init__(self, *, engine: str = "auto", workers: int = 1, **kwargs):
         super().__init__(**kwargs)
@@ -113,6 +116,8 @@ class PlanImagingOperator(_CasaTask):
 
 class FinishImagingOperator(PlanImagingOperator):
     """Gather the mapped units, or run an engine that cannot be split; skipped for `none`."""
+
+    operator_extra_links = (SummaryPageLink(), ManifestLink())  # where the images get published
 
     def execute(self, context: Any) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException

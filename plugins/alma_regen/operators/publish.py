@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 
+from ..ui import ManifestLink, SummaryPageLink
+
 PRODUCTS_ALIAS = "alma_regen_products"
 
 
@@ -31,6 +33,7 @@ def mous_asset(to: str, mous_uid: str) -> Asset:
 class PublishOperator(BaseOperator):
     template_fields: Sequence[str] = ("member_dir", "to", "run", "enabled")
     ui_color = "#d5f5e3"
+    operator_extra_links = (SummaryPageLink(), ManifestLink())  # the UI's links to the products
 
     def __init__(self, *, member_dir: str, to: str, run: str | None = None, include_ms: bool = False,
                  aws_conn_id: str = "alma_products_s3", workers: int = 8, enabled=True, **kwargs):

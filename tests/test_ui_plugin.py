@@ -1,0 +1,93 @@
+"""The AirflowPlugin's UI monitoring, against a real api-server and real DagRuns.
+
+Reuses the Airflow of fixtures_airflow (one published run, one failed run): the
+plugin loads in every component, the "Reprocessing" view lists both MOUSs from
+Airflow's database and the manifests in S3, the operator extra links of the
+publish and image tasks point at the published summary page and manifest (and
+they open), and the listener recorded per-step durations as StatsD timings.
+"""
+import json
+from urllib.parse import quote
+
+import pytest
+
+from alma_regen.naming import uid_to_file
+from alma_regen.ui import publish_run_id
+from fixtures_airflow import MISSING_MOUS
+
+pytestmark = [pytest.mark.slow, pytest.mark.casa, pytest.mark.timeout(1200)]
+
+
+def test_plugin_loads_without_errors(alerting_airflow):
+    af = alerting_airflow
+    r = af.cluster.cli("plugins", "-o", "json")
+    plugins = {p["name"]: p for p in json.loads(r.stdout)}
+    p = plugins["alma_regen"]
+    assert p["fastapi_apps"][0]["url_prefix"] == "/alma-regen"
+    assert p["external_views"][0]["name"] == "Reprocessing"
+    assert p["external_views"][0]["href"] == "/alma-regen/"
+    assert "alma_regen.listeners" in json.dumps(p["listeners"])
+    assert "Traceback" not in r.stderr and "Failed to import plugin" not in r.stderr, r.stderr[-2000:]
+    # The api-server loaded it too, without import errors.
+    served = {x["name"]: x for x in af.cluster.api("GET", "/plugins")["plugins"]}
+    assert served["alma_regen"]["external_views"][0]["href"] == "/alma-regen/"
+    assert af.cluster.api("GET", "/plugins/importErrors")["total_entries"] == 0
+
+
+def test_reprocessing_view_lists_runs_and_products(alerting_airflow):
+    af = alerting_airflow
+    status, body = af.cluster.get("/alma-regen/api/mous")
+    assert status == 200, body[:2000]
+    rows = {r["mous_uid"]: r for r in json.loads(body)}
+    assert set(rows) == {af.mous, MISSING_MOUS}
+
+    ok = rows[af.mous]
+    assert ok["state"] == "success" and ok["run_id"] == af.late_run
+    assert ok["casa_version"] and ok["casa_version"].startswith("6.")
+    assert ok["calibration"] == "native"
+    assert ok["duration_s"] > 0
+    assert ok["steps"]["restore_eb"]["instances"] == 2
+    assert ok["steps"]["publish"]["states"] == {"success": 1} and ok["steps"]["publish"]["duration_s"] >= 0
+    pub = ok["published"]
+    assert pub["run"] == publish_run_id(af.late_run) == ok["published_run"]
+    assert pub["fidelity_ok"] is True and pub["outputs"] > 0
+    base = f"/alma-regen/products/{uid_to_file(af.mous)}/{pub['run']}"
+    assert pub["summary_url"] == base + "/index.html" and pub["manifest_url"] == base + "/manifest.json"
+
+    bad = rows[MISSING_MOUS]
+    assert bad["state"] == "failed" and bad["step"] == "check_published" and bad["published"] is None
+
+    status, page = af.cluster.get("/alma-regen/")
+    assert status == 200
+    text = page.decode()
+    assert af.mous in text and MISSING_MOUS in text and pub["summary_url"] in text
+
+    # The product links work: the summary page and the manifest, streamed from S3.
+    status, summary = af.cluster.get(pub["summary_url"])
+    assert status == 200 and af.mous.encode() in summary
+    status, manifest = af.cluster.get(pub["manifest_url"])
+    assert status == 200 and json.loads(manifest)["mous_uid"] == af.mous
+    assert af.cluster.get(f"/alma-regen/products/{uid_to_file(af.mous)}/no-such-run/index.html")[0] == 404
+    assert af.cluster.get(f"/alma-regen/products/{uid_to_file(af.mous)}/x/..%2F..%2Fsecret")[0] in (400, 404)
+
+
+def test_extra_links_point_at_the_published_products(alerting_airflow):
+    af = alerting_airflow
+    run = publish_run_id(af.late_run)
+    expected = {"Products summary": f"{af.cluster.base_url}/alma-regen/products/{uid_to_file(af.mous)}/{run}/index.html",
+                "Products manifest": f"{af.cluster.base_url}/alma-regen/products/{uid_to_file(af.mous)}/{run}/manifest.json"}
+    for task in ("publish", "finish_imaging"):
+        links = af.cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{quote(af.late_run, safe='')}"
+                                      f"/taskInstances/{task}/links")
+        links = links.get("extra_links", links)
+        assert links == expected, (task, links)
+    status, body = af.cluster.get(expected["Products manifest"])
+    assert status == 200 and json.loads(body)["run"] == run
+
+
+def test_step_durations_are_metrics(alerting_airflow):
+    lines = alerting_airflow.statsd.lines
+    timings = [ln for ln in lines if ln.startswith("airflow.alma_regen.step_duration.alma_regenerate.")]
+    tasks = {ln.split(":")[0].rsplit(".", 1)[1] for ln in timings}
+    assert {"lock_mous", "stage_auxiliary", "restore_eb", "publish"} <= tasks, lines[-50:]
+    assert all(ln.endswith("|ms") for ln in timings)
