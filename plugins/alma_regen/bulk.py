@@ -65,7 +65,8 @@ def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_a
 
     list_files(mous) -> {archive file name: size}; manifest_of(mous) -> the published manifest or None.
     """
-    free_gb = shutil.disk_usage(workdir).free / 1e9 if Path(workdir).exists() else float("inf")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    free_gb = shutil.disk_usage(workdir).free / 1e9
     start, skipped, deferred, attempted = [], [], [], []
     for e in entries:
         mous = e["mous_uid"]
