@@ -67,17 +67,22 @@ def register_cli(sub):
 
 
 def run_cli(sub):
-    s = sub.add_parser("run", help="stage, inspect and calibrate one MOUS without Airflow")
+    s = sub.add_parser("run", help="the whole chain for one MOUS without Airflow")
     s.add_argument("mous", help="uid://A001/X.../X...")
     s.add_argument("--source", required=True, help="http(s)://request-handler or s3://bucket/prefix")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--parallel", type=int, default=2, help="EBs calibrated at once")
+    s.add_argument("--publish-to", default=None, help="s3://bucket/prefix (credentials from the environment)")
+    s.add_argument("--imaging", default="auto", choices=["auto", "pipeline", "script", "native", "none"])
+    s.add_argument("--parallel", type=int, default=2, help="EBs (and imaging units) at once")
 
     def cmd(a):
         naming.uid_to_file(a.mous)  # a clear error for a malformed uid
-        r = run_mous(a.mous, a.source, a.workdir, parallel=a.parallel)
-        print(json.dumps({"mous_uid": r["mous_uid"], "member_dir": r["member_dir"],
-                          "timings_s": r["timings_s"],
-                          "outputs": [e["output"] for e in r["calibration"]["ebs"]]}, indent=2))
+        r = run_mous(a.mous, a.source, a.workdir, parallel=a.parallel, imaging=a.imaging,
+                     publish_to=a.publish_to)
+        print(json.dumps({"mous_uid": r["mous_uid"], "member_dir": r["member_dir"], "timings_s": r["timings_s"],
+                          "calibrated": [e["output"] for e in r["calibration"]["ebs"]],
+                          "images": (r["imaging"] or {}).get("products"),
+                          "fidelity_ok": (r["fidelity"] or {}).get("ok"),
+                          "published": (r["manifest"] or {}).get("location")}, indent=2))
         return 0
     s.set_defaults(func=cmd)
