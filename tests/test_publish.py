@@ -218,7 +218,7 @@ def test_publish_operator_uses_the_connection_and_emits_the_mous_asset(member, s
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", publish.ENDPOINT_ENV):
         monkeypatch.delenv(k, raising=False)
     op = PublishOperator(task_id="publish", member_dir=str(member), to=f"s3://{bucket}/regen")
-    assert set(op.template_fields) == {"member_dir", "to", "run"}
+    assert set(op.template_fields) == {"member_dir", "to", "run", "enabled"}
     assert [o.name for o in op.outlets] == [PRODUCTS_ALIAS]
     events = OutletEventAccessors()
     result = op.execute({"run_id": "manual__2026-01-01T00:00:00+00:00", "outlet_events": events})
