@@ -76,12 +76,23 @@ def redis_problem() -> str | None:
 
 
 def free_redis_db() -> int:
-    """An empty Redis database number (1..15), flushed of nothing: we only take an empty one."""
+    """An empty Redis database number (1..15): we only take an empty one."""
     import redis
     for n in range(15, 0, -1):
         if redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=n).dbsize() == 0:
             return n
     raise RuntimeError("no empty Redis database among 1..15")
+
+
+@contextmanager
+def scratch_redis_db():
+    """An empty Redis database number for a broker; emptied again afterwards (even on failure)."""
+    import redis
+    n = free_redis_db()
+    try:
+        yield n
+    finally:
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=n).flushdb()
 
 
 @contextmanager

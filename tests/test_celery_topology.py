@@ -16,8 +16,8 @@ import os
 
 import pytest
 
-from airflow_procs import (AirflowCluster, free_redis_db, postgres_db_exists, postgres_problem, redis_problem,
-                           scratch_postgres_db)
+from airflow_procs import (AirflowCluster, postgres_db_exists, postgres_problem, redis_problem, scratch_postgres_db,
+                           scratch_redis_db)
 
 pytestmark = [pytest.mark.slow, pytest.mark.casa, pytest.mark.timeout(1200)]
 
@@ -38,11 +38,10 @@ def test_alma_regenerate_on_celery_topology(tmp_path, synth_delivery, archive_se
     bucket = seaweedfs.bucket("celery")
     products = f"s3://{bucket}/regen"
     mous = synth_delivery["mous_uid"]
-    redis_db = free_redis_db()
     db_name = None
     cluster = None
 
-    with scratch_postgres_db() as (db_url, db_name):
+    with scratch_redis_db() as redis_db, scratch_postgres_db() as (db_url, db_name):
         cluster = AirflowCluster(
             tmp_path / "airflow", db_url=db_url, executor="CeleryExecutor",
             broker_url=f"redis://127.0.0.1:6379/{redis_db}",
@@ -93,5 +92,7 @@ def test_alma_regenerate_on_celery_topology(tmp_path, synth_delivery, archive_se
     assert manifest["mous_uid"] == mous and manifest["run"] in run_id.replace(":", "_").replace("+", "_")
     assert any(o["key"].endswith(".fits") for o in manifest["outputs"])
     assert manifest["fidelity"]["ok"] is True
-    # Nothing left behind: the scratch database is gone.
+    # Nothing left behind: the scratch database is gone, the broker's database empty again.
     assert not postgres_db_exists(db_name)
+    import redis
+    assert redis.Redis(host="127.0.0.1", port=6379, db=redis_db).dbsize() == 0

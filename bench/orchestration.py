@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""What Airflow costs: alma_regenerate on a real Airflow vs the same work by `alma-regen` alone.
+
+    .venv/bin/python bench/orchestration.py [--ebs 2] [--executors local,celery] [--modes cal,full]
+
+On one synthetic delivery (served by serve-archive, products to SeaweedFS):
+
+  baseline (no Airflow), one command after the other, each a fresh workdir:
+    cal   `alma-regen run MOUS --source URL --workdir W`         (stage, inspect, calibrate)
+    full  the same, then `alma-regen image MEMBER` (images + fidelity)
+          and `alma-regen publish MEMBER --to s3://...`
+  Airflow (api-server, scheduler, dag-processor, triggerer and the executor's
+  workers as real processes; the cluster's start is not counted):
+    cal   alma_regenerate with imaging=none, publish=false, no products_url
+    full  alma_regenerate with the defaults (images, fidelity, publish)
+    local = LocalExecutor on SQLite; celery = CeleryExecutor with PostgreSQL + Redis
+  Time = from the trigger (REST) to the run's end as the client sees it, and the
+  run's own queued -> end. Ratio = Airflow / baseline (goal <= 1.15).
+
+Then DAG parse cost per file of dags/: a fresh interpreter's import of the file
+with airflow.sdk already imported (what the DAG processor pays per parse), the
+cold import (with Airflow itself), and DagBag(file) timing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(ROOT / "tests"))
+from airflow_procs import (AirflowCluster, postgres_problem, redis_problem, scratch_postgres_db,  # noqa: E402
+                           scratch_redis_db)
+from fixtures_servers import seaweedfs_server  # noqa: E402
+
+from alma_regen.naming import member_dir as member_name  # noqa: E402
+from alma_regen.serve_archive import ArchiveServer  # noqa: E402
+from alma_regen.synth import synthesize  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def sh(cmd, env=None) -> float:
+    t = time.monotonic()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return time.monotonic() - t
+
+
+def baseline(mode: str, synth: dict, url: str, root: Path, s3, bucket: str) -> dict:
+    work = root / f"cli-{mode}"
+    shutil.rmtree(work, ignore_errors=True)
+    env = dict(os.environ, **s3.env())
+    steps = {}
+    t0 = time.monotonic()
+    steps["run (stage+inspect+calibrate)"] = sh([BIN / "alma-regen", "run", synth["mous_uid"], "--source", url,
+                                                 "--workdir", work], env)
+    if mode == "full":
+        member = work / member_name(synth["mous_uid"])
+        steps["image (+fidelity)"] = sh([BIN / "alma-regen", "image", member], env)
+        steps["publish"] = sh([BIN / "alma-regen", "publish", member, "--to", f"s3://{bucket}/cli"], env)
+    return {"wall_s": round(time.monotonic() - t0, 2), "steps_s": {k: round(v, 2) for k, v in steps.items()}}
+
+
+def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3, bucket: str) -> dict:
+    host, port = url.split("://", 1)[1].rstrip("/").split(":")
+    env = {
+        "ALMA_REGEN_WORKDIR": root / f"af-{executor}-{mode}" / "work",
+        "ALMA_REGEN_PRODUCTS_URL": f"s3://{bucket}/af-{executor}" if mode == "full" else "",
+        "AIRFLOW_CONN_ALMA_REQUEST_HANDLER": json.dumps(
+            {"conn_type": "http", "host": host, "port": int(port), "schema": "http"}),
+        "AIRFLOW_CONN_ALMA_PRODUCTS_S3": json.dumps(
+            {"conn_type": "aws", "login": s3.access_key, "password": s3.secret_key,
+             "extra": {"endpoint_url": s3.endpoint_url, "region_name": s3.region}}),
+    }
+    conf = {"mous_uid": synth["mous_uid"]}
+    if mode == "cal":
+        conf.update(imaging="none", publish=False)
+
+    def go(cluster):
+        t = time.monotonic()
+        cluster.migrate()
+        cluster.start_all(celery_queues="default,casa")
+        cluster.wait_ready()
+        for name in ("casa", "alma_staging"):
+            cluster.api("POST", "/pools", {"name": name, "slots": 2, "description": "bench"})
+        cluster.wait_dag("alma_regenerate")
+        startup = time.monotonic() - t
+        t0 = time.monotonic()
+        run_id = cluster.trigger("alma_regenerate", conf)
+        end_poll = time.monotonic() + 1800
+        while time.monotonic() < end_poll:
+            state = cluster.run_state("alma_regenerate", run_id)
+            if state in ("success", "failed"):
+                break
+            time.sleep(0.25)
+        wall = time.monotonic() - t0
+        run = cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{run_id.replace(':', '%3A').replace('+', '%2B')}")
+        if state != "success":
+            raise RuntimeError(f"run {state}:\n{cluster.failure_report('alma_regenerate', run_id)}")
+        tis = cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{run_id.replace(':', '%3A').replace('+', '%2B')}"
+                                 "/taskInstances?limit=500")["task_instances"]
+        busy = sum(t["duration"] or 0 for t in tis)
+        per_task = {}
+        for t in tis:
+            per_task[t["task_id"]] = round(per_task.get(t["task_id"], 0) + (t["duration"] or 0), 2)
+        from datetime import datetime
+        q, e = (datetime.fromisoformat(run[k].replace("Z", "+00:00")) for k in ("queued_at", "end_date"))
+        return {"wall_s": round(wall, 2), "queued_to_end_s": round((e - q).total_seconds(), 2),
+                "tasks": len(tis), "task_seconds_sum": round(busy, 2), "task_s": per_task,
+                "cluster_start_s": round(startup, 1)}
+
+    home = root / f"af-{executor}-{mode}" / "airflow"
+    if executor == "celery":
+        with scratch_redis_db() as n, scratch_postgres_db("alma_regen_bench") as (db_url, _):
+            with AirflowCluster(home, db_url=db_url, executor="CeleryExecutor",
+                                broker_url=f"redis://127.0.0.1:6379/{n}", env=env) as c:
+                return go(c)
+    with AirflowCluster(home, executor="LocalExecutor", env=env) as c:
+        return go(c)
+
+
+PARSE = r"""
+import json, sys, time, runpy, os
+t0 = time.perf_counter()
+import airflow.sdk  # noqa
+t1 = time.perf_counter()
+runpy.run_path(sys.argv[1], run_name="dagfile")
+t2 = time.perf_counter()
+runpy.run_path(sys.argv[1], run_name="dagfile2")  # a re-parse with every module cached
+t3 = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+t4 = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1], bundle_path=os.path.dirname(sys.argv[1]))
+t5 = time.perf_counter()
+print(json.dumps({"airflow_sdk_import_s": t1 - t0, "first_parse_s": t2 - t1, "reparse_s": t3 - t2,
+                  "dagbag_s": t5 - t4, "dags": sorted(bag.dag_ids), "errors": bag.import_errors}))
+"""
+
+
+def parse_times(repeat: int = 3) -> dict:
+    out = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=tempfile.mkdtemp(prefix="bench-parse-"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"))
+    for f in sorted((ROOT / "dags").glob("*.py")):
+        runs = []
+        for _ in range(repeat):
+            r = subprocess.run([sys.executable, "-c", PARSE, str(f)], env=env, capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(r.stderr[-3000:])
+            runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        best = {k: round(min(x[k] for x in runs), 4) for k in runs[0] if k.endswith("_s")}
+        best.update(dags=runs[0]["dags"], errors=runs[0]["errors"])
+        # The slowest imports of the file itself (python -X importtime), after what every DAG
+        # file shares (airflow.sdk's DAG, BaseOperator, Param, ... already loaded).
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                            "import sys, runpy\nfrom airflow.sdk import DAG, BaseOperator, Param, Asset, "
+                            "DeadlineAlert, AsyncCallback\nsys.stderr.write('@@MARK@@\\n'); sys.stderr.flush()\n"
+                            f"runpy.run_path({str(f)!r})"],
+                           env=env, capture_output=True, text=True)
+        after = r.stderr.split("@@MARK@@", 1)[-1]
+        rows = []
+        for ln in after.splitlines():
+            if not ln.startswith("import time:") or "|" not in ln:
+                continue
+            parts = ln[len("import time:"):].split("|")
+            name = parts[2].rstrip()
+            if parts[1].strip().isdigit() and not name.startswith("  "):  # top-level: cumulative
+                rows.append((int(parts[1]), name.strip()))
+        top = sorted(rows, reverse=True)[:6]
+        best["slowest_imports_after_sdk_ms"] = {name: round(us / 1000, 1) for us, name in top}
+        out[f.name] = best
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ebs", type=int, default=2)
+    ap.add_argument("--executors", default="local,celery")
+    ap.add_argument("--modes", default="cal,full")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--parse-only", action="store_true")
+    a = ap.parse_args(argv)
+    results = {"parse": parse_times()}
+    print(json.dumps({"parse": results["parse"]}, indent=1), flush=True)
+    if a.parse_only:
+        return 0
+    executors = [x for x in a.executors.split(",") if x]
+    if "celery" in executors and (postgres_problem() or redis_problem()):
+        print(f"celery skipped: {postgres_problem() or redis_problem()}", flush=True)
+        executors.remove("celery")
+    root = Path(tempfile.mkdtemp(prefix="bench-orch-"))
+    try:
+        synth = synthesize(root / "synth", ebs=a.ebs, seed=1)
+        server = ArchiveServer(synth["archive_dir"], "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        (root / "s3").mkdir()
+        with seaweedfs_server(root / "s3") as s3:
+            bucket = s3.bucket("bench")
+            for mode in a.modes.split(","):
+                base = baseline(mode, synth, server.url, root, s3, bucket)
+                results[f"baseline-{mode}"] = base
+                print(f"baseline {mode}: {base}", flush=True)
+                for ex in executors:
+                    r = airflow_run(ex, mode, synth, server.url, root, s3, bucket)
+                    r["ratio_wall"] = round(r["wall_s"] / base["wall_s"], 3)
+                    r["ratio_queued_to_end"] = round(r["queued_to_end_s"] / base["wall_s"], 3)
+                    results[f"airflow-{ex}-{mode}"] = r
+                    print(f"airflow {ex} {mode}: {r}", flush=True)
+        server.shutdown()
+        server.server_close()
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print("\nsummary (seconds; ratio = Airflow / alma-regen alone, goal <= 1.15)")
+    for mode in a.modes.split(","):
+        b = results.get(f"baseline-{mode}")
+        if not b:
+            continue
+        print(f"  {mode:<5} alma-regen alone       {b['wall_s']:8.1f}")
+        for ex in executors:
+            r = results.get(f"airflow-{ex}-{mode}")
+            if r:
+                print(f"  {mode:<5} Airflow {ex:<7} trigger->end {r['wall_s']:8.1f}  x{r['ratio_wall']:.2f}   "
+                      f"queued->end {r['queued_to_end_s']:.1f} (x{r['ratio_queued_to_end']:.2f}); "
+                      f"{r['tasks']} tasks, {r['task_seconds_sum']:.1f} task-seconds")
+    for f, p in results["parse"].items():
+        print(f"  parse {f}: {p['first_parse_s'] * 1000:.0f} ms (airflow.sdk preloaded), re-parse "
+              f"{p['reparse_s'] * 1000:.1f} ms, DagBag {p['dagbag_s'] * 1000:.0f} ms, cold import of "
+              f"airflow.sdk {p['airflow_sdk_import_s'] * 1000:.0f} ms")
+    print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
