@@ -78,11 +78,11 @@ def test_script_engine_runs_the_interactive_script_unattended(calibrated_member,
     assert record["engine"] == "script" and "scriptForImaging.py" in record["reason"]
     assert script.read_bytes() == before  # the delivery's copy is untouched
     calls = record["calls"]
-    assert [c["interactive_forced_off"] for c in calls] == [True, False]
+    # Only the first of the script's tclean calls asks for interactive masking.
+    assert [c["interactive_forced_off"] for c in calls] == [True, False, False, False]
     prefix = f"member.{synth_delivery['mous_uid'].replace('uid://', 'uid___').replace('/', '_')}.TW_Hya_synth_sci"
     assert f"{prefix}.spw0.cont.I.pbcor.fits" in record["products"]
     assert f"{prefix}.spw1.cube.I.pbcor.fits" in record["products"]
-    # The .pb images the script left unexported are exported for the fidelity check.
     assert f"{prefix}.spw0.cont.I.pb.fits" in record["products"]
 
 
