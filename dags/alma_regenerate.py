@@ -104,13 +104,13 @@ with DAG(
     restore = RestoreEbOperator.partial(task_id="restore_eb", pool=S.casa_pool, queue=S.casa_queue,
                                         **cal_args).expand(eb_uid=prep.output)
     finish = FinishCalibrationOperator(task_id="finish_calibration", pool=S.casa_pool, queue=S.casa_queue,
-                                       trigger_rule="none_failed", **cal_args)
+                                       trigger_rule="none_failed_min_one_success", **cal_args)
     img_args = dict(member_dir=member, engine="{{ params.imaging }}")
     units = PlanImagingOperator(task_id="plan_imaging", pool=S.casa_pool, queue=S.casa_queue, **img_args)
     image = NativeImagingUnitOperator.partial(task_id="image_unit", pool=S.casa_pool, queue=S.casa_queue,
                                               member_dir=member).expand(unit=units.output)
     done = FinishImagingOperator(task_id="finish_imaging", pool=S.casa_pool, queue=S.casa_queue,
-                                 trigger_rule="none_failed", **img_args)
+                                 trigger_rule="none_failed_min_one_success", **img_args)
     fidelity = FidelityOperator(task_id="fidelity", pool=S.casa_pool, queue=S.casa_queue, member_dir=member)
     publish = PublishOperator(task_id="publish", member_dir=member, to=S.products_url,
                               enabled="{{ params.publish }}", aws_conn_id=S.products_s3_conn)
@@ -118,4 +118,9 @@ with DAG(
         setups=lock)
 
     lock >> reuse >> aux >> inspect >> asdms >> prep >> restore >> finish >> units >> image >> done
+    # The mapped steps are skipped when they map over nothing (an engine that runs
+    # whole): the finishing steps then go on from the planning step itself, and
+    # are skipped only when everything before was (an already published MOUS).
+    prep >> finish
+    units >> done
     done >> fidelity >> publish >> release
