@@ -17,12 +17,11 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from airflow_procs import AirflowCluster, free_port
+from airflow_procs import AirflowCluster
 
 __all__ = ["alerting_airflow", "WebhookListener", "StatsdListener", "AlertingAirflow"]
 
@@ -180,7 +179,3 @@ def alerting_airflow(tmp_path_factory, synth_delivery, seaweedfs):
         statsd.close()
         archive.shutdown()
         archive.server_close()
-
-
-def utcnow():
-    return datetime.now(timezone.utc)

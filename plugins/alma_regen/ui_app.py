@@ -85,10 +85,15 @@ def run_rows(session) -> list:
         counts[mous] = counts.get(mous, 0) + 1
         if mous not in latest and len(latest) < MAX_MOUS:
             latest[mous] = r
+    by_run = {}
+    run_ids = [r.run_id for r in latest.values()]
+    for i in range(0, len(run_ids), 100):  # one query per 100 runs, not one per MOUS
+        for ti in session.scalars(select(TaskInstance).where(TaskInstance.dag_id == DAG_ID,
+                                                             TaskInstance.run_id.in_(run_ids[i:i + 100]))):
+            by_run.setdefault(ti.run_id, []).append(ti)
     rows = []
     for mous, r in latest.items():
-        tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == DAG_ID,
-                                                         TaskInstance.run_id == r.run_id)).all()
+        tis = by_run.get(r.run_id, [])
         steps = {}
         for ti in tis:
             s = steps.setdefault(ti.task_id, {"task_id": ti.task_id, "states": {}, "start": None, "end": None,
@@ -161,33 +166,40 @@ def manifests(rows: list) -> None:
         for r in rows:
             r["published"] = None
         return
-    from .naming import uid_to_file
+    from concurrent.futures import ThreadPoolExecutor
+
     from .publish import parse_s3_url
     bucket, prefix = parse_s3_url(s.products_url)
-    for r in rows:
-        mous_f = uid_to_file(r["mous_uid"])
-        key = "/".join(x for x in (prefix, mous_f) if x) + "/latest.json"
-        try:
-            latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-            mkey = latest["manifest"].split(f"s3://{bucket}/", 1)[1]
-            m = json.loads(client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
-        except Exception as exc:  # noqa: BLE001 - not published (yet), or unreadable
-            r["published"] = None
-            if "NoSuchKey" not in str(exc) and "404" not in str(exc):
-                r["published_error"] = str(exc)[:200]
-            continue
-        engines = m.get("engines") or {}
-        base = f"{VIEW_PREFIX}/products/{mous_f}/{m['run']}"
-        r["published"] = {
-            "run": m["run"], "published_at": m.get("published_at"), "location": m.get("location"),
-            "casa_calibration": (engines.get("calibration") or {}).get("casa"),
-            "casa_imaging": (engines.get("imaging") or {}).get("casa"),
-            "timings_s": m.get("timings_s"), "outputs": len(m.get("outputs") or []),
-            "fidelity_ok": (m.get("fidelity") or {}).get("ok"),
-            "summary_url": f"{base}/index.html", "manifest_url": f"{base}/manifest.json",
-        }
-        if not r.get("casa_version"):
-            r["casa_version"] = r["published"]["casa_calibration"]
+    with ThreadPoolExecutor(8, thread_name_prefix="manifests") as pool:
+        list(pool.map(lambda r: _manifest_of(client, bucket, prefix, r), rows))
+
+
+def _manifest_of(client, bucket: str, prefix: str, r: dict) -> None:
+    """latest.json -> manifest.json of one MOUS into its row (published=None when there is none)."""
+    from .naming import uid_to_file
+    mous_f = uid_to_file(r["mous_uid"])
+    key = "/".join(x for x in (prefix, mous_f) if x) + "/latest.json"
+    try:
+        latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        mkey = latest["manifest"].split(f"s3://{bucket}/", 1)[1]
+        m = json.loads(client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
+    except Exception as exc:  # noqa: BLE001 - not published (yet), or unreadable
+        r["published"] = None
+        if "NoSuchKey" not in str(exc) and "404" not in str(exc):
+            r["published_error"] = str(exc)[:200]
+        return
+    engines = m.get("engines") or {}
+    base = f"{VIEW_PREFIX}/products/{mous_f}/{m['run']}"
+    r["published"] = {
+        "run": m["run"], "published_at": m.get("published_at"), "location": m.get("location"),
+        "casa_calibration": (engines.get("calibration") or {}).get("casa"),
+        "casa_imaging": (engines.get("imaging") or {}).get("casa"),
+        "timings_s": m.get("timings_s"), "outputs": len(m.get("outputs") or []),
+        "fidelity_ok": (m.get("fidelity") or {}).get("ok"),
+        "summary_url": f"{base}/index.html", "manifest_url": f"{base}/manifest.json",
+    }
+    if not r.get("casa_version"):
+        r["casa_version"] = r["published"]["casa_calibration"]
 
 
 # ------------------------------------------------------------------ page
