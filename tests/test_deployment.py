@@ -81,7 +81,8 @@ def test_topology(compose):
     assert services["airflow-init"]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
     for name in ("postgres", "redis", "seaweedfs"):
         assert "test" in services[name]["healthcheck"], name
-    assert set(compose["volumes"]) >= {"alma-work", "postgres-db", "airflow-logs", "seaweedfs-data"}
+    assert set(compose["volumes"]) >= {"alma-work", "postgres-db", "airflow-logs", "airflow-config",
+                                       "seaweedfs-data"}
 
 
 def test_worker_and_init(compose):
@@ -92,7 +93,11 @@ def test_worker_and_init(compose):
     init = "\n".join(services["airflow-init"]["command"])
     assert "airflow db migrate" in init
     assert "airflow pools set casa " in init and "airflow pools set alma_staging " in init
-    assert "airflow users create" in init and "--role Admin" in init
+    # The admin: the simple auth manager's users, the password file written by airflow-init.
+    env = services["airflow-init"]["environment"]
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("simple_auth_manager.SimpleAuthManager")
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].endswith(":admin")
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] in init
     assert "airflow connections add alma_products_s3" in init and "http://seaweedfs:8333" in init
     seaweed = services["seaweedfs"]
     assert seaweed["image"].startswith("chrislusf/seaweedfs")
