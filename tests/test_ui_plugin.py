@@ -91,3 +91,45 @@ def test_step_durations_are_metrics(alerting_airflow):
     tasks = {ln.split(":")[0].rsplit(".", 1)[1] for ln in timings}
     assert {"lock_mous", "stage_auxiliary", "restore_eb", "publish"} <= tasks, lines[-50:]
     assert all(ln.endswith("|ms") for ln in timings)
+
+
+def test_view_requires_a_login(tmp_path):
+    """With real authentication (simple auth manager, not all-admins), the view refuses an
+    anonymous caller and answers a logged-in one; products are refused too."""
+    import time
+    import urllib.request
+
+    from airflow_procs import AirflowCluster
+
+    (tmp_path / "passwords.json").write_text(json.dumps({"ops": "s3cret-pw"}))
+    cluster = AirflowCluster(tmp_path / "airflow", env={
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": tmp_path / "passwords.json"})
+    with cluster:
+        cluster.migrate()
+        cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(cluster.port))
+        end = time.monotonic() + 120
+        while True:
+            cluster.check_alive()
+            try:
+                if cluster.get("/api/v2/monitor/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < end, cluster.diagnostics()
+            time.sleep(0.5)
+        assert cluster.get("/alma-regen/api/mous")[0] in (401, 403)
+        assert cluster.get("/alma-regen/")[0] in (401, 403)
+        assert cluster.get("/alma-regen/products/uid___A001_X1_X2/r1/index.html")[0] in (401, 403)
+
+        req = urllib.request.Request(cluster.base_url + "/auth/token", method="POST",
+                                     data=json.dumps({"username": "ops", "password": "s3cret-pw"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            token = json.loads(r.read())["access_token"]
+        req = urllib.request.Request(cluster.base_url + "/alma-regen/api/mous",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read()) == []
+    assert cluster.all_stopped()
