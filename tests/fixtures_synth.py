@@ -37,6 +37,26 @@ def run_casa_python(script, *args, cwd):
     return CasaRunner().run([sys.executable, str(script), *map(str, args)], cwd=cwd)
 
 
+def restore_by_script(synth, member, eb, work, split: bool):
+    """Restore one EB with include/casa_scripts/restore_eb.py directly (no
+    alma_regen.calibration), the delivered files named by hand."""
+    from alma_regen import naming
+    from alma_regen.paths import casa_script
+    member, work = Path(member), Path(work)
+    f = naming.uid_to_file(eb)
+    mous_f = naming.uid_to_file(synth["mous_uid"])
+    job = {
+        "eb": f, "asdm": str(member / "raw" / naming.asdm_dir(eb)), "workdir": str(work),
+        "calapply": str(member / "calibration" / f"{f}.ms.calapply.txt"),
+        "flagversions": str(member / "calibration" / f"{f}.ms.flagversions.tgz"),
+        "caltables": str(member / "calibration" / f"{mous_f}.session_1.caltables.tgz"),
+        "split": split,
+    }
+    (work / f"{f}.job.json").write_text(json.dumps(job))
+    run_casa_python(casa_script("restore_eb.py"), f"{f}.job.json", f"{f}.result.json", cwd=work)
+    return work / (f"{f}.ms.split.cal" if split else f"{f}.ms")
+
+
 def truth_check(vis, synth, column, workdir):
     """Per field and spw: scale, phase and residual of `column` against the true model."""
     eb = Path(vis).name.split(".")[0]

@@ -11,14 +11,11 @@ native imaging run.
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from alma_regen import naming
-from alma_regen.casa.runner import CasaRunner
-from alma_regen.paths import casa_script
+from fixtures_synth import restore_by_script
 
 __all__ = ["build_calibrated", "calibrated_member", "native_imaged", "fresh_member"]
 _CACHE = {}
@@ -30,21 +27,9 @@ def build_calibrated(synth: dict, member: Path, split: bool = True) -> Path:
     shutil.copytree(src, member, symlinks=True)
     work = member / "calibrated" / "working"
     work.mkdir(parents=True)
-    mous_f = naming.uid_to_file(synth["mous_uid"])
     for eb in synth["ebs"]:
-        f = naming.uid_to_file(eb)
-        job = {
-            "eb": f, "asdm": str(member / "raw" / naming.asdm_dir(eb)), "workdir": str(work),
-            "calapply": str(member / "calibration" / f"{f}.ms.calapply.txt"),
-            "flagversions": str(member / "calibration" / f"{f}.ms.flagversions.tgz"),
-            "caltables": str(member / "calibration" / f"{mous_f}.session_1.caltables.tgz"),
-            "split": split,
-        }
-        (work / f"{f}.job.json").write_text(json.dumps(job))
-        CasaRunner().run([sys.executable, casa_script("restore_eb.py"), f"{f}.job.json", f"{f}.result.json"],
-                         cwd=work)
-        name = f"{f}.ms.split.cal" if split else f"{f}.ms"
-        os.symlink(f"working/{name}", member / "calibrated" / name)
+        out = restore_by_script(synth, member, eb, work, split)
+        os.symlink(f"working/{out.name}", member / "calibrated" / out.name)
     # Where alma_regen.calibration leaves its summary.
     (member / "calibrated" / "calibration.json").write_text(json.dumps({"engine": "test-restore", "ebs": synth["ebs"]}))
     return member

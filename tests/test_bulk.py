@@ -1,7 +1,7 @@
 """alma_bulk_reprocess: a worklist in, a bounded number of alma_regenerate runs out."""
 import json
 import sqlite3
-from pathlib import Path
+
 
 import pytest
 

@@ -4,7 +4,6 @@ The fixture is proven right here: the delivered calibration, applied to the
 raw ASDMs after restoring Pipeline_Final, recovers the truth within the
 noise, and the raw data do not.
 """
-import json
 import math
 import tarfile
 from pathlib import Path
@@ -13,9 +12,8 @@ import pytest
 
 from alma_regen import naming
 from alma_regen.asdm import validate_asdm
-from alma_regen.paths import casa_script
 from alma_regen.safexml import find_all, parse_file
-from fixtures_synth import run_casa_python, truth_check
+from fixtures_synth import restore_by_script, truth_check
 
 pytestmark = pytest.mark.casa
 
@@ -113,21 +111,10 @@ def test_delivery_files_in_the_pipeline_form(synth_delivery):
 def restored(synth_delivery, tmp_path_factory):
     """Each EB restored by hand the pipeline's way: importasdm, Pipeline_Final, calapply."""
     work = tmp_path_factory.mktemp("restore")
-    m = Path(synth_delivery["member_dir"])
-    mous_f = naming.uid_to_file(synth_delivery["mous_uid"])
     out = {}
     for eb in synth_delivery["ebs"]:
-        f = naming.uid_to_file(eb)
-        job = {
-            "eb": f, "asdm": str(m / "raw" / naming.asdm_dir(eb)), "workdir": str(work),
-            "calapply": str(m / "calibration" / f"{f}.ms.calapply.txt"),
-            "flagversions": str(m / "calibration" / f"{f}.ms.flagversions.tgz"),
-            "caltables": str(m / "calibration" / f"{mous_f}.session_1.caltables.tgz"),
-            "split": False,
-        }
-        (work / f"{f}.job.json").write_text(json.dumps(job))
-        run_casa_python(casa_script("restore_eb.py"), f"{f}.job.json", f"{f}.result.json", cwd=work)
-        out[eb] = {col: truth_check(work / f"{f}.ms", synth_delivery, col, work) for col in ("CORRECTED_DATA", "DATA")}
+        vis = restore_by_script(synth_delivery, synth_delivery["member_dir"], eb, work, split=False)
+        out[eb] = {col: truth_check(vis, synth_delivery, col, work) for col in ("CORRECTED_DATA", "DATA")}
     return out
 
 

@@ -36,3 +36,26 @@ def casa_log_to_console():
     streams it into the task log; plain-Python CASA ignores log2term."""
     from casatasks import casalog
     casalog.showconsole(True)
+
+
+def run_job(func, job_path, result_path, errors=(), label="FAILED"):
+    """The entry point of our CASA-side scripts: JOB.json in, RESULT.json out.
+
+    An expected error (`errors`) prints one clear line for the runner to quote
+    and exits 3; anything else keeps its traceback.
+    """
+    import json
+    with open(job_path) as f:
+        job = json.load(f)
+    try:
+        result = func(job)
+    except errors as exc:
+        print("%s: %s" % (label, exc), file=sys.stderr)
+        sys.exit(3)
+    with open(result_path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def script_args():
+    """The script's own arguments (casaconfig's --flags removed)."""
+    return [a for a in sys.argv[1:] if not a.startswith("--")]

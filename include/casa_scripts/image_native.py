@@ -17,7 +17,6 @@ unit  JOB {"unit": <a unit of plan>, "workdir", "outdir", "mous_file", "modes": 
       ALMA product names member.<MOUS>.<target>_sci.spw<N>.<cont|cube>.I.{pbcor,pb}.fits.
 This file must not import airflow or alma_regen.
 """
-import json
 import os
 import re
 import shutil
@@ -198,17 +197,7 @@ def unit(job):
     return {"unit": job["unit"]["id"], "images": [image_mode(job, m) for m in job["modes"]]}
 
 
-def main(mode, job_path, result_path):
-    with open(job_path) as f:
-        job = json.load(f)
-    try:
-        result = {"plan": plan, "unit": unit}[mode](job)
-    except ImagingError as exc:
-        print("IMAGING FAILED: %s" % exc, file=sys.stderr)
-        sys.exit(3)
-    with open(result_path, "w") as f:
-        json.dump(result, f, indent=1)
-
-
 if __name__ == "__main__":
-    main(*[a for a in sys.argv[1:] if not a.startswith("--")])
+    mode, job_path, result_path = casa_boot.script_args()
+    casa_boot.run_job({"plan": plan, "unit": unit}[mode], job_path, result_path, errors=(ImagingError,),
+                      label="IMAGING FAILED")

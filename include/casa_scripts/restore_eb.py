@@ -13,7 +13,6 @@ into <EB>.ms.split.cal as scriptForPI does. The worker-side code
 (alma_regen.calibration) prepares the folders and judges the result.
 This file must not import airflow or alma_regen.
 """
-import json
 import os
 import shutil
 import sys
@@ -97,18 +96,6 @@ def restore(job):
     return out
 
 
-def main(job_path, result_path):
-    with open(job_path) as f:
-        job = json.load(f)
-    try:
-        result = restore(job)
-    except (RestoreError, calapply_parse.CalapplyError) as exc:
-        # One clear line for the runner to quote.
-        print("RESTORE FAILED: %s" % exc, file=sys.stderr)
-        sys.exit(3)
-    with open(result_path, "w") as f:
-        json.dump(result, f, indent=1)
-
-
 if __name__ == "__main__":
-    main(*[a for a in sys.argv[1:] if not a.startswith("--")])
+    casa_boot.run_job(restore, *casa_boot.script_args(), errors=(RestoreError, calapply_parse.CalapplyError),
+                      label="RESTORE FAILED")

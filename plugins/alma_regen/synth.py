@@ -10,7 +10,6 @@ checkable against truth.
 """
 import json
 import logging
-import os
 import shutil
 import sys
 import tarfile
