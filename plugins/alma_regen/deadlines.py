@@ -71,8 +71,14 @@ def server_settings(session=None):
         from sqlalchemy import select
 
         from airflow.models.variable import Variable
-        var = session.scalar(select(Variable).where(Variable.key == VARIABLE)) if session is not None else None
-        raw = var.val if var is not None else None
+        if session is None:
+            from airflow.utils.session import create_session
+            with create_session() as own:
+                var = own.scalar(select(Variable).where(Variable.key == VARIABLE))
+                raw = var.val if var is not None else None
+        else:
+            var = session.scalar(select(Variable).where(Variable.key == VARIABLE))
+            raw = var.val if var is not None else None
     except Exception as exc:  # noqa: BLE001 - a broken Variable must not stop run creation
         log.warning("deadline: cannot read the %s Variable: %s", VARIABLE, exc)
         return base
