@@ -87,3 +87,16 @@ def test_decide_bounds_runs_and_gates_on_disk(tmp_path):
     newer = dict(published, engines={"calibration": {"casa": "6.6.1-17"}})
     d = decide(entries, max_runs=10, min_free_gb=0, **{**kw, "manifest_of": lambda m: newer})
     assert len(d["start"]) == 5 and "now CASA 6.7.0-31" in d["start"][0]["why"]
+
+
+def test_operator_runs_go_before_bulk_runs():
+    """The weight rule alone, on stand-ins for a task instance (the scheduler's
+    use of it is checked in test_dags: an operator's run weighs >= 1000)."""
+    from types import SimpleNamespace
+    from alma_regen.priority import OPERATOR_BONUS, OperatorRunsFirst
+
+    task = SimpleNamespace(priority_weight=1, get_dag=lambda: None)
+    bulk = SimpleNamespace(task=task, dag_run=SimpleNamespace(conf={"bulk": True}), map_index=-1)
+    operator = SimpleNamespace(task=task, dag_run=SimpleNamespace(conf={}), map_index=-1)
+    rule = OperatorRunsFirst()
+    assert rule.get_weight(operator) == rule.get_weight(bulk) + OPERATOR_BONUS

@@ -104,6 +104,10 @@ def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archi
     assert st.pop(("image_unit", -1))["state"] == "skipped"
     assert all(t["state"] == "success" for t in st.values()), st
     assert len([k for k in st if k[0] == "restore_eb"]) == 2  # mapped per EB
+    import sqlite3
+    with sqlite3.connect(airflow_home.home / "airflow.db") as db:
+        weights = [w for (w,) in db.execute("SELECT priority_weight FROM task_instance WHERE run_id = ?", (run_id,))]
+    assert weights and min(weights) >= 1000, "an operator's run goes before bulk work"
     assert len([k for k in st if k[0] == "stage_asdm"]) == 2
     client = seaweedfs.client()
     mous_f = naming.uid_to_file(synth_delivery["mous_uid"])

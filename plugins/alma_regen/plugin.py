@@ -6,6 +6,7 @@
   publish and image tasks (alma_regen.ui);
 - the "Reprocessing" view: a FastAPI app under /alma-regen plus its entry in
   the UI's navigation (alma_regen.ui);
+- priority_weight_strategies: OperatorRunsFirst (alma_regen.priority);
 - listeners: per-step durations as task metrics and the step a run is in
   (alma_regen.listeners).
 
@@ -16,12 +17,15 @@ from airflow.plugins_manager import AirflowPlugin
 
 from . import listeners
 from .deadlines import MousSizeDeadline
+from .priority import OperatorRunsFirst
 from .ui import VIEW_PREFIX, LazyApp, ManifestLink, SummaryPageLink
 
 
 class AlmaRegenPlugin(AirflowPlugin):
     name = "alma_regen"
     deadline_references = [MousSizeDeadline]
+    # Operator-triggered reruns go before bulk reprocessing (alma_regen.priority).
+    priority_weight_strategies = [OperatorRunsFirst]
     operator_extra_links = [SummaryPageLink(), ManifestLink()]
     listeners = [listeners]
     fastapi_apps = [{"app": LazyApp(), "url_prefix": VIEW_PREFIX, "name": "ALMA reprocessing"}]

@@ -39,4 +39,6 @@ def task_defaults(s: Settings) -> dict:
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(seconds=s.max_retry_delay_s),
         "retry_policy": retry_policy(),
+        # Registered by the plugin; named by path so DAG files need not import it.
+        "weight_rule": "alma_regen.priority.OperatorRunsFirst",
     }
