@@ -5,15 +5,18 @@
 
 On one synthetic delivery (served by serve-archive, products to SeaweedFS):
 
-  baseline (no Airflow), one command after the other, each a fresh workdir:
-    cal   `alma-regen run MOUS --source URL --workdir W`         (stage, inspect, calibrate)
-    full  the same, then `alma-regen image MEMBER` (images + fidelity)
-          and `alma-regen publish MEMBER --to s3://...`
+  baseline (no Airflow): one `alma-regen run` (the same library calls as the DAG's
+  tasks, one after the other in one process), each in a fresh workdir:
+    cal   alma-regen run MOUS --source URL --workdir W --imaging none   (stage, inspect, calibrate)
+    full  alma-regen run MOUS --source URL --workdir W --publish-to s3://...
+          (stage, inspect, calibrate, image, fidelity, publish)
   Airflow (api-server, scheduler, dag-processor, triggerer and the executor's
   workers as real processes; the cluster's start is not counted):
     cal   alma_regenerate with imaging=none, publish=false, no products_url
     full  alma_regenerate with the defaults (images, fidelity, publish)
     local = LocalExecutor on SQLite; celery = CeleryExecutor with PostgreSQL + Redis
+    with the settings of tests/airflow_procs.py (as docker-compose.yaml: the scheduler's
+    idle sleep 0.2 s instead of 1 s); --airflow-env KEY=VALUE adds or overrides settings.
   Time = from the trigger (REST) to the run's end as the client sees it, and the
   run's own queued -> end. Ratio = Airflow / baseline (goal <= 1.15).
 
@@ -48,32 +51,32 @@ from alma_regen.synth import synthesize  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
-def sh(cmd, env=None) -> float:
-    t = time.monotonic()
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    return time.monotonic() - t
-
-
 def baseline(mode: str, synth: dict, url: str, root: Path, s3, bucket: str) -> dict:
+    """`alma-regen run`: the same library calls as the DAG's tasks, one after the other, no Airflow."""
     work = root / f"cli-{mode}"
     shutil.rmtree(work, ignore_errors=True)
     env = dict(os.environ, **s3.env())
-    steps = {}
+    cmd = [BIN / "alma-regen", "run", synth["mous_uid"], "--source", url, "--workdir", work]
+    if mode == "full":  # stage, inspect, calibrate, image, fidelity, publish
+        cmd += ["--publish-to", f"s3://{bucket}/cli"]
+    else:  # stage, inspect, calibrate
+        cmd += ["--imaging", "none"]
     t0 = time.monotonic()
-    steps["run (stage+inspect+calibrate)"] = sh([BIN / "alma-regen", "run", synth["mous_uid"], "--source", url,
-                                                 "--workdir", work], env)
-    if mode == "full":
-        member = work / member_name(synth["mous_uid"])
-        steps["image (+fidelity)"] = sh([BIN / "alma-regen", "image", member], env)
-        steps["publish"] = sh([BIN / "alma-regen", "publish", member, "--to", f"s3://{bucket}/cli"], env)
-    return {"wall_s": round(time.monotonic() - t0, 2), "steps_s": {k: round(v, 2) for k, v in steps.items()}}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    try:
+        steps = json.loads(r.stdout).get("timings_s")
+    except ValueError:
+        steps = None
+    return {"wall_s": round(wall, 2), "steps_s": steps}
 
 
-def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3, bucket: str) -> dict:
+def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3, bucket: str,
+                extra_env: dict | None = None) -> dict:
     host, port = url.split("://", 1)[1].rstrip("/").split(":")
-    env = {
+    env = {**(extra_env or {}),
         "ALMA_REGEN_WORKDIR": root / f"af-{executor}-{mode}" / "work",
         "ALMA_REGEN_PRODUCTS_URL": f"s3://{bucket}/af-{executor}" if mode == "full" else "",
         "AIRFLOW_CONN_ALMA_REQUEST_HANDLER": json.dumps(
@@ -190,6 +193,9 @@ def main(argv=None):
     ap.add_argument("--modes", default="cal,full")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--parse-only", action="store_true")
+    ap.add_argument("--airflow-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra Airflow settings for the clusters, e.g. "
+                         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2")
     a = ap.parse_args(argv)
     results = {"parse": parse_times()}
     print(json.dumps({"parse": results["parse"]}, indent=1), flush=True)
@@ -212,7 +218,8 @@ def main(argv=None):
                 results[f"baseline-{mode}"] = base
                 print(f"baseline {mode}: {base}", flush=True)
                 for ex in executors:
-                    r = airflow_run(ex, mode, synth, server.url, root, s3, bucket)
+                    r = airflow_run(ex, mode, synth, server.url, root, s3, bucket,
+                                    dict(kv.split("=", 1) for kv in a.airflow_env))
                     r["ratio_wall"] = round(r["wall_s"] / base["wall_s"], 3)
                     r["ratio_queued_to_end"] = round(r["queued_to_end_s"] / base["wall_s"], 3)
                     results[f"airflow-{ex}-{mode}"] = r
