@@ -6,7 +6,7 @@ and Slack (SlackWebhookNotifier on a webhook connection). A channel that fails
 is logged and does not stop the others. Each alert names the MOUS, the step
 and where to look (the run's page / the task log).
 
-- `deadline_missed` is the DeadlineAlert callback (it runs in the triggerer);
+- `alma_regen.deadlines.run_late` is the DeadlineAlert callback (it runs in the triggerer);
 - `run_failed` is the DAG's on_failure_callback (once per failed run, after
   the last retry: task retries never reach it).
 """
@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
-from . import naming
 from .config import runtime_settings
 
 log = logging.getLogger(__name__)
@@ -78,22 +77,6 @@ def send(event: dict, settings=None) -> list:
     if not delivered:
         log.warning("alert not delivered on any channel (none configured?): %s", text)
     return delivered
-
-
-async def deadline_missed(context: dict, **kwargs):
-    """DeadlineAlert callback: the run is late."""
-    dag_run = context.get("dag_run") or {}
-    conf = dag_run.get("conf") or {}
-    mous = conf.get("mous_uid") or kwargs.get("mous_uid")
-    workdir = kwargs.get("workdir") or runtime_settings().workdir
-    step = current_step(Path(workdir) / naming.member_dir(mous)) if mous else "unknown"
-    event = {
-        "event": "deadline_missed", "mous_uid": mous, "dag_id": dag_run.get("dag_id"),
-        "run_id": dag_run.get("dag_run_id") or dag_run.get("run_id"), "step": step,
-        "deadline": str((context.get("deadline") or {}).get("deadline_time")),
-    }
-    event["log_url"] = run_url(event["dag_id"] or "alma_regenerate", event["run_id"] or "")
-    send(event)
 
 
 def run_failed(context):
