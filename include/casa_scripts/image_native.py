@@ -31,6 +31,7 @@ from casatasks import exportfits, tclean  # noqa: E402
 from casatools import image, msmetadata, table  # noqa: E402
 
 import imaging_params  # noqa: E402
+import msinfo  # noqa: E402
 
 casa_boot.casa_log_to_console()
 TARGET_INTENT = "OBSERVE_TARGET#ON_SOURCE"
@@ -93,14 +94,14 @@ def describe(vis):
         intents = [i for i in md.intents() if i.startswith("OBSERVE_TARGET")]
         if not intents:
             raise ImagingError("%s has no OBSERVE_TARGET data: nothing to image" % vis)
-        targets, spws = set(), {}
+        targets = set()
         for intent in intents:
             targets.update(md.fieldnames()[int(f)] for f in md.fieldsforintent(intent))
-            for s in md.spwsforintent(intent):
-                s = int(s)
-                if md.nchan(s) > 4:
-                    freq = float(md.meanfreq(s))
-                    spws[spw_key(md.namesforspws(s)[0], freq)] = {"id": s, "freq_hz": freq, "nchan": int(md.nchan(s))}
+        spws = {}
+        # The science spws, by the one rule scriptForPI uses (msinfo).
+        for s in msinfo.science_spws(vis):
+            freq = float(md.meanfreq(s))
+            spws[spw_key(md.namesforspws(s)[0], freq)] = {"id": s, "freq_hz": freq, "nchan": int(md.nchan(s))}
         return sorted(targets), spws
     finally:
         md.close()

@@ -296,17 +296,21 @@ def _pipelined(body, depth: int):
     stop = threading.Event()
     END = object()
 
+    def put(item) -> bool:
+        """Queue `item` unless the consumer has stopped; False when it has."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         it = iter(body)
         try:
             for chunk in it:
-                while not stop.is_set():
-                    try:
-                        q.put(chunk, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(chunk):
                     break
             item = END
         except BaseException as exc:  # handed to the consumer, raised at the right offset
@@ -315,12 +319,7 @@ def _pipelined(body, depth: int):
             close = getattr(it, "close", None)  # a generator: run its clean-up (S3 part pool)
             if close:
                 close()
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        put(item)
 
     t = threading.Thread(target=produce, name="stage-reader", daemon=True)
     t.start()
