@@ -106,11 +106,13 @@ class CasaLauncher:
 
     @property
     def has_pipeline(self) -> bool:
-        return self.kind == "casa" and bool(self.pipeline)
+        return bool(self.pipeline)
 
     def describe(self) -> str:
-        what = f"pipeline {self.pipeline}" if self.has_pipeline else (
-            "monolithic, no pipeline" if self.kind == "casa" else "modular")
+        if self.has_pipeline:
+            what = f"pipeline {self.pipeline}" + (", modular" if self.kind == "modular" else "")
+        else:
+            what = "monolithic, no pipeline" if self.kind == "casa" else "modular"
         return f"{self.version} ({what}: {self.executable})"
 
     def as_dict(self) -> dict:
@@ -134,7 +136,8 @@ class CasaLauncher:
         if self.kind == "casa":
             return [self.executable, *(["--pipeline"] if pipeline else []), *_HEADLESS, "-c", str(script), *args]
         if shell:
-            return [self.executable, "-m", "casashell", *_HEADLESS, "-c", str(script), *args]
+            return [self.executable, "-m", "casashell", *(["--pipeline"] if pipeline else []), *_HEADLESS,
+                    "-c", str(script), *args]
         return [self.executable, str(script), *args]
 
 
@@ -258,8 +261,6 @@ def _launcher_from_entry(entry, where) -> CasaLauncher:
         pipeline = pipeline or m.group(2)
     if not version:
         raise CasaError(f"{where}: no version given and none in the path {exe}")
-    if pipeline and kind != "casa":
-        raise CasaError(f"{where}: only a monolithic CASA (kind casa) ships the ALMA pipeline")
     return CasaLauncher(CasaVersion.parse(version), kind, str(exe), pipeline or None, where)
 
 
