@@ -25,10 +25,25 @@ COPY --chown=airflow:0 include ./include
 RUN pip install --no-cache-dir --no-deps -e . && rm -rf plugins/*.egg-info
 COPY --chown=airflow:0 dags /opt/airflow/dags
 
+# Optional: a pipeline CASA from an ALMA pipeline release (README, "A pipeline CASA").
+# Put the release (.tar.gz, source tree or wheel) into pipeline-release/ and build with
+#   docker build --build-arg PIPELINE_RELEASE=alma-pipeline-2025.1.1.61.tar.gz -t alma-regen-airflow .
+# The layer (~400 MB: the pipeline's own dependencies, not a second CASA) is built into the
+# image and registered in the image's registry file; without the argument that file lists
+# no extra CASA. The release is bind-mounted, not copied: it does not stay in the image.
+ARG PIPELINE_RELEASE=""
+RUN --mount=type=bind,source=pipeline-release,target=/tmp/pipeline-release \
+    if [ -n "$PIPELINE_RELEASE" ]; then \
+      alma-regen casa-versions add-pipeline "/tmp/pipeline-release/$PIPELINE_RELEASE" \
+        --layers /opt/alma-regen/casa-layers --registry /opt/alma-regen/casa-registry.json \
+      && rm -rf /home/airflow/.cache/pip; \
+    else echo '{"installs": []}' > /opt/alma-regen/casa-registry.json; fi
+
 # CASA never touches the network: the site config points measurespath at the casadata
 # package and turns auto-updates off. ALMA_REGEN_INCLUDE is where the CASA-side scripts live.
 ENV ALMA_REGEN_INCLUDE=/opt/alma-regen/include \
     CASASITECONFIG=/opt/alma-regen/include/casa/casasiteconfig.py \
     ALMA_REGEN_WORKDIR=/opt/alma/work \
+    ALMA_REGEN_CASA_REGISTRY=/opt/alma-regen/casa-registry.json \
     AIRFLOW__CORE__LOAD_EXAMPLES=False
 WORKDIR /opt/airflow

@@ -10,3 +10,4 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 from fixtures_servers import *  # noqa: E402,F401,F403
 from fixtures_synth import *  # noqa: E402,F401,F403
 from fixtures_airflow import *  # noqa: E402,F401,F403
+from fixtures_pipeline import *  # noqa: E402,F401,F403

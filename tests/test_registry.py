@@ -10,7 +10,7 @@ import pytest
 
 from alma_regen import cli
 from alma_regen.casa.registry import (
-    REGISTRY_ENV, CasaLauncher, CasaRegistry, CasaVersion, load_registry, parse_config,
+    REGISTRY_ENV, CasaLauncher, CasaRegistry, CasaVersion, load_registry, parse_config, registry_file, save_entry,
 )
 from alma_regen.casa.runner import CasaRunner
 from alma_regen.errors import CasaError
@@ -78,8 +78,6 @@ def test_inline_json_and_bad_configs(tmp_path):
         json.dumps([{"kind": "docker", "executable": str(exe)}]): "kind must be one of",
         json.dumps([{"kind": "casa", "executable": "/nowhere/casa", "version": "6.5.4-9"}]): "does not exist",
         json.dumps([{"kind": "modular", "executable": sys.executable}]): "no version given",
-        json.dumps([{"kind": "modular", "executable": sys.executable, "version": "6.6.1-17",
-                     "pipeline": PIPELINE_2023}]): "only a monolithic CASA",
         json.dumps([{"kind": "casa", "executable": str(exe), "path": "x"}]): "unknown key",
     }
     for text, why in bad.items():
@@ -87,6 +85,51 @@ def test_inline_json_and_bad_configs(tmp_path):
             parse_config(text)
     with pytest.raises(CasaError, match="cannot read the CASA registry"):
         load_registry(str(tmp_path / "missing.json"))
+
+
+def test_a_modular_casa_with_a_pipeline_layer(tmp_path):
+    """A pipeline release layered on a modular CASA (casa-versions add-pipeline) is a pipeline CASA."""
+    reg = load_registry(json.dumps([{"kind": "modular", "executable": sys.executable, "version": "6.7.0-31",
+                                     "pipeline": "2025.1.1.61"}]), include_default=False)
+    casa = reg.find("6.7.0-31", needs_pipeline=True)
+    assert (casa.kind, casa.pipeline, casa.has_pipeline) == ("modular", "2025.1.1.61", True)
+    assert casa.describe() == f"6.7.0-31 (pipeline 2025.1.1.61, modular: {sys.executable})"
+    assert casa.command("s.py", ["a"], pipeline=True) == [
+        sys.executable, "-m", "casashell", "--pipeline", "--nologger", "--log2term", "--nogui", "--agg",
+        "-c", "s.py", "a"]
+    # Without --pipeline it is a plain modular CASA: our own scripts run there too.
+    assert casa.command("s.py", shell=False) == [sys.executable, "s.py"]
+    r = reg.resolve("6.5.4-9", needs_pipeline=True)
+    assert r.launcher == casa and "newest pipeline CASA" in r.reason
+
+
+def test_save_entry_is_atomic_and_keeps_what_it_does_not_replace(tmp_path):
+    path = tmp_path / "reg" / "casa.json"
+    old = {"kind": "modular", "executable": sys.executable, "version": "6.6.1-17"}
+    new = {"kind": "modular", "executable": sys.executable, "version": "6.7.0-31", "pipeline": "2025.1.1.61"}
+    save_entry(path, old, lambda e: False)
+    save_entry(path, new, lambda e: False)
+    save_entry(path, new, lambda e: e.get("pipeline") == "2025.1.1.61")
+    assert json.loads(path.read_text()) == {"installs": [old, new]}
+    assert [p.name for p in path.parent.iterdir()] == ["casa.json"]
+    with pytest.raises(CasaError, match="does not exist"):
+        save_entry(path, {**new, "executable": "/nowhere/python"}, lambda e: False)
+    path.write_text("{broken")
+    with pytest.raises(CasaError, match="not valid JSON"):
+        save_entry(path, new, lambda e: False)
+    assert path.read_text() == "{broken", "a broken registry is reported, never overwritten"
+
+
+def test_the_registry_file_defaults_to_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(REGISTRY_ENV, raising=False)
+    monkeypatch.setenv("ALMA_REGEN_WORKDIR", str(tmp_path))
+    assert registry_file() == tmp_path / "casa-registry.json"
+    assert [c.source for c in load_registry().launchers] == ["default"]  # no file yet: the default only
+    save_entry(registry_file(), {"kind": "modular", "executable": sys.executable, "version": "6.6.1-17"},
+               lambda e: False)
+    assert [str(c.version) for c in load_registry().launchers] == ["6.7.0-31", "6.6.1-17"]
+    monkeypatch.setenv(REGISTRY_ENV, str(tmp_path / "elsewhere.json"))
+    assert registry_file() == tmp_path / "elsewhere.json"
 
 
 @pytest.fixture

@@ -12,16 +12,22 @@ Sites run several CASA versions side by side. Each installation is a
 
 The configuration is a JSON document, read from the file named by
 ``ALMA_REGEN_CASA_REGISTRY`` (or given inline in that variable, so an Airflow
-Variable can carry it later)::
+Variable can carry it later); without that variable, from
+``<workdir>/casa-registry.json`` when it exists (``ALMA_REGEN_WORKDIR``, shared
+by the workers), the file ``alma-regen casa-versions add-pipeline`` writes::
 
     {"installs": [
       {"kind": "casa", "executable": "/opt/casa-6.5.4-9-pipeline-2023.1.0.124-py3.8/bin/casa",
        "version": "6.5.4-9", "pipeline": "2023.1.0.124"},
-      {"kind": "modular", "executable": "/opt/casa661/bin/python", "version": "6.6.1-17"}
+      {"kind": "modular", "executable": "/opt/casa661/bin/python", "version": "6.6.1-17"},
+      {"kind": "modular", "executable": "/opt/alma/work/casa-layers/pipeline-2025.1.1.61-<key>/bin/python",
+       "version": "6.7.0-31", "pipeline": "2025.1.1.61"}
     ]}
 
 A bare list of entries is accepted too. ``version`` and ``pipeline`` of a
 ``casa`` entry may be left out when the tarball's folder name carries them.
+A ``modular`` entry with ``pipeline`` is a pipeline release layered on a
+modular CASA (casa/pipeline_layer.py): started as ``python -m casashell --pipeline``.
 The modular CASA of requirements.txt (this Python) is always registered, its
 version read from casatools' package metadata, without importing casatools:
 importing CASA in the worker process is what the runner exists to avoid.
@@ -38,6 +44,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from functools import total_ordering
 from pathlib import Path
@@ -45,6 +52,8 @@ from pathlib import Path
 from ..errors import CasaError
 
 REGISTRY_ENV = "ALMA_REGEN_CASA_REGISTRY"
+# In the working folder: every worker of a deployment sees the same file.
+DEFAULT_REGISTRY_NAME = "casa-registry.json"
 KINDS = ("casa", "modular")
 # Unattended: no logger window, no GUI, no display for plots; --log2term puts
 # the whole CASA log (INFO lines too, not only WARN/SEVERE) on the console, so
@@ -101,7 +110,7 @@ class CasaLauncher:
     version: CasaVersion
     kind: str                    # "casa" (monolithic) or "modular"
     executable: str              # .../bin/casa, or the Python of a modular CASA
-    pipeline: str | None = None  # ALMA pipeline version shipped with a monolithic CASA
+    pipeline: str | None = None  # ALMA pipeline version (of a monolithic CASA, or layered on a modular one)
     source: str = "config"       # where the entry came from (config file, "default")
 
     @property
@@ -124,7 +133,7 @@ class CasaLauncher:
         """The command line that runs `script` with `args` in this CASA.
 
         pipeline: start CASA with ``--pipeline`` (the hifa_/hif_ tasks); only a
-          monolithic CASA that ships the pipeline can.
+          CASA with the pipeline can (monolithic, or modular with a pipeline layer).
         shell: run inside CASA's shell namespace (``casa -c`` / ``python -m
           casashell -c``), as the delivery's scripts expect. With shell=False a
           modular CASA runs the script with its plain Python; a monolithic CASA
@@ -276,13 +285,62 @@ def parse_config(text: str, where: str = "registry") -> list:
     return [_launcher_from_entry(e, f"{where} entry {i + 1}") for i, e in enumerate(entries)]
 
 
+def registry_file() -> Path:
+    """The registry file `casa-versions add-pipeline` writes and `load_registry` reads:
+    $ALMA_REGEN_CASA_REGISTRY when it names a file, else <workdir>/casa-registry.json."""
+    text = os.environ.get(REGISTRY_ENV, "").strip()
+    if text.startswith(("{", "[")):
+        raise CasaError(f"${REGISTRY_ENV} holds the registry inline, not a file to add to; "
+                        "give the file with --registry, or move the JSON into a file")
+    if text:
+        return Path(text)
+    from ..config import settings
+    return Path(settings().workdir) / DEFAULT_REGISTRY_NAME
+
+
+def save_entry(path, entry: dict, replaces) -> list:
+    """Add `entry` to the registry file at `path` (made if missing), dropping the
+    entries for which `replaces(entry_dict)` is true. The file is replaced
+    atomically: a reader sees the old registry or the new one, never half of one.
+    Returns the entries written."""
+    path = Path(path)
+    entries = []
+    if path.exists():
+        text = path.read_text()
+        parse_config(text, str(path))  # never rewrite a registry that is already broken
+        doc = json.loads(text)
+        entries = doc.get("installs") if isinstance(doc, dict) else doc
+    _launcher_from_entry(entry, "the new entry")
+    entries = [e for e in entries if not replaces(e)] + [entry]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise CasaError(f"cannot write the CASA registry {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"installs": entries}, f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return entries
+
+
 def load_registry(config=None, *, include_default: bool = True) -> CasaRegistry:
-    """The registry from `config` (a path or inline JSON), else from $ALMA_REGEN_CASA_REGISTRY.
+    """The registry from `config` (a path or inline JSON), else from $ALMA_REGEN_CASA_REGISTRY,
+    else from <workdir>/casa-registry.json if it exists. config="" means none of them.
 
     The default modular CASA is added unless the configuration already lists
     a modular CASA of the same version with the same Python.
     """
-    config = config if config is not None else os.environ.get(REGISTRY_ENV, "")
+    if config is None:
+        config = os.environ.get(REGISTRY_ENV, "")
+        if not config.strip():
+            default_file = registry_file()
+            config = str(default_file) if default_file.is_file() else ""
     launchers = []
     text = str(config).strip()
     if text.startswith(("{", "[")):
