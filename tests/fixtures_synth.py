@@ -1,7 +1,9 @@
 """Fixtures that build synthetic ALMA deliveries with real CASA.
 
-A 2-EB delivery is made once per test session (about 15 s) and shared; tests
-that modify a delivery copy its member folder first (`member_copy`).
+A 2-EB delivery is made once per test session (about 20 s of CPU) and
+shared; tests that modify a delivery copy its member folder first
+(`member_copy`). A 3-EB, 2-session delivery (`synth_delivery_3eb`, about
+25 s of CPU) is made only for the tests that ask for it.
 """
 import json
 import shutil
@@ -21,6 +23,14 @@ def synth_delivery(tmp_path_factory):
     """The result JSON of `alma-regen synth OUT --ebs 2 --seed 1`."""
     out = tmp_path_factory.mktemp("synth")
     return synthesize(out, ebs=2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def synth_delivery_3eb(tmp_path_factory):
+    """`alma-regen synth OUT --ebs 3 --seed 3`: the default 3-EB layout, two
+    sessions (session_1: EB1, EB2; session_3: EB3), about 25 s."""
+    out = tmp_path_factory.mktemp("synth3")
+    return synthesize(out, ebs=3, seed=3)
 
 
 @pytest.fixture
@@ -49,12 +59,16 @@ def restore_by_script(synth, member, eb, work, split: bool):
         "eb": f, "asdm": str(member / "raw" / naming.asdm_dir(eb)), "workdir": str(work),
         "calapply": str(member / "calibration" / f"{f}.ms.calapply.txt"),
         "flagversions": str(member / "calibration" / f"{f}.ms.flagversions.tgz"),
-        "caltables": str(member / "calibration" / f"{mous_f}.session_1.caltables.tgz"),
+        "caltables": str(member / "calibration" / f"{mous_f}.{session_of(synth, eb)}.caltables.tgz"),
         "split": split,
     }
     (work / f"{f}.job.json").write_text(json.dumps(job))
     run_casa_python(casa_script("restore_eb.py"), f"{f}.job.json", f"{f}.result.json", cwd=work)
     return work / (f"{f}.ms.split.cal" if split else f"{f}.ms")
+
+
+def session_of(synth, eb):
+    return next(name for name, ebs in synth["sessions"].items() if eb in ebs)
 
 
 def truth_check(vis, synth, column, workdir):

@@ -5,6 +5,7 @@ raw ASDMs after restoring Pipeline_Final, recovers the truth within the
 noise, and the raw data do not.
 """
 import math
+import re
 import tarfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def test_contract_fields(synth_delivery):
     assert naming.UID_RE.match(s["mous_uid"])
     assert naming.PROJECT_RE.match(s["project"])
     assert len(s["ebs"]) == 2 and len(set(s["ebs"])) == 2
+    assert s["sessions"] == {"session_1": s["ebs"]}
     assert all(e.startswith("uid://A002/") for e in s["ebs"])
     names = {f["name"]: f for f in s["files"]}
     for eb in s["ebs"]:
@@ -34,8 +36,8 @@ def test_contract_fields(synth_delivery):
     assert sorted(p.name for p in archive.iterdir()) == sorted(names)
     for f in s["files"]:
         assert (archive / f["name"]).stat().st_size == f["size"]
-    # Small: a few MB for 2 EBs.
-    assert sum(f["size"] for f in s["files"]) < 10e6
+    # Small: about 10 MB for 2 EBs (two 64-channel windows, cubes in product/).
+    assert sum(f["size"] for f in s["files"]) < 15e6
     assert s["truth"]["science_spws"] == [0, 1]
     assert [x["flux_jy"] for x in s["truth"]["target"]["sources"]] == [0.25, 0.10]
 
@@ -69,21 +71,36 @@ def test_each_asdm_passes_the_validator_and_names_its_eb(synth_delivery):
         assert info.binaries > 0
 
 
+def _ids(selection):
+    """'0~1,3' -> [0, 1, 3]: the pipeline writes runs of ids as ranges."""
+    out = []
+    for part in selection.split(","):
+        first, _, last = part.partition("~")
+        out += range(int(first), int(last or first) + 1)
+    return out
+
+
 def test_delivery_files_in_the_pipeline_form(synth_delivery):
     m = Path(synth_delivery["member_dir"])
     mous_f = naming.uid_to_file(synth_delivery["mous_uid"])
+    science = synth_delivery["truth"]["science_spws"]
     readme = (m / naming.readme_name(synth_delivery["mous_uid"])).read_text()
-    assert f"CASA version used for reduction: {synth_delivery['casa_version']}" in readme
+    # A modern README names no CASA version: the manifest does.
+    assert "CASA version used for reduction" not in readme
     restore = (m / "script" / f"member.{mous_f}.hifa_calimage.casa_piperestorescript.py").read_text()
-    assert "h_init()" in restore and "h_save()" in restore and "ocorr_mode='ca'" in restore
-    for eb in synth_delivery["ebs"]:
-        assert repr(naming.uid_to_file(eb)) in restore
+    vis = [naming.uid_to_file(e) for e in synth_delivery["ebs"]]
+    assert restore == ("h_init()\ntry:\n"
+                       f"    hifa_restoredata (vis={vis!r}, session={['session_1'] * len(vis)!r}, ocorr_mode='ca')\n"
+                       "finally:\n    h_save()\n")
     imaging = (m / "script" / f"member.{mous_f}.scriptForImaging.py").read_text()
     assert "tclean(" in imaging and "interactive=True" in imaging
     ppr = parse_file(m / "script" / f"PPR_{mous_f}.xml")
     assert [e.text for e in find_all(ppr, "AsdmDiskName")] == [naming.uid_to_file(e) for e in synth_delivery["ebs"]]
-    manifest = parse_file(m / "calibration" / f"{mous_f}.pipeline_manifest.xml")
+    manifest = parse_file(m / "calibration" / f"{mous_f}.hifa_calimage.pipeline_manifest.xml")
     assert manifest.tag == "piperesults" and manifest.get("name") == mous_f
+    assert find_all(manifest, "casaversion")[0].get("name") == synth_delivery["casa_version"]
+    assert "2025.1.1.61" in find_all(manifest, "pipeline_version")[0].get("name")
+    assert [n.get("num_mpi_servers") for n in find_all(manifest, "node")] == ["0"]
     asdms = [a.get("name") for a in find_all(manifest, "asdm")]
     assert asdms == [naming.uid_to_file(e) + ".ms" for e in synth_delivery["ebs"]]
     for a in find_all(manifest, "asdm"):
@@ -98,6 +115,10 @@ def test_delivery_files_in_the_pipeline_form(synth_delivery):
         lines = (m / "calibration" / f"{f}.ms.calapply.txt").read_text().splitlines()
         assert lines[0] == f"# Apply file for {f}.ms"
         assert len(lines) > 1 and all(ln.startswith("applycal(vis='/") for ln in lines[1:])
+        # Pipeline intents, and the science spws only (not the 1-channel window).
+        intents = [re.search(r"intent='([^']*)'", ln).group(1) for ln in lines[1:]]
+        assert intents == ["PHASE,AMPLITUDE,BANDPASS", "TARGET"]
+        assert all(_ids(re.search(r"spw='([^']*)'", ln).group(1)) == science for ln in lines[1:])
         with tarfile.open(m / "calibration" / f"{f}.ms.flagversions.tgz") as tf:
             names = tf.getnames()
         assert f"{f}.ms.flagversions/flags.Pipeline_Final" in names
@@ -128,9 +149,12 @@ def calibrated_noise(synth, eb):
 
 
 def test_delivered_calibration_recovers_the_truth(restored, synth_delivery):
+    science = synth_delivery["truth"]["science_spws"]
     for eb, checks in restored.items():
         noise = calibrated_noise(synth_delivery, eb)
-        rows = checks["CORRECTED_DATA"]["rows"]
+        # The pipeline calibrates the science spws only (not the 1-channel window).
+        rows = [r for r in checks["CORRECTED_DATA"]["rows"] if r["spw"] in science]
+        assert {r["spw"] for r in rows} == set(science)
         assert {r["field"] for r in rows} == {"J1924-2914", "TW_Hya_synth"}
         for r in rows:
             # Flux right to 1 %, phases to 1 degree, and what is left is the
@@ -150,10 +174,11 @@ def test_raw_data_do_not(restored, synth_delivery):
 def test_pipeline_final_flags_the_rfi(restored, synth_delivery):
     for eb, checks in restored.items():
         spw0 = [r for r in checks["CORRECTED_DATA"]["rows"] if r["spw"] == 0]
-        # Edge channels (2 of 8) plus the RFI burst on the target.
-        assert all(r["flag_fraction"] >= 0.25 for r in spw0)
+        # Edge channels (first and last) plus the RFI burst on the target.
+        edges = 2 / synth_delivery["truth"]["spws"][0]["nchan"]
+        assert all(r["flag_fraction"] >= edges for r in spw0)
         target = next(r for r in spw0 if r["field"] == "TW_Hya_synth")
-        assert target["flag_fraction"] > 0.25
+        assert target["flag_fraction"] > edges
         # With the flags restored, nothing of the 40 Jy burst is left.
         assert target["max_abs"] < 2.0
 
@@ -177,3 +202,81 @@ def test_deterministic_for_a_seed(synth_delivery, tmp_path):
         assert (m1 / rel).read_bytes() == (m2 / rel).read_bytes(), rel
     c = make_spec(2, 2, 8, tmp_path)
     assert c["ebs"] != make_spec(1, 2, 8, tmp_path)["ebs"] and c["mous"] != synth_delivery["mous_uid"]
+
+
+def test_the_line_is_in_the_truth_and_only_in_its_spw(synth_delivery):
+    """The true model has the Gaussian line of the truth on the target, in its
+    spw and channels, and spw 0 is flat (line-free continuum)."""
+    import numpy as np
+    line = synth_delivery["truth"]["target"]["line"]
+    eb = naming.uid_to_file(synth_delivery["ebs"][0])
+    model = np.load(Path(synth_delivery["truth"]["model_dir"]) / f"{eb}.model.npz")
+    cal = synth_delivery["truth"]["calibrator"]["flux_jy"]
+
+    def target_spectrum(spw):
+        m = model[f"model{spw}"]
+        # Target rows: far fainter than the calibrator.
+        on_target = np.abs(m).mean(axis=(0, 1)) < cal / 2
+        return np.abs(m[:, :, on_target].mean(axis=(0, 2)))
+
+    spec = target_spectrum(line["spw"])
+    assert int(np.argmax(spec)) == line["center_chan"]
+    continuum = np.median(spec)
+    # Peak above the continuum: the line's peak through the primary beam (>50 %).
+    assert line["peak_jy"] * 0.5 < spec.max() - continuum < line["peak_jy"]
+    assert spec[line["center_chan"] + 3 * line["fwhm_chan"]] - continuum < 0.01 * line["peak_jy"]
+    flat = target_spectrum(0)
+    assert flat.max() - flat.min() < 0.01 * continuum
+
+
+def test_restore_script_templates():
+    from alma_regen.synth import restore_script
+    current = restore_script(["uid___A002_X1_X2", "uid___A002_X1_X3"], ["session_1", "session_3"])
+    assert current.splitlines() == [
+        "h_init()", "try:",
+        "    hifa_restoredata (vis=['uid___A002_X1_X2', 'uid___A002_X1_X3'], session=['session_1', 'session_3'], "
+        "ocorr_mode='ca')",
+        "finally:", "    h_save()"]
+    old = restore_script(["uid___A002_X1_X2"], ["session_1"], "old")
+    assert old.splitlines()[:2] == ["from recipes.almahelpers import fixsyscaltimes # SACM/JAO - Fixes",
+                                    "__rethrow_casa_exceptions = True"]
+    assert old.endswith(restore_script(["uid___A002_X1_X2"], ["session_1"]))
+    for text in (current, old):
+        compile(text, "restore", "exec")
+
+
+def test_sessions_are_checked(tmp_path):
+    from alma_regen.errors import PermanentError
+    from alma_regen.synth import default_sessions, make_spec
+    assert default_sessions(3) == [1, 1, 3] and default_sessions(2) == [1, 1] and default_sessions(1) == [1]
+    assert [e["session"] for e in make_spec(1, 3, 8, tmp_path, [2, 2, 5])["ebs"]] == ["session_2"] * 2 + ["session_5"]
+    for bad in ([1, 1], [3, 1, 1], [0, 1, 1]):
+        with pytest.raises(PermanentError, match="--sessions"):
+            make_spec(1, 3, 8, tmp_path, bad)
+
+
+def test_three_ebs_in_two_sessions_agree_everywhere(synth_delivery_3eb):
+    """session_1: EB1, EB2; session_3: EB3. The restore script, the manifest, the
+    PPR and the caltables tarballs all say so."""
+    s = synth_delivery_3eb
+    m = Path(s["member_dir"])
+    mous_f = naming.uid_to_file(s["mous_uid"])
+    ebs = [naming.uid_to_file(e) for e in s["ebs"]]
+    assert s["sessions"] == {"session_1": s["ebs"][:2], "session_3": s["ebs"][2:]}
+    restore = (m / "script" / f"member.{mous_f}.hifa_calimage.casa_piperestorescript.py").read_text()
+    assert f"session={['session_1', 'session_1', 'session_3']!r}" in restore and f"vis={ebs!r}" in restore
+    manifest = parse_file(m / "calibration" / f"{mous_f}.hifa_calimage.pipeline_manifest.xml")
+    sessions = find_all(manifest, "session")
+    assert [x.get("name") for x in sessions] == ["session_1", "session_3"]
+    for x in sessions:
+        listed = [a.get("name") for a in x if a.tag == "asdm"]
+        assert listed == [naming.uid_to_file(e) + ".ms" for e in s["sessions"][x.get("name")]]
+        caltables = [c for c in x if c.tag == "caltables"]
+        assert len(caltables) == 1 and caltables[0].get("session") == x.get("name")
+        assert caltables[0].get("name") == f"{mous_f}.{x.get('name')}.caltables.tgz"
+        with tarfile.open(m / "calibration" / caltables[0].get("name")) as tf:
+            owners = {n.split(".ms.")[0] for n in tf.getnames()}
+        assert owners == {a[: -len(".ms")] for a in listed}
+    ppr = (m / "script" / f"PPR_{mous_f}.xml").read_text()
+    assert f"<Keyword>SESSION_1</Keyword>\n          <Value>{s['ebs'][0]} | {s['ebs'][1]}</Value>" in ppr
+    assert f"<Keyword>SESSION_3</Keyword>\n          <Value>{s['ebs'][2]}</Value>" in ppr

@@ -4,13 +4,16 @@ Usage: python synth_delivery.py SPEC.json RESULT.json   (cwd: a scratch folder)
 
 For each execution block of the spec: simulate an ALMA observation with the
 simulator tool (antennas from casadata's ALMA configuration), predict known
-point sources through the primary beam, corrupt the data with known antenna
-gains, bandpass and noise plus an RFI burst, export a real ASDM, then act as
-the ALMA pipeline: import it the way hifa_restoredata does, flag, solve
-bandpass and gains on the calibrator, save the `Pipeline_Final` flags, write
-calapply.txt in the pipeline's form and apply it. Finally image the target
-from the correctly calibrated data for product/. The parent process
-(alma_regen.synth) writes the scripts, README, PPR and packs the archive.
+point sources (one with a spectral line) through the primary beam, corrupt
+the data with known antenna gains, bandpass and noise plus an RFI burst,
+export a real ASDM, then act as the ALMA pipeline: import it the way
+hifa_restoredata does, flag, solve bandpass and gains on the calibrator,
+write calapply.txt in the pipeline's form (pipeline intents, science spws),
+apply it as hifa_restoredata does (intents mapped to the MS's obs_modes),
+then save the `Pipeline_Final` flags as exportdata does. Caltables are packed
+per session. Finally image the target from the calibrated data for product/.
+The parent process (alma_regen.synth) writes the scripts, README, PPR and
+manifest and packs the archive.
 This file must not import airflow or alma_regen.
 """
 import json
@@ -27,7 +30,7 @@ import casa_boot  # noqa: E402  (offline CASA; must come before casatools)
 import numpy as np  # noqa: E402
 from casatasks import (applycal, bandpass, exportasdm, exportfits, flagdata,  # noqa: E402
                        flagmanager, gaincal, importasdm, setjy, tclean)
-from casatools import componentlist, measures, simulator, table, version_string  # noqa: E402
+from casatools import componentlist, measures, msmetadata, simulator, table, version_string  # noqa: E402
 
 import almaopts  # noqa: E402
 import calapply_parse  # noqa: E402
@@ -40,6 +43,8 @@ SOURCE_DATE = 1714521600  # 2024-05-01, the synthetic observing date
 # A pretend pipeline working folder: calapply.txt records absolute paths there,
 # as real deliveries do; a restore must rewrite them.
 PIPELINE_WORKDIR = "/lustre/alma/pipeline/{project}/{mous}/working"
+# flagmanager's comment on the version exportdata saves.
+FINAL_FLAGS_COMMENT = "Final pipeline flags"
 
 
 def antenna_config(spec):
@@ -110,6 +115,15 @@ def fix_subtables(msname, spec):
     tb.close()
 
 
+def predict_components(msname, clname):
+    """DATA = the components of clname, through the primary beam."""
+    sm = simulator()
+    sm.openfromms(msname)
+    sm.setvp(dovp=True, usedefaultvp=True)
+    sm.predict(complist=clname, incremental=False)
+    sm.close()
+
+
 def predict(spec, msname, workdir):
     """True visibilities of the known sources, attenuated by the primary beam."""
     cl = componentlist()
@@ -124,11 +138,54 @@ def predict(spec, msname, workdir):
                         freq="%.6fGHz" % spec["ref_freq_ghz"], shape="point")
     cl.rename(clname)
     cl.close()
-    sm = simulator()
-    sm.openfromms(msname)
-    sm.setvp(dovp=True, usedefaultvp=True)
-    sm.predict(complist=clname, incremental=False)
-    sm.close()
+    unit = unit_line_source(spec, msname, workdir)
+    predict_components(msname, clname)
+    add_line(spec, msname, unit)
+
+
+def line_profile(spec):
+    """Flux (Jy) of the target's spectral line, per channel of its spw."""
+    line = spec["target"]["line"]
+    chan = np.arange(spec["spws"][line["spw"]]["nchan"])
+    sigma = line["fwhm_chan"] / (2 * math.sqrt(2 * math.log(2)))
+    return line["peak_jy"] * np.exp(-0.5 * ((chan - line["center_chan"]) / sigma) ** 2)
+
+
+def _line_rows(spec):
+    return "DATA_DESC_ID==%d" % spec["target"]["line"]["spw"]
+
+
+def unit_line_source(spec, msname, workdir):
+    """The line's source alone at a flat 1 Jy, in the line's spw (primary beam
+    and phases channel by channel). The simulator evaluates a component's
+    spectrum once per spw, so a tabular spectrum cannot make a line; this,
+    scaled by the line profile, does. Predict it before the continuum: a
+    predict overwrites DATA in every spw."""
+    line = spec["target"]["line"]
+    src = next(s for s in spec["target"]["sources"] if s["name"] == line["source"])
+    cl = componentlist()
+    clname = os.path.join(workdir, "line.cl")
+    shutil.rmtree(clname, ignore_errors=True)
+    cl.addcomponent(dir="J2000 %s %s" % (src["ra"], src["dec"]), flux=1.0, fluxunit="Jy",
+                    freq="%.6fGHz" % spec["ref_freq_ghz"], shape="point")
+    cl.rename(clname)
+    cl.close()
+    predict_components(msname, clname)
+    tb.open(msname)
+    sub = tb.query(_line_rows(spec))
+    unit = sub.getcol("DATA")
+    sub.close()
+    tb.close()
+    return unit
+
+
+def add_line(spec, msname, unit):
+    """DATA += line profile x the unit source, in the line's spw."""
+    tb.open(msname, nomodify=False)
+    sub = tb.query(_line_rows(spec))
+    sub.putcol("DATA", (sub.getcol("DATA") + unit * line_profile(spec)[None, :, None]).astype(np.complex64))
+    sub.close()
+    tb.close()
 
 
 def corrupt(spec, eb, msname, model_path):
@@ -305,10 +362,9 @@ def calibrate(spec, eb, vis, caldir, truth_eb):
     rfi = truth_eb["rfi"]
     flagdata(vis=vis, mode="manual", antenna="DA%02d" % (41 + rfi["antenna"]), spw="0:2~3",
              timerange=_timerange(*rfi["time_mjd_s"]), flagbackup=False)
-    edges = ",".join("%d:0;%d" % (i, w["nchan"] - 1) for i, w in enumerate(spec["spws"]) if w["nchan"] > 4)
+    science = [i for i, w in enumerate(spec["spws"]) if w["nchan"] > 4]
+    edges = ",".join("%d:0;%d" % (i, spec["spws"][i]["nchan"] - 1) for i in science)
     flagdata(vis=vis, mode="manual", spw=edges, flagbackup=False)
-    flagmanager(vis=vis, mode="save", versionname=almaopts.FINAL_FLAGS,
-                comment="Final flags of the (synthetic) ALMA pipeline")
     cs = spec["calibrator"]
     setjy(vis=vis, field=cal, standard="manual", fluxdensity=[cs["flux_jy"], 0, 0, 0],
           spix=[cs["spix"], 0], reffreq="%.6fGHz" % spec["ref_freq_ghz"], usescratch=False)
@@ -329,16 +385,49 @@ def calibrate(spec, eb, vis, caldir, truth_eb):
             gaintable=[names["bp"], names["ph"]], minsnr=2)
     shutil.rmtree(names.pop("pre"))
     tables = [names["bp"], names["ph"], names["amp"]]
-    ants = "0~%d" % (spec["antennas"] - 1)
-    spws = ",".join(str(i) for i in range(len(spec["spws"])))
-    common = dict(vis=vis, spw=spws, antenna=ants, gaintable=tables, spwmap=[[], [], []],
-                  calwt=[False, False, False])
+    # The pipeline applies to the science spws only, and writes pipeline intents.
+    common = dict(vis=vis, spw=id_ranges(science), antenna=id_ranges(range(spec["antennas"])), gaintable=tables,
+                  spwmap=[[], [], []], calwt=[False, False, False])
     return [
-        dict(common, field=cal, intent=almaopts.CAL_INTENTS, gainfield=["", "", ""],
+        dict(common, field=cal, intent=almaopts.CAL_PIPELINE_INTENTS, gainfield=["", "", ""],
              interp=["linear,linear", "linear,linear", "linear,linear"]),
-        dict(common, field=tgt, intent=almaopts.TARGET_INTENTS, gainfield=["", cal, cal],
+        dict(common, field=tgt, intent=almaopts.TARGET_PIPELINE_INTENTS, gainfield=["", cal, cal],
              interp=["linear,linear", "linear,linear", "linear,linear"]),
     ]
+
+
+def id_ranges(ids):
+    """Ids as the pipeline's calibration library writes a selection: runs of
+    consecutive ids as 'first~last' ([0, 1, 3] -> '0~1,3')."""
+    runs = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else "%d~%d" % (a, b) for a, b in runs)
+
+
+def apply_as_restore(vis, lines, path):
+    """Apply the lines as hifa_restoredata does: pipeline intents mapped to the
+    MS's obs_modes (CASA selects on those), cross-correlations only."""
+    md = msmetadata()
+    md.open(vis)
+    modes = [str(m) for m in md.intents()]
+    md.close()
+    for n, kw in enumerate(lines, 2):
+        applycal(**calapply_parse.for_casa(kw, modes, n, path), **almaopts.APPLYCAL_DEFAULTS)
+
+
+def save_final_flags(vis, tgz):
+    """Pipeline_Final as exportdata saves it, after the apply (calflagstrict
+    flags what has no solution), and its tgz: that version and the
+    FLAG_VERSION_LIST. No other version was saved, so the list names it alone."""
+    flagmanager(vis=vis, mode="save", versionname=almaopts.FINAL_FLAGS, comment=FINAL_FLAGS_COMMENT)
+    folder = vis + ".flagversions"
+    name = os.path.basename(folder)
+    write_tgz(tgz, [(os.path.join(folder, "flags." + almaopts.FINAL_FLAGS), name + "/flags." + almaopts.FINAL_FLAGS),
+                    (os.path.join(folder, "FLAG_VERSION_LIST"), name + "/FLAG_VERSION_LIST")])
 
 
 def _timerange(t0, t1):
@@ -352,12 +441,12 @@ def _timerange(t0, t1):
 def write_calapply(path, lines, spec, ebname):
     """calapply.txt as the pipeline writes it: absolute paths in its working dir."""
     where = PIPELINE_WORKDIR.format(project=spec["project"], mous=spec["mous_file"])
+    calls = [calapply_parse.format_applycal(dict(
+        kw, vis=os.path.join(where, os.path.basename(kw["vis"])),
+        gaintable=[os.path.join(where, os.path.basename(g)) for g in kw["gaintable"]])) for kw in lines]
+    # A header line, then the calls joined by newlines: no newline at the end.
     with open(path, "w") as f:
-        f.write("# Apply file for %s.ms\n" % ebname)
-        for kw in lines:
-            kw = dict(kw, vis=os.path.join(where, os.path.basename(kw["vis"])),
-                      gaintable=[os.path.join(where, os.path.basename(g)) for g in kw["gaintable"]])
-            f.write(calapply_parse.format_applycal(kw) + "\n")
+        f.write("# Apply file for %s.ms\n" % ebname + "\n".join(calls))
 
 
 def _neutral(info):
@@ -463,18 +552,20 @@ def main(spec_path, result_path):
         vis = os.path.join(work, ebname + ".ms")
         import_ms(asdm, vis)
         lines = calibrate(spec, eb, vis, work, truth)
-        write_calapply(os.path.join(caldir, ebname + ".ms.calapply.txt"), lines, spec, ebname)
-        write_tgz(os.path.join(caldir, ebname + ".ms.flagversions.tgz"),
-                  [(vis + ".flagversions", os.path.basename(vis) + ".flagversions")])
-        for kw in lines:
-            applycal(**kw, **almaopts.APPLYCAL_DEFAULTS)
+        calapply = os.path.join(caldir, ebname + ".ms.calapply.txt")
+        write_calapply(calapply, lines, spec, ebname)
+        apply_as_restore(vis, lines, calapply)
+        save_final_flags(vis, os.path.join(caldir, ebname + ".ms.flagversions.tgz"))
         truth["uid"] = eb["uid"]
         truth["caltables"] = sorted({os.path.basename(g) for kw in lines for g in kw["gaintable"]})
         result["ebs"].append(truth)
         vislist.append(vis)
     # One caltables tarball per session, members named <EB>.ms.* at its top.
-    write_tgz(os.path.join(caldir, "%s.session_1.caltables.tgz" % spec["mous_file"]),
-              [(os.path.join(work, name), name) for truth in result["ebs"] for name in truth["caltables"]])
+    for session in sorted({eb["session"] for eb in spec["ebs"]}):
+        uids = {eb["uid"] for eb in spec["ebs"] if eb["session"] == session}
+        write_tgz(os.path.join(caldir, "%s.%s.caltables.tgz" % (spec["mous_file"], session)),
+                  [(os.path.join(work, name), name) for truth in result["ebs"] if truth["uid"] in uids
+                   for name in truth["caltables"]])
     result["products"], result["imaging_calls"] = image_products(spec, vislist, product, work)
     result["longest_baseline_m"] = max(longest_baseline(v) for v in vislist)
     with open(result_path, "w") as f:

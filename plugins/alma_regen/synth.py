@@ -14,7 +14,9 @@ import shutil
 import sys
 import tarfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from xml.dom import minidom
 
 from . import naming
 from .casa.runner import CasaRunner
@@ -24,12 +26,34 @@ from .paths import casa_script
 log = logging.getLogger(__name__)
 
 CASA_LINE = "CASA version used for reduction: {casa}"
+# What the manifest records as the pipeline: the files are written in the
+# formats of pipeline 2025.1.1.61, but that pipeline did not make them.
+PIPELINE_VERSION = "alma-regen synth (formats of pipeline 2025.1.1.61)"
+RECIPE = "hifa_calimage"
+RESTORE_TEMPLATES = ("current", "old")
 
 
-def make_spec(seed: int, ebs: int, antennas: int, member_dir: Path) -> dict:
+def default_sessions(ebs: int) -> list:
+    """Session number per EB: two EBs a session, odd numbers only (1, 1, 3, 3,
+    5, ...), as real MOUSes skip session numbers of EBs that failed QA0."""
+    return [2 * (i // 2) + 1 for i in range(ebs)]
+
+
+def check_sessions(sessions, ebs: int) -> list:
+    """One positive session number per EB, in observing order (never decreasing)."""
+    sessions = list(sessions)
+    if len(sessions) != ebs:
+        raise PermanentError(f"--sessions needs one session number per EB ({ebs}), not {len(sessions)}")
+    if any(not isinstance(n, int) or n < 1 for n in sessions) or sessions != sorted(sessions):
+        raise PermanentError(f"--sessions must be positive, non-decreasing numbers, not {sessions}")
+    return sessions
+
+
+def make_spec(seed: int, ebs: int, antennas: int, member_dir: Path, sessions=None) -> dict:
     """Names and truth, all derived from the seed (same seed, same delivery)."""
     if not 1 <= ebs <= 50:
         raise PermanentError(f"--ebs must be between 1 and 50, not {ebs}")
+    sessions = check_sessions(default_sessions(ebs) if sessions is None else sessions, ebs)
     if not 4 <= antennas <= 40:
         raise PermanentError(f"--antennas must be between 4 and 40, not {antennas}")
     project = f"2023.1.{seed % 100000:05d}.S"
@@ -54,12 +78,15 @@ def make_spec(seed: int, ebs: int, antennas: int, member_dir: Path) -> dict:
         "integration_s": 6,
         "slew_s": 10,
         # Calibrator, target, calibrator, target, calibrator: the phase
-        # calibrator brackets every target scan.
-        "scans": [["calibrator", 60], ["target", 120], ["calibrator", 60], ["target", 120], ["calibrator", 60]],
+        # calibrator brackets every target scan. Short scans keep the
+        # 64-channel windows small on disk.
+        "scans": [["calibrator", 30], ["target", 60], ["calibrator", 30], ["target", 60], ["calibrator", 30]],
         "ref_freq_ghz": 230.0,
+        # Two 250 MHz science windows of 64 channels: enough channels for the
+        # pipeline's imaging heuristics (cube, hif_findcont) to see a line.
         "spws": [
-            {"name": "X1#BB_1#SW-01#FULL_RES", "freq_ghz": 230.0, "width_mhz": 31.25, "nchan": 8},
-            {"name": "X1#BB_2#SW-01#FULL_RES", "freq_ghz": 232.0, "width_mhz": 31.25, "nchan": 8},
+            {"name": "X1#BB_1#SW-01#FULL_RES", "freq_ghz": 230.0, "width_mhz": 3.90625, "nchan": 64},
+            {"name": "X1#BB_2#SW-01#FULL_RES", "freq_ghz": 232.0, "width_mhz": 3.90625, "nchan": 64},
             # A one-channel window, as ALMA's channel-average windows: not science.
             {"name": "X1#BB_3#SW-01#CH_AVG", "freq_ghz": 245.0, "width_mhz": 1875.0, "nchan": 1},
         ],
@@ -72,12 +99,15 @@ def make_spec(seed: int, ebs: int, antennas: int, member_dir: Path) -> dict:
                 {"name": "A", "ra": "19h10m00.150s", "dec": "-26d59m58.50s", "flux_jy": 0.25},
                 {"name": "B", "ra": "19h09m59.750s", "dec": "-27d00m03.00s", "flux_jy": 0.10},
             ],
+            # A Gaussian line on source A in spw 1 (TOPO channels), on top of
+            # its continuum; spw 0 and the rest of spw 1 are line-free.
+            "line": {"source": "A", "spw": 1, "center_chan": 40, "fwhm_chan": 4, "peak_jy": 0.5},
         },
         "noise_jy": 0.05,
         "expected_rms_jy": 0.0005,
         "rfi": {"antenna": 5, "amp_jy": 40.0},
-        "ebs": [{"uid": u, "seed": seed * 1000 + i, "hour_angle_s": -3600 + 2400 * i}
-                for i, u in enumerate(eb_uids)],
+        "ebs": [{"uid": u, "seed": seed * 1000 + i, "hour_angle_s": -3600 + 2400 * i,
+                 "session": f"session_{sessions[i]}"} for i, u in enumerate(eb_uids)],
     }
 
 
@@ -86,15 +116,22 @@ def _python_for_casa() -> str:
     return sys.executable
 
 
-def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: CasaRunner | None = None) -> dict:
-    """Build OUT/archive/ (and OUT/delivery/, the untarred member) and describe it."""
+def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: CasaRunner | None = None,
+               sessions=None, restore_template: str = "current") -> dict:
+    """Build OUT/archive/ (and OUT/delivery/, the untarred member) and describe it.
+
+    sessions: the session number of each EB (default_sessions when None);
+    restore_template: "current" or "old" (the pre-2021 restore script)."""
+    if restore_template not in RESTORE_TEMPLATES:
+        raise PermanentError(f"--restore-template must be one of {', '.join(RESTORE_TEMPLATES)}, "
+                             f"not {restore_template!r}")
     out = Path(out).resolve()
     t0 = time.monotonic()
     scratch = out / "scratch"
     delivery = out / "delivery"
     for d in (scratch, delivery, out / "archive", out / "truth"):
         shutil.rmtree(d, ignore_errors=True)
-    spec = make_spec(seed, ebs, antennas, delivery / naming.member_dir("uid://A001/X1/X1"))
+    spec = make_spec(seed, ebs, antennas, delivery / naming.member_dir("uid://A001/X1/X1"), sessions)
     member = delivery / naming.member_dir(spec["mous"])
     spec["member_dir"] = str(member)
     spec["truth_dir"] = str(out / "truth")
@@ -104,7 +141,7 @@ def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: Casa
     run = runner.run([_python_for_casa(), casa_script("synth_delivery.py"), "spec.json", "result.json"], cwd=scratch)
     result = json.loads((scratch / "result.json").read_text())
     casa_version = result["casa_version"]
-    write_text_files(spec, member, casa_version, result["imaging_calls"])
+    write_text_files(spec, member, casa_version, result["imaging_calls"], restore_template)
     files = pack_archive(spec, member, out / "archive")
     shutil.rmtree(scratch)
     ebs_truth = {e["uid"]: e for e in result["ebs"]}
@@ -112,6 +149,7 @@ def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: Casa
         "mous_uid": spec["mous"],
         "project": spec["project"],
         "ebs": [e["uid"] for e in spec["ebs"]],
+        "sessions": sessions_of(spec),
         "files": files,
         "archive_dir": str(out / "archive"),
         "member_dir": str(member),
@@ -142,26 +180,38 @@ def ebs_of(spec):
     return [naming.uid_to_file(e["uid"]) for e in spec["ebs"]]
 
 
-def write_text_files(spec, member: Path, casa_version: str, imaging_calls: list):
+def sessions_of(spec) -> dict:
+    """Session name -> its EB uids, in observing order."""
+    out = {}
+    for e in spec["ebs"]:
+        out.setdefault(e["session"], []).append(e["uid"])
+    return out
+
+
+def write_text_files(spec, member: Path, casa_version: str, imaging_calls: list, restore_template: str = "current"):
     mous_f = spec["mous_file"]
     script = member / "script"
     cal = member / "calibration"
     for d in (script, cal, member / "log", member / "qa"):
         d.mkdir(parents=True, exist_ok=True)
     ebs = ebs_of(spec)
-    readme = README.format(mous=spec["mous"], project=spec["project"], casa=casa_version)
+    readme = README.format(mous=spec["mous"], project=spec["project"])
     (member / naming.readme_name(spec["mous"])).write_text(readme)
     (script / f"PPR_{mous_f}.xml").write_text(ppr_xml(spec))
     (script / f"member.{mous_f}.scriptForPI.py").write_text(SCRIPT_FOR_PI)
-    (script / f"member.{mous_f}.hifa_calimage.casa_piperestorescript.py").write_text(restore_script(ebs))
+    (script / f"member.{mous_f}.hifa_calimage.casa_piperestorescript.py").write_text(
+        restore_script(ebs, [e["session"] for e in spec["ebs"]], restore_template))
     (script / f"member.{mous_f}.hifa_calimage.casa_pipescript.py").write_text(pipescript(ebs))
     (script / f"member.{mous_f}.scriptForImaging.py").write_text(imaging_script(spec, ebs, imaging_calls))
-    (cal / f"{mous_f}.pipeline_manifest.xml").write_text(pipeline_manifest(spec, casa_version))
+    (cal / f"{mous_f}.{RECIPE}.pipeline_manifest.xml").write_text(pipeline_manifest(spec, casa_version))
     c = spec["calibrator"]
-    flux = ["field,spw,I,Q,U,V,spix,uvmin,uvmax,comment"]
+    # The pipeline's format (h/tasks/importdata/fluxes.py): per MS, field id and
+    # spw id; the calibrator is field 0, the first field the simulation defines.
+    flux = ["ms,field,spw,I,Q,U,V,spix,uvmin,uvmax,comment"]
     for eb in ebs:
         for i, _ in enumerate(spec["spws"]):
-            flux.append(f"{c['name']},{i},{c['flux_jy']:.4f},0,0,0,{c['spix']},0.0,0.0,\"# {eb}\"")
+            flux.append(f"{eb}.ms,0,{i},{c['flux_jy']:.4f},0,0,0,{c['spix']},0.0,0.0,"
+                        f"\"# field={c['name']} intents=AMPLITUDE,BANDPASS,PHASE origin=synthetic\"")
     (cal / "flux.csv").write_text("\n".join(flux) + "\n")
     (member / "qa" / f"{mous_f}.qa2_report.html").write_text(
         f"<html><body><h1>QA2 report {spec['mous']}</h1><p>{CASA_LINE.format(casa=casa_version)}</p>"
@@ -170,13 +220,16 @@ def write_text_files(spec, member: Path, casa_version: str, imaging_calls: list)
         "# synthetic delivery: the calibration commands are in calibration/*.calapply.txt\n")
 
 
+# As modern READMEs: no "CASA version used for reduction" line; the versions
+# are in the pipeline manifest (and the QA2 report).
 README = """ALMA data delivery README (synthetic: made by alma-regen synth)
 
 Member ObsUnitSet: {mous}
 Project: {project}
 
-CASA version used for reduction: {casa}
-Calibrated the pipeline's way by alma-regen synth with modular CASA (see calibration/*.pipeline_manifest.xml).
+Calibrated in the ALMA pipeline's formats by alma-regen synth with modular CASA; the CASA and
+pipeline versions are in calibration/*.pipeline_manifest.xml. To restore the calibrated data,
+run script/*scriptForPI.py with a CASA that includes the ALMA pipeline.
 
 Directory structure:
   raw/          the raw data (ASDMs), from the request handler
@@ -186,12 +239,25 @@ Directory structure:
 """
 
 
+def ppr_intents(spec) -> str:
+    """ProcessingIntents: the observing mode, and SESSION_<n> = its EB uids joined
+    by ' | ', the form executeppr reads. It reads SESSION_1, SESSION_2, ... until
+    one is missing, so a skipped session number is listed with no EB."""
+    by_number = {int(name.split("_")[1]): uids for name, uids in sessions_of(spec).items()}
+    items = [("INTERFEROMETRY_STANDARD_OBSERVING_MODE", "Undefined")]
+    items += [(f"SESSION_{n}", " | ".join(by_number.get(n, []))) for n in range(1, max(by_number) + 1)]
+    return "\n".join(f"""        <Intents>
+          <Keyword>{k}</Keyword>
+          <Value>{v}</Value>
+        </Intents>""" for k, v in items)
+
+
 def ppr_xml(spec) -> str:
     datasets = "\n".join(
         f"""      <DataSet>
         <RelativePath>{spec['project']}/science_goal.{naming.uid_to_file(spec['science_goal'])}/group.{naming.uid_to_file(spec['group'])}/member.{spec['mous_file']}</RelativePath>
         <SchedBlockRef entityId="uid://A001/X3000/X1" partId="X00000000" entityTypeName="SchedBlock" documentVersion="1"/>
-        <SessionRef entityId="uid://A001/X3000/X1" partId="X1" entityTypeName="SchedBlock" documentVersion="1"/>
+        <SessionRef entityId="uid://A001/X3000/X1" partId="X{e['session'].split('_')[1]}" entityTypeName="SchedBlock" documentVersion="1"/>
         <AsdmIdentifier>
           <AsdmRef><ExecBlockId>{e['uid']}</ExecBlockId></AsdmRef>
           <AsdmDiskName>{naming.uid_to_file(e['uid'])}</AsdmDiskName>
@@ -208,6 +274,9 @@ def ppr_xml(spec) -> str:
   <ProcessingRequests>
     <RootDirectory>/lustre/alma/pipeline</RootDirectory>
     <ProcessingRequest>
+      <ProcessingIntents>
+{ppr_intents(spec)}
+      </ProcessingIntents>
       <ProcessingProcedure>
         <ProcedureTitle>hifa_calimage</ProcedureTitle>
       </ProcessingProcedure>
@@ -218,48 +287,48 @@ def ppr_xml(spec) -> str:
 """
 
 
-def restore_script(ebs) -> str:
-    vis = ", ".join(repr(e) for e in ebs)
-    sessions = ", ".join(repr("session_1") for _ in ebs)
-    return f"""from recipes.almahelpers import fixsyscaltimes # SACM/JAO - Fixes
-__rethrow_casa_exceptions = True
-h_init()
-try:
-    hifa_restoredata (vis=[{vis}], session=[{sessions}], ocorr_mode='ca')
-finally:
-    h_save()
-"""
+def _py_list(items) -> str:
+    """A list of strings as Python prints it (the pipeline formats its lists so)."""
+    return "[" + ", ".join(repr(x) for x in items) + "]"
+
+
+def restore_script(ebs, sessions, template: str = "current") -> str:
+    """hifa_restoredata's restore script as hifa_exportdata writes it: one session
+    name per EB. "old" adds the two lines scripts had before late 2020."""
+    head = ("from recipes.almahelpers import fixsyscaltimes # SACM/JAO - Fixes\n"
+            "__rethrow_casa_exceptions = True\n") if template == "old" else ""
+    return (f"{head}h_init()\ntry:\n"
+            f"    hifa_restoredata (vis={_py_list(ebs)}, session={_py_list(sessions)}, ocorr_mode='ca')\n"
+            "finally:\n    h_save()\n")
 
 
 def pipescript(ebs) -> str:
+    """The calibration pipeline script, a shortened hifa_cal recipe of real tasks
+    that the real pipeline runs to completion on simulated data.
+
+    Simulations have no Tsys, WVR or antenna-position data, so the Tsys, WVR
+    and flagging-by-Tsys stages are left out, and the heuristics that rank by
+    Tsys are replaced by fixed choices (bandpass: phase-up and solint by hand;
+    spwphaseup: default spw map). The flux scale comes from flux.csv through
+    hif_setmodels (dbservice=False: no network). hifa_gfluxscale is left out:
+    the one calibrator is the amplitude, bandpass and phase calibrator at
+    once, so there is no field to transfer the scale to. For the same reason
+    hif_applycal selects TARGET,PHASE: the calibrator's scans carry all three
+    intents, which the pipeline's per-intent apply library cannot express
+    (CASA refuses the duplicate selection), and PHASE covers those rows."""
     vis = ", ".join(repr(e) for e in ebs)
-    return f"""from recipes.almahelpers import fixsyscaltimes # SACM/JAO - Fixes
-__rethrow_casa_exceptions = True
+    return f"""# synthetic delivery: a shortened hifa_cal recipe (no Tsys, WVR or antenna positions in simulations)
 context = h_init()
 context.set_state('ProjectSummary', 'proposal_code', 'synthetic')
 try:
     hifa_importdata(vis=[{vis}], dbservice=False)
-    fixsyscaltimes(vis='{ebs[0]}.ms')
     hifa_flagdata()
-    hifa_fluxcalflag()
-    hif_rawflagchans()
     hif_refant()
-    h_tsyscal()
-    hifa_tsysflag()
-    hifa_antpos()
-    hifa_wvrgcalflag()
-    hif_lowgainflag()
     hif_setmodels()
-    hifa_bandpassflag()
-    hifa_spwphaseup()
-    hifa_gfluxscaleflag()
-    hifa_gfluxscale()
+    hifa_bandpass(hm_phaseup='manual', hm_bandpass='fixed')
+    hifa_spwphaseup(hm_spwmapmode='default')
     hifa_timegaincal()
-    hif_applycal()
-    hifa_imageprecheck()
-    hif_makeimlist(intent='PHASE,BANDPASS,CHECK')
-    hif_makeimages()
-    hifa_exportdata()
+    hif_applycal(intent='TARGET,PHASE')
 finally:
     h_save()
 """
@@ -284,71 +353,254 @@ def imaging_script(spec, ebs, calls) -> str:
 
 
 def pipeline_manifest(spec, casa_version) -> str:
-    mous_f = spec["mous_file"]
-    asdms = "\n".join(
-        f"""        <asdm name="{e}.ms">
-          <finalflags name="{e}.ms.flagversions.tgz"/>
-          <applycmds name="{e}.ms.calapply.txt"/>
-        </asdm>""" for e in ebs_of(spec))
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<piperesults name="{mous_f}">
-  <ous name="{mous_f}">
-    <casaversion name="{casa_version}"/>
-    <pipeline_version name="synthetic"/>
-    <procedure_name name="hifa_calimage"/>
-    <session name="session_1">
-      <caltables name="{mous_f}.session_1.caltables.tgz"/>
-{asdms}
-    </session>
-  </ous>
-</piperesults>
-"""
+    """The manifest as hifa_exportdata writes it (ElementTree, pretty-printed by
+    minidom with two-space indents): versions, procedure, execution nodes, the
+    PPR, per session its caltables and per EB (`<EB>.ms`) its final flags and
+    apply file, then the scripts and the manifest itself. No weblog and no
+    images: the delivery has no weblog, and product/ was imaged by hand."""
+    mous_f, prefix = spec["mous_file"], f"{spec['mous_file']}.{RECIPE}"
+    member = dict(level="member", package=RECIPE)
+    root = ET.Element("piperesults", name=mous_f)
+    ous = ET.SubElement(root, "ous", name=mous_f)
+    ET.SubElement(ous, "casaversion", name=casa_version)
+    ET.SubElement(ous, "pipeline_version", name=PIPELINE_VERSION)
+    ET.SubElement(ous, "procedure_name", name=RECIPE)
+    ET.SubElement(ET.SubElement(ous, "execution_environment"), "node", num_mpi_servers="0")
+    ET.SubElement(ous, "piperequest", name=f"{prefix}.pprequest.xml", level="member", ous=mous_f,
+                  package=RECIPE, datatype="pprequest", format="xml")
+    for session, uids in sessions_of(spec).items():
+        el = ET.SubElement(ous, "session", name=session)
+        # exportdata does not pass the OUS here: ous_name stays "N/A".
+        ET.SubElement(el, "caltables", name=f"{mous_f}.{session}.caltables.tgz", ous_name="N/A", level="member",
+                      session=session, package=RECIPE, datatype="caltables", format="tgz")
+        for uid in uids:
+            ms = naming.uid_to_file(uid) + ".ms"
+            asdm = ET.SubElement(el, "asdm", name=ms, datatype="asdm", format="sdm")
+            ET.SubElement(asdm, "finalflags", name=f"{ms}.flagversions.tgz", asdm=ms,
+                          datatype="ms.flagversions", format="tgz")
+            ET.SubElement(asdm, "applycmds", name=f"{ms}.calapply.txt", asdm=ms, datatype="ms.calapply", format="txt")
+    for tag, name, datatype, fmt in (("casa_cmdlog", "casa_commands.log", "casa_commands", "log"),
+                                     ("pipescript", "casa_pipescript.py", "casa_pipescript", "py"),
+                                     ("restorescript", "casa_piperestorescript.py", "casa_piperestorescript", "py")):
+        ET.SubElement(ous, tag, name=f"{prefix}.{name}", level="member", ous=mous_f, package=RECIPE,
+                      datatype=datatype, format=fmt)
+    ET.SubElement(ous, "manifest", name=f"{prefix}.pipeline_manifest.xml", ous=mous_f, **member,
+                  datatype="pipeline_manifest", format="xml")
+    return minidom.parseString(ET.tostring(root, "utf-8")).toprettyxml(indent="  ")
 
 
 SCRIPT_FOR_PI = '''# scriptForPI.py stand-in of a synthetic alma-regen delivery.
 #
-# The real ALMA scriptForPI.py decides between restore and full calibration,
-# prepares ../calibrated and runs the pipeline script under `casa --pipeline`.
-# This stand-in does the same preparation, records the global variables it
-# was given, and runs the restore only where the ALMA pipeline is present.
+# Behaves as the real ALMA scriptForPI.py (v1.34, v2.5) does, in its own
+# words: started in script/ under `casa --pipeline`, it reads SPACESAVING,
+# DOSPLIT, DOCONTSUB and USEMS only from its global namespace (a person sets
+# them before `execfile(this, globals())`), restores (a restore script) or
+# reruns (only a calibration pipescript) the pipeline calibration in
+# ../calibrated/working, then splits every EB's science spws into
+# ../calibrated/<EB>.ms.split.cal (all fields, original spw ids) or, when only
+# the imaging pipeline imaged the data and DOSPLIT is off, links
+# ../calibrated/<EB>.ms. Like the real one it reports problems with an ERROR
+# line and carries on, and ends "Done" even when it found nothing to do.
+# It also records the options it was given in
+# ../calibrated/scriptForPI.globals.json, so tests can see them arrive.
 import glob
 import json
 import os
+import re
+import shutil
 import sys
 
-for name, default in (("SPACESAVING", 1), ("DOSPLIT", False), ("DOCONTSUB", False)):
+from casatasks import mstransform
+from casatools import msmetadata
+
+
+def _option(name, kind, default):
     if name not in globals():
-        globals()[name] = default
+        return default
+    value = globals()[name]
+    if type(value) is not kind or (kind is int and value < -1):
+        sys.exit("ERROR: %s value %r not permitted" % (name, value))
+    print("%s = %r" % (name, value))
+    return value
 
-if os.path.basename(os.getcwd()) != "script":
-    sys.exit("scriptForPI: run me from the script/ folder of the delivery")
-if not os.path.isdir("../raw"):
-    sys.exit("scriptForPI: ../raw is missing: put the raw ASDMs there first")
-if os.path.exists("../calibrated"):
-    sys.exit("scriptForPI: ../calibrated exists already: move it away before running me")
 
-restore = glob.glob("*casa_piperestorescript.py")
-full = [p for p in glob.glob("*casa_pipescript.py") if "cal" in p]
-mode = "restore" if restore else ("pipeline" if full else "none")
+def _one(pattern):
+    found = glob.glob(pattern)
+    if len(found) > 1:
+        sys.exit("ERROR: more than one %s: %s" % (pattern, found))
+    return found[0] if found else None
 
-os.makedirs("../calibrated/working")
-os.makedirs("../calibrated/rawdata")
-for asdm in sorted(glob.glob("../raw/*.asdm.sdm")):
-    eb = os.path.basename(asdm)[: -len(".asdm.sdm")]
-    os.symlink(os.path.abspath(asdm), "../calibrated/rawdata/" + eb)
-os.symlink("../calibration", "../calibrated/products")
 
-with open("../calibrated/scriptForPI.globals.json", "w") as f:
-    json.dump({"SPACESAVING": SPACESAVING, "DOSPLIT": DOSPLIT, "DOCONTSUB": DOCONTSUB,
-               "mode": mode}, f)
-print("scriptForPI: mode=%s SPACESAVING=%s DOSPLIT=%s DOCONTSUB=%s" % (mode, SPACESAVING, DOSPLIT, DOCONTSUB))
+def _ppr_ebs(ppr):
+    if ppr is None:
+        return []
+    with open(ppr) as f:
+        return re.findall(r"<AsdmDiskName>\\s*(uid[^<\\s]*)\\s*</AsdmDiskName>", f.read())
 
-if "h_init" not in globals():
-    sys.exit("scriptForPI: this CASA has no ALMA pipeline (h_init, hifa_restoredata); "
-             "start it with `casa --pipeline`")
-os.chdir("../calibrated/working")
-script = "../../script/" + (restore or full)[0]
-exec(compile(open(script).read(), script, "exec"), globals())
+
+def _imaging_pipeline_only(ppr):
+    """Science images from the imaging pipeline and a scriptForImaging without code."""
+    with open(ppr) as f:
+        if f.read().count("hif_makeimages") < 2:
+            return False
+    if not glob.glob("../product/*_sci.spw*.fits"):
+        return False
+    for script in glob.glob("*scriptForImaging.py"):
+        with open(script) as f:
+            if any(line.strip() and "#" not in line for line in f):
+                return False
+    return True
+
+
+def _du_mb(path):
+    total = 0
+    # As du does: links are counted, not followed (an ASDM may link to itself).
+    for root, _, files in os.walk(path):
+        total += sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+    return total / 2.0 ** 20
+
+
+def _check_disk(savings, extra_scripts):
+    if savings == -1:
+        return
+    factor = {0: 11, 1: 7}.get(savings, 3) + (3 if extra_scripts else 0)
+    need = _du_mb("../raw") * factor
+    free = shutil.disk_usage("../raw").free / 2.0 ** 20
+    print("Found %.0f MB of free disk space; expect to need up to %.0f MB." % (free, need))
+    if need > free:
+        sys.exit("ERROR: probably not enough free disk space; set SPACESAVING to -1 to try anyway.")
+
+
+def _link_ebs(ebs, where):
+    """<where>/<EB> -> the raw ASDM; `where` is one level below calibrated/."""
+    for eb in ebs:
+        target = "../../raw/%s.asdm.sdm" % eb
+        if not os.path.exists(os.path.join(where, target)):
+            sys.exit("ERROR: cannot find raw/%s.asdm.sdm" % eb)
+        os.symlink(target, os.path.join(where, eb))
+
+
+def _copy_rerun_inputs():
+    """What a pipeline rerun reads from working/, copied from ../../calibration."""
+    for pattern, name in (("*flux.csv", "flux.csv"), ("*antennapos.csv", "antennapos.csv"),
+                          ("*cont.dat", "cont.dat")):
+        found = glob.glob("../../calibration/" + pattern)
+        if len(found) > 1:
+            sys.exit("ERROR: found more than one %s in directory calibration" % pattern)
+        if found:
+            shutil.copy(found[0], name)
+    for path in glob.glob("../../calibration/*flagtemplate.txt") + glob.glob("../../calibration/*pipeline_manifest.xml"):
+        shutil.copy(path, ".")
+
+
+def _science_spws(vis):
+    md = msmetadata()
+    md.open(vis)
+    try:
+        return [int(s) for s in md.spwsforintent("OBSERVE_TARGET*") if md.nchan(s) > 4]
+    finally:
+        md.close()
+
+
+def _finish_eb(eb, split, savings):
+    vis = eb + ".ms"
+    if not os.path.exists(vis):
+        print("ERROR: %s was not created." % vis)
+        return
+    if not split:
+        print("Imaging pipeline was used: linking %s into calibrated/" % vis)
+        for name in (vis, vis + ".flagversions"):
+            if os.path.exists(name):
+                os.symlink("working/" + name, "../" + name)
+        return
+    spws = ",".join(str(s) for s in _science_spws(vis))
+    print("Splitting out science spws %s of %s (spw ids kept)" % (spws, eb))
+    mstransform(vis=vis, outputvis=vis + ".split.cal", spw=spws, datacolumn="corrected", reindex=False)
+    if not os.path.exists(vis + ".split.cal"):
+        print("ERROR: %s.split.cal was not created." % vis)
+        return
+    shutil.move(vis + ".split.cal", "../" + vis + ".split.cal")
+    if savings >= 2:
+        shutil.rmtree(vis)
+
+
+def main(namespace):
+    savings = _option("SPACESAVING", int, 0)
+    dosplit = _option("DOSPLIT", bool, False)
+    _option("DOCONTSUB", bool, False)
+    usems = "USEMS" in namespace
+    if os.path.basename(os.getcwd()) != "script":
+        sys.exit("ERROR: Please start this script in directory script.")
+    restore = _one("*casa_piperestorescript.py")
+    full = _one("*cal*casa_pipescript.py")
+    ppr = _one("*PPR*.xml") or _one("*cal*pprequest.xml")
+    if not os.path.isdir("../calibration"):
+        sys.exit("ERROR: Cannot find directory calibration")
+    for manifest in glob.glob("*pipeline_manifest.xml"):
+        shutil.copy(manifest, "../calibration")
+    if not restore and not full:
+        sys.exit("ERROR: No calibration script found.")
+    if not os.path.isdir("../raw"):
+        sys.exit("ERROR: directory raw not present.")
+    extra = glob.glob("*scriptForPolCalibration.py") + glob.glob("*scriptForFluxCalibration.py") + \\
+        glob.glob("*scriptForImagingPrep.py")
+    _check_disk(savings, extra)
+    ebs = _ppr_ebs(ppr)
+    missing = [eb for eb in ebs if not os.path.isdir("../raw/%s.asdm.sdm" % eb)]
+    if missing:
+        print("ERROR: these ASDMs are absent from directory raw: %s. Will try to proceed with the rest." % missing)
+        ebs = [eb for eb in ebs if eb not in missing]
+    if os.path.exists("../calibrated") and not usems:
+        sys.exit("WARNING: will stop here since directory calibrated already exists.")
+    os.makedirs("../calibrated", exist_ok=usems)
+    mode = "restore" if restore else "pipeline"
+    seen = {name: namespace[name] for name in ("SPACESAVING", "DOSPLIT", "DOCONTSUB", "USEMS") if name in namespace}
+    with open("../calibrated/scriptForPI.globals.json", "w") as f:
+        json.dump(dict(seen, mode=mode), f)
+    if ebs:
+        if "h_init" not in namespace:
+            sys.exit("ERROR: Pipeline not available (no ALMA pipeline in this CASA). "
+                     "Make sure you start CASA with option --pipeline.")
+        split = dosplit or not _imaging_pipeline_only(ppr)
+        _calibrate(namespace, ebs, restore, full, split, savings)
+    os.chdir("../calibrated")
+    for script in extra:
+        print("Executing %s ..." % script)
+        _run("../script/" + script, namespace)
+    print("Done. Please find results in directory calibrated.")
+
+
+def _run(script, namespace):
+    with open(script) as f:
+        exec(compile(f.read(), script, "exec"), namespace)
+
+
+def _calibrate(namespace, ebs, restore, full, split, savings):
+    os.chdir("../calibrated")
+    if restore:
+        os.mkdir("rawdata")
+        _link_ebs(ebs, "rawdata")
+        os.symlink("../calibration", "products")
+    os.mkdir("working")
+    os.chdir("working")
+    if restore:
+        script = "../../script/" + restore
+    else:
+        print("Pipeline calibration by pipeline rerun")
+        _link_ebs(ebs, ".")
+        _copy_rerun_inputs()
+        script = "../../script/" + full
+    _run(script, namespace)
+    for eb in ebs:
+        _finish_eb(eb, split, savings)
+    os.chdir("..")
+
+
+home = os.getcwd()
+try:
+    main(globals())
+finally:
+    os.chdir(home)
 '''
 
 
