@@ -145,3 +145,68 @@ def test_allowed_keywords_are_those_of_casatasks_applycal(tmp_path):
     from alma_regen.calapply import _parser
     assert set(params) == set(_parser().APPLYCAL_KEYWORDS)
     assert set(_parser().LINE_KEYWORDS) <= set(params)
+
+
+# ---------------------------------------------------------------- intents, as hifa_restoredata maps them
+
+ALMA_STATES = ["CALIBRATE_BANDPASS#ON_SOURCE,CALIBRATE_FLUX#ON_SOURCE,CALIBRATE_PHASE#ON_SOURCE,CALIBRATE_WVR#ON_SOURCE",
+               "CALIBRATE_PHASE#ON_SOURCE,CALIBRATE_WVR#ON_SOURCE", "OBSERVE_TARGET#ON_SOURCE",
+               "CALIBRATE_ATMOSPHERE#OFF_SOURCE,CALIBRATE_WVR#OFF_SOURCE"]
+
+
+def _p():
+    from alma_regen.calapply import _parser
+    return _parser()
+
+
+def test_pipeline_intents_map_to_the_obs_modes_the_ms_has():
+    p = _p()
+    # WVR is not an intent the pipeline's applycal calibrates: dropped, as hifa_restoredata drops it.
+    assert p.casa_intent("PHASE,AMPLITUDE,BANDPASS,WVR", ALMA_STATES, 2, "f") == \
+        "CALIBRATE_BANDPASS#ON_SOURCE,CALIBRATE_FLUX#ON_SOURCE,CALIBRATE_PHASE#ON_SOURCE"
+    assert p.casa_intent("TARGET", ALMA_STATES, 3, "f") == "OBSERVE_TARGET#ON_SOURCE"
+    # Older data write '.' or '_' after the scan intent; AMPLITUDE is CALIBRATE_AMPLI there too.
+    old = ["CALIBRATE_AMPLI.ON_SOURCE", "OBSERVE_TARGET_ON_SOURCE", "CALIBRATE_PHASE.ON_SOURCE"]
+    assert p.casa_intent("AMPLITUDE", old, 1, "f") == "CALIBRATE_AMPLI.ON_SOURCE"
+    assert p.casa_intent("TARGET,PHASE", old, 1, "f") == "CALIBRATE_PHASE.ON_SOURCE,OBSERVE_TARGET_ON_SOURCE"
+    # intent='' means every intent the pipeline applies to, not the atmosphere scans.
+    assert p.casa_intent("", ALMA_STATES, 1, "f").split(",") == [
+        "CALIBRATE_BANDPASS#ON_SOURCE", "CALIBRATE_FLUX#ON_SOURCE", "CALIBRATE_PHASE#ON_SOURCE",
+        "OBSERVE_TARGET#ON_SOURCE"]
+
+
+@pytest.mark.parametrize("intent,why", [
+    # hifa_restoredata looks these up among pipeline intents, finds nothing and applies nothing.
+    ("CALIBRATE_BANDPASS#ON_SOURCE,CALIBRATE_PHASE#ON_SOURCE", "is an obs_mode, not a pipeline intent"),
+    ("OBSERVE_TARGET#ON_SOURCE", "is an obs_mode"),
+    ("PHASECAL", "unknown pipeline intent 'PHASECAL'"),
+    ("WVR,ATMOSPHERE", "none of these intents is one the pipeline applies"),
+    ("CHECK,POLARIZATION", "the MS has no scan with these intents.*this line would apply nothing"),
+    (3, "intent= must be a string"),
+])
+def test_intents_that_would_apply_nothing_are_errors_naming_file_and_line(tmp_path, intent, why):
+    line = REAL_LINE.replace("intent='BANDPASS'", f"intent={intent!r}")
+    path = write(tmp_path, f"# Apply file for {EB}.ms\n{REAL_LINE}\n{line}\n")
+    lines = _p().parse_calapply_lines(path, tmp_path)
+    assert [n for n, _ in lines] == [2, 3]
+    assert _p().for_casa(lines[0][1], ALMA_STATES, lines[0][0], path)["intent"] == "CALIBRATE_BANDPASS#ON_SOURCE"
+    with pytest.raises(_p().CalapplyError, match=why) as exc:
+        _p().for_casa(lines[1][1], ALMA_STATES, lines[1][0], path)
+    assert str(exc.value).startswith(f"{path}, line 3: ")
+
+
+def test_for_casa_selects_cross_correlations_and_keeps_the_rest():
+    [(_, call)] = _p().parse_calapply_text(REAL_LINE, "/w", EB)
+    out = _p().for_casa(call, ALMA_STATES, 1, "f")
+    assert out["antenna"] == "*&*" and out["intent"] == "CALIBRATE_BANDPASS#ON_SOURCE"
+    assert {k: v for k, v in out.items() if k not in ("antenna", "intent")} == \
+        {k: v for k, v in call.items() if k not in ("antenna", "intent")}
+    assert call["intent"] == "BANDPASS", "the parsed line itself is left as read"
+
+
+def test_science_spws_as_the_pipeline_picks_them():
+    nchan = {0: 64, 1: 64, 2: 4, 3: 1, 4: 128, 5: 64}
+    modes = {0: ["OBSERVE_TARGET#ON_SOURCE"], 1: ["CALIBRATE_PHASE#ON_SOURCE,CALIBRATE_WVR#ON_SOURCE"],
+             2: ["OBSERVE_TARGET#ON_SOURCE"], 3: ["OBSERVE_TARGET#ON_SOURCE"],
+             4: ["CALIBRATE_ATMOSPHERE#OFF_SOURCE"], 5: []}
+    assert _p().science_spws(nchan, modes) == [0, 1]

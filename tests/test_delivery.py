@@ -155,7 +155,19 @@ def test_missing_readme_line(member_copy):
     readme = next(member_copy.glob("*README.txt"))
     readme.write_text("Nothing useful here.\n")
     (next((member_copy / "qa").iterdir())).unlink()
+    # Modern deliveries carry the versions in the pipeline manifest only.
+    for manifest in (member_copy / "calibration").glob("*pipeline_manifest.xml"):
+        manifest.unlink()
     only_error(member_copy, "CASA version used for reduction", readme.name)
+
+
+def test_versions_from_the_manifest_when_the_readme_has_none(member_copy):
+    readme = next(member_copy.glob("*README.txt"))
+    readme.write_text("Nothing useful here.\n")
+    (next((member_copy / "qa").iterdir())).unlink()
+    version = Delivery(member_copy).casa_version()
+    assert version["source"].endswith("pipeline_manifest.xml")
+    assert version["version"] and version["pipeline_version"]
 
 
 def test_two_script_for_pi_candidates(member_copy):

@@ -25,7 +25,12 @@ Format (pipeline source, exportdata/callibrary)::
   with `<EB>.ms.` (the caltables tgz members are named so), which also keeps a
   path such as `/etc/passwd` or `..` out;
 - the pipeline's applycal defaults are added (applymode='calflagstrict',
-  flagbackup=False) unless the line sets them.
+  flagbackup=False) unless the line sets them;
+- `intent=` holds pipeline intents (PHASE, TARGET, ...), which CASA's applycal
+  does not know: `for_casa` maps them to the obs_modes the MS has, as
+  hifa_restoredata does, and selects cross-correlations as its applycal does.
+  An obs_mode written in `intent=` is refused: hifa_restoredata looks intents
+  up among pipeline intents only and would apply nothing for that line.
 
 This file runs in two places: inside CASA's Python (the native restore script
 of include/casa_scripts/ imports it by path) and in the Airflow worker through
@@ -71,6 +76,11 @@ def eb_of(path) -> str:
 
 def parse_calapply(path, workdir, eb=None) -> list:
     """The applycal keyword dicts of the file at `path`, paths under `workdir`."""
+    return [kwargs for _, kwargs in parse_calapply_lines(path, workdir, eb)]
+
+
+def parse_calapply_lines(path, workdir, eb=None) -> list:
+    """(line number, applycal keyword dict) of every call, so that later checks can name the line."""
     eb = eb or eb_of(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -91,7 +101,7 @@ def parse_calapply_text(text, workdir, eb, path="<calapply>") -> list:
             continue
         if not line.startswith("applycal("):
             raise CalapplyError(path, lineno, f"not an applycal call: {_short(line)}")
-        calls.append(_parse_line(line, lineno, workdir, eb, path))
+        calls.append((lineno, _parse_line(line, lineno, workdir, eb, path)))
     if not calls:
         raise CalapplyError(path, 0, "no applycal call: nothing would be calibrated")
     return calls
@@ -161,6 +171,103 @@ def _basename(p, lineno, path) -> str:
     if name in ("", ".", "..") or "\\" in name or "\0" in name:
         raise CalapplyError(path, lineno, f"unusable path {p!r}")
     return name
+
+
+# ---------------------------------------------------------------- intents
+# calapply.txt holds pipeline intents; CASA's applycal selects on the obs_modes
+# of the MS's STATE table. Which obs_mode means which pipeline intent is the
+# ALMA convention (pipeline/domain/state.py); the correlator writes the
+# separator after the scan intent as '#', older data also as '.' or '_'.
+_SEPARATED = {
+    "CALIBRATE_POLARIZATION": "POLARIZATION", "CALIBRATE_POL_ANGLE": "POLANGLE",
+    "CALIBRATE_POL_LEAKAGE": "POLLEAKAGE", "CALIBRATE_BANDPASS": "BANDPASS",
+    "CALIBRATE_AMPLI": "AMPLITUDE", "CALIBRATE_FLUX": "AMPLITUDE", "CALIBRATE_PHASE": "PHASE",
+    "CALIBRATE_TARGET": "TARGET", "CALIBRATE_POINTING": "POINTING", "CALIBRATE_FOCUS": "FOCUS",
+    "CALIBRATE_WVR": "WVR", "CALIBRATE_ATMOSPHERE": "ATMOSPHERE", "CALIBRATE_SIDEBAND_RATIO": "SIDEBAND",
+    "CALIBRATE_DELAY": "CHECK", "OBSERVE_CHECK_SOURCE": "CHECK", "OBSERVE_TARGET": "TARGET",
+}
+_OFF_SOURCE = {"CALIBRATE_ATMOSPHERE": "ATMOSPHERE", "CALIBRATE_SIDEBAND_RATIO": "SIDEBAND",
+               "OBSERVE_TARGET": "REFERENCE"}
+_SINGLE = {"CALIBRATE_ATMOSPHERE#AMBIENT": "ATMOSPHERE", "CALIBRATE_ATMOSPHERE#HOT": "ATMOSPHERE",
+           "CALIBRATE_ATMOSPHERE#TEST": "ATMOSPHERE", "CALIBRATE_DIFFGAIN#REFERENCE": "DIFFGAINREF",
+           "CALIBRATE_DIFFGAIN#ON_SOURCE": "DIFFGAINSRC"}
+
+
+def _obs_mode_table() -> dict:
+    table = dict(_SINGLE)
+    for stems, side in ((_SEPARATED, "ON_SOURCE"), (_OFF_SOURCE, "OFF_SOURCE")):
+        for stem, intent in stems.items():
+            for sep in "#._":
+                table[f"{stem}{sep}{side}"] = intent
+    return table
+
+
+OBS_MODE_INTENT = _obs_mode_table()
+PIPELINE_INTENTS = frozenset(OBS_MODE_INTENT.values())
+# What hifa_restoredata's applycal calibrates: lines (or parts of lines) with
+# other intents are not applied by the pipeline, so they are not applied here.
+APPLIED_INTENTS = ("TARGET", "PHASE", "BANDPASS", "AMPLITUDE", "CHECK", "POLARIZATION", "POLANGLE", "POLLEAKAGE")
+# hifa_restoredata's applycal selects cross-correlations only.
+APPLIED_ANTENNA = "*&*"
+
+
+# A spw the pipeline calls "science": not a 1- or 4-channel window, observed with one of these intents.
+SCIENCE_SPW_INTENTS = frozenset(("TARGET", "PHASE", "BANDPASS", "AMPLITUDE", "POLARIZATION", "POLANGLE",
+                                 "POLLEAKAGE", "CHECK", "DIFFGAINREF", "DIFFGAINSRC"))
+EXCLUDED_NCHAN = (1, 4)
+
+
+def science_spws(nchan_by_spw, obs_modes_by_spw) -> list:
+    """The spws hifa_restoredata's applycal calibrates (its outer spw selection)."""
+    def intents(modes):
+        return {i for m, i in OBS_MODE_INTENT.items() if any(m in row for row in modes)}
+    return sorted(s for s, n in nchan_by_spw.items()
+                  if n not in EXCLUDED_NCHAN and intents(obs_modes_by_spw.get(s, ())) & SCIENCE_SPW_INTENTS)
+
+
+def pipeline_intents(value, lineno, path) -> list:
+    """The pipeline intents of an intent= value; '' means every intent the pipeline applies."""
+    if not isinstance(value, str):
+        raise CalapplyError(path, lineno, "intent= must be a string")
+    names = [v.strip().strip("*") for v in value.split(",") if v.strip()]
+    if not names:
+        return list(APPLIED_INTENTS)
+    for name in names:
+        if name in OBS_MODE_INTENT:
+            # hifa_restoredata looks intent= up among pipeline intents only: it
+            # would drop this one silently and apply nothing for it.
+            raise CalapplyError(path, lineno, f"intent {name!r} is an obs_mode, not a pipeline intent "
+                                              f"({OBS_MODE_INTENT[name]!r}): the pipeline would not apply this line")
+        if name not in PIPELINE_INTENTS:
+            raise CalapplyError(path, lineno, f"unknown pipeline intent {name!r} "
+                                              f"(known: {', '.join(sorted(PIPELINE_INTENTS))})")
+    return names
+
+
+def casa_intent(value, ms_obs_modes, lineno, path) -> str:
+    """The obs_modes of the MS (STATE OBS_MODE rows) that intent= selects, as
+    hifa_restoredata hands them to applycal; an error when they select nothing."""
+    wanted = [i for i in pipeline_intents(value, lineno, path) if i in APPLIED_INTENTS]
+    if not wanted:
+        raise CalapplyError(path, lineno, f"intent={value!r}: none of these intents is one the pipeline "
+                                          f"applies calibration to ({', '.join(APPLIED_INTENTS)})")
+    # The pipeline looks for each obs_mode inside a STATE row's OBS_MODE string.
+    modes = sorted(m for m, i in OBS_MODE_INTENT.items() if i in wanted and any(m in row for row in ms_obs_modes))
+    if not modes:
+        seen = sorted({m.strip() for row in ms_obs_modes for m in row.split(",")})
+        raise CalapplyError(path, lineno, f"intent={value!r}: the MS has no scan with these intents "
+                                          f"(its obs_modes: {', '.join(seen) or 'none'}): "
+                                          "this line would apply nothing")
+    return ",".join(modes)
+
+
+def for_casa(kwargs, ms_obs_modes, lineno, path) -> dict:
+    """A parsed line as hifa_restoredata applies it: pipeline intents mapped to the
+    MS's obs_modes, cross-correlations only."""
+    out = dict(kwargs)
+    out["intent"] = casa_intent(kwargs.get("intent", ""), ms_obs_modes, lineno, path)
+    out["antenna"] = APPLIED_ANTENNA
+    return out
 
 
 def _short(text, n=80) -> str:

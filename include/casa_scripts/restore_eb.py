@@ -2,14 +2,21 @@
 
 Usage: python restore_eb.py JOB.json RESULT.json
 
-JOB: {"eb", "asdm", "workdir", "calapply", "flagversions", "caltables",
+JOB: {"eb", "session", "asdm", "workdir", "calapply", "flagversions", "caltables",
       "split": bool, "split_spws": "0,1" or null (science spws chosen here)}
 
-importasdm (the pipeline's options) -> drop the default flag backup, unpack
-<EB>.ms.flagversions.tgz and restore `Pipeline_Final` -> unpack the session's
-caltables for this EB -> replay calapply.txt (parsed as data, never executed)
--> CORRECTED_DATA holds the calibrated data; optionally split the science spws
-into <EB>.ms.split.cal as scriptForPI does. The worker-side code
+importasdm as hifa_restoredata calls it (its options, its `asis` ASDM_* tables,
+then its copies of Source.xml, SpectralWindow.xml and DataDescription.xml into
+the MS) -> drop the default flag backup, unpack <EB>.ms.flagversions.tgz and
+restore `Pipeline_Final` -> unpack this EB's caltables from its session's
+tarball -> replay calapply.txt (parsed as data, never executed) line by line
+with hifa_restoredata's selection: the pipeline intents of `intent=` mapped to
+the obs_modes of this MS's STATE table, cross-correlations only, science spws
+only; a line that would select no data is an error naming the line, never a
+silent empty apply -> CORRECTED_DATA holds the calibrated data; optionally
+split the science spws into <EB>.ms.split.cal as scriptForPI does. (Measured:
+bit-identical CORRECTED_DATA and FLAG to the real hifa_restoredata, which
+applies all lines at once through a CASA callibrary.) The worker-side code
 (alma_regen.calibration) prepares the folders and judges the result.
 This file must not import airflow or alma_regen.
 """
@@ -23,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import casa_boot  # noqa: E402
 
 from casatasks import applycal, flagmanager, importasdm, split  # noqa: E402
+from casatools import ms as mstool, msmetadata  # noqa: E402
 
 import almaopts  # noqa: E402
 import calapply_parse  # noqa: E402
@@ -53,6 +61,75 @@ def safe_extract(tgz, dest, prefix):
     return len(members)
 
 
+def import_asdm(asdm, vis):
+    """importasdm as hifa_restoredata calls it, then its copies of ASDM files into the MS."""
+    importasdm(asdm=asdm, vis=vis, asis=almaopts.PIPELINE_ASIS, **almaopts.IMPORTASDM_OPTIONS)
+    for name in almaopts.PIPELINE_XML_COPIES:
+        src = os.path.join(asdm, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(vis, name))
+
+
+def ms_selection(vis):
+    """What the intent and spw mapping need from the MS: STATE obs_modes, and per spw
+    its channel count and the obs_modes observed in it."""
+    md = msmetadata()
+    md.open(vis)
+    try:
+        modes = [str(m) for m in md.intents()]
+        nchan = {s: int(md.nchan(s)) for s in range(md.nspw())}
+        by_spw = {s: [m for m in modes if s in set(md.spwsforintent(m))] for s in nchan}
+    finally:
+        md.close()
+    return modes, calapply_parse.science_spws(nchan, by_spw)
+
+
+def as_the_pipeline_applies(vis, path, lines):
+    """Each parsed line with hifa_restoredata's selection: pipeline intents mapped to
+    the MS's obs_modes, cross-correlations, science spws; a line that would select
+    no data is an error naming the line."""
+    modes, science = ms_selection(vis)
+    out = []
+    tool = mstool()
+    tool.open(vis)
+    try:
+        for lineno, kwargs in lines:
+            call = calapply_parse.for_casa(kwargs, modes, lineno, path)
+            call["spw"] = science_only(tool, call.get("spw", ""), science, lineno, path)
+            if not select(tool, {"field": call.get("field", ""), "spw": call["spw"], "scanintent": call["intent"],
+                                 "baseline": call["antenna"]}, lineno, path):
+                raise calapply_parse.CalapplyError(
+                    path, lineno, "field=%r intent=%r spw=%r selects no data in %s: this line would apply "
+                    "nothing" % (call.get("field", ""), kwargs.get("intent", ""), call["spw"], os.path.basename(vis)))
+            out.append(call)
+    finally:
+        tool.close()
+    return out
+
+
+def select(tool, selection, lineno, path, onlyparse=False):
+    """ms.msselect; False when nothing matches, an error naming the line when CASA cannot parse it."""
+    tool.reset()
+    try:
+        return tool.msselect(selection, onlyparse=onlyparse)
+    except Exception as exc:  # casatools raises a bare RuntimeError on a selection it cannot parse
+        raise calapply_parse.CalapplyError(path, lineno, "selection %r: %s" % (selection, exc)) from None
+
+
+def science_only(tool, spw, science, lineno, path):
+    """The line's spw selection within the science spws (unchanged when it already is)."""
+    if spw and not select(tool, {"spw": spw}, lineno, path, onlyparse=True):
+        raise calapply_parse.CalapplyError(path, lineno, "spw=%r selects nothing" % spw)
+    chosen = [int(s) for s in tool.msselectedindices()["spw"]] if spw else []
+    if spw and set(chosen) <= set(science):
+        return spw
+    kept = [s for s in (chosen or science) if s in science]
+    if not kept:
+        raise calapply_parse.CalapplyError(path, lineno, "spw=%r holds no science spw (science: %s)"
+                                           % (spw, ",".join(map(str, science)) or "none"))
+    return ",".join(map(str, kept))
+
+
 def restore(job):
     eb, work = job["eb"], job["workdir"]
     vis = os.path.join(work, eb + ".ms")
@@ -61,7 +138,7 @@ def restore(job):
     # A clean state: an earlier, interrupted attempt leaves nothing usable.
     for p in (vis, vis + ".flagversions", os.path.join(work, eb + ".ms.split.cal")):
         shutil.rmtree(p, ignore_errors=True)
-    importasdm(asdm=job["asdm"], vis=vis, **almaopts.IMPORTASDM_OPTIONS)
+    import_asdm(job["asdm"], vis)
     timings["importasdm"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -72,13 +149,15 @@ def restore(job):
 
     t = time.monotonic()
     safe_extract(job["caltables"], work, eb + ".ms.")
-    calls = calapply_parse.parse_calapply(job["calapply"], work, eb)
+    calls = as_the_pipeline_applies(vis, job["calapply"], calapply_parse.parse_calapply_lines(job["calapply"], work, eb))
     for kwargs in calls:
         applycal(**kwargs)
     timings["applycal"] = time.monotonic() - t
 
     science = msinfo.science_spws(vis)
     out = {"eb": eb, "vis": vis, "applycal_calls": len(calls), "science_spws": science,
+           # The selections as applied (obs_modes, not the file's pipeline intents), for the record.
+           "applied": [{k: c.get(k, "") for k in ("field", "intent", "spw", "antenna")} for c in calls],
            "summary": msinfo.summary(vis)}
     if job.get("split"):
         t = time.monotonic()

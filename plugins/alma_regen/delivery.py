@@ -80,6 +80,23 @@ def _is_code(line: str) -> bool:
     return bool(s) and not s.startswith("#")
 
 
+def find_pipeline_manifest(member_dir) -> Path | None:
+    """The pipeline manifest hifa_restoredata would read: calibration/ (scriptForPI
+    also looks in script/); of several, the `*cal*pipeline_manifest.xml` ones."""
+    member = Path(member_dir)
+    for folder in (member / "calibration", member / "script"):
+        found = sorted(folder.glob("*pipeline_manifest.xml"))
+        cal = [p for p in found if "cal" in p.name[: -len("pipeline_manifest.xml")]]
+        if len(found) > 1 and 0 < len(cal) < len(found):
+            found = cal
+        if len(found) > 1:
+            raise DeliveryError(folder, f"{len(found)} pipeline manifests: {', '.join(p.name for p in found)} "
+                                        "(cannot tell which one holds the calibration)")
+        if found:
+            return found[0]
+    return None
+
+
 class Delivery:
     """A member folder: member.<MOUS>/ with README, script/, calibration/, raw/..."""
 
@@ -127,11 +144,9 @@ class Delivery:
         return readmes + qa
 
     def casa_version(self) -> dict:
-        """The CASA (and pipeline) version of the reduction, from the README or QA2 report."""
+        """The CASA (and pipeline) version of the reduction, from the README or QA2 report,
+        else from the pipeline manifest (modern READMEs have no version line)."""
         sources = self._version_sources()
-        if not sources:
-            raise DeliveryError(self.path, "no README (member.<MOUS>.README.txt) or qa/*qa2_report.html to read "
-                                           "the CASA version from")
         for src in sources:
             text = src.read_bytes().decode("utf-8", "replace")
             m = _VERSION_RE.search(text)
@@ -139,8 +154,19 @@ class Delivery:
                 pm = _PIPELINE_RE.search(text)
                 return {"version": m.group(1), "pipeline_version": pm.group(1) if pm else None,
                         "source": str(src)}
+        manifest = find_pipeline_manifest(self.path)
+        if manifest is not None:
+            ous = safexml.parse_file(manifest)
+            casa, pipe = safexml.find_all(ous, "casaversion"), safexml.find_all(ous, "pipeline_version")
+            if casa and casa[0].get("name"):
+                return {"version": casa[0].get("name"), "source": str(manifest),
+                        "pipeline_version": pipe[0].get("name") if pipe else None}
+        if not sources:
+            raise DeliveryError(self.path, "no README (member.<MOUS>.README.txt), qa/*qa2_report.html or pipeline "
+                                           "manifest with <casaversion> to read the CASA version from")
         raise DeliveryError(sources[0], "has no 'CASA version used for reduction: X.Y.Z-N' line "
-                                        f"(nor does {', '.join(s.name for s in sources[1:]) or 'any QA2 report'})")
+                                        f"(nor does {', '.join(s.name for s in sources[1:]) or 'any QA2 report'}, "
+                                        "and no pipeline manifest has a <casaversion>)")
 
     # ------------------------------------------------------------ PPR
     def ppr(self) -> Path | None:
@@ -320,3 +346,64 @@ def format_plan(plan: dict) -> str:
         lines.append(f"{pr['severity'].upper():<13} {pr['path']}: {pr['message']}")
     lines.append("OK" if plan["ok"] else "NOT READY: fix the errors above")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ what only the pipeline restores right
+# DOMAIN.md: these deliveries need a pipeline CASA; the native restore would
+# give wrong data (or none), so `auto` routes them and `native` refuses them.
+
+# hifa_restoredata converts the attribute to a value and renormalises when it is
+# truthy: anything but an explicit false counts (never risk wrong amplitudes).
+_FALSE = {"", "false", "0", "none"}
+_HSD_CALL_RE = re.compile(r"^\s*hsd_\w+\s*\(", re.M)
+
+
+def renorm_asdms(member_dir) -> list:
+    """The ASDMs whose pipeline manifest carries `hifa_renorm` parameters to apply
+    (Cycle 9-10: hifa_restoredata re-applies the amplitude renormalisation to
+    CORRECTED_DATA; Cycle 11+ deliver a renorm caltable in calapply.txt instead)."""
+    manifest = find_pipeline_manifest(member_dir)
+    if manifest is None:
+        return []
+    return [asdm.get("name") for asdm in safexml.find_all(safexml.parse_file(manifest), "asdm")
+            if any(str(r.get("apply", "")).strip().lower() not in _FALSE
+                   for r in safexml.children(asdm, "hifa_renorm"))]
+
+
+def single_dish_signs(member_dir) -> list:
+    """Why this is a single-dish (total power) delivery, [] when it is not: a
+    pipeline script calling hsd_ tasks (hsd_restoredata, hsd_calimage), a *jyperk*.csv."""
+    member = Path(member_dir)
+    signs = []
+    for p in sorted((member / "script").glob("*.py")):
+        if p.name.endswith(("casa_piperestorescript.py", "casa_pipescript.py")) and \
+                _HSD_CALL_RE.search(p.read_bytes().decode("utf-8", "replace")):
+            signs.append(f"{p.name} calls hsd_ tasks")
+    for folder in ("calibration", "script"):
+        signs += [f"{folder}/{p.name}" for p in sorted((member / folder).glob("*jyperk*.csv"))]
+    return signs
+
+
+def selfcal_files(member_dir) -> list:
+    """calibration/*selfcal.json: scriptForPI re-applies the self-calibration (hif_selfcal)."""
+    return [p.name for p in sorted((Path(member_dir) / "calibration").glob("*selfcal.json"))]
+
+
+def native_restore_limits(member_dir) -> list:
+    """Why the native restore would not restore this delivery right: one line per
+    reason, [] when it can."""
+    reasons = []
+    renorm = renorm_asdms(member_dir)
+    if renorm:
+        reasons.append(f"the pipeline manifest carries amplitude renormalisation parameters (hifa_renorm) for "
+                       f"{', '.join(renorm)}: hifa_restoredata re-applies them and the native restore would "
+                       "give wrong amplitudes")
+    sd = single_dish_signs(member_dir)
+    if sd:
+        reasons.append(f"a single-dish (total power) delivery ({', '.join(sd)}): hsd_restoredata, not an "
+                       "interferometric restore")
+    selfcal = selfcal_files(member_dir)
+    if selfcal:
+        reasons.append(f"calibration/{', '.join(selfcal)}: the self-calibration is re-applied by the pipeline "
+                       "(hif_selfcal), which the native restore does not do")
+    return reasons
