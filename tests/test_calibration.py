@@ -13,7 +13,8 @@ import pytest
 from alma_regen import calibration, naming
 from alma_regen.calibration import Options
 from alma_regen.casa.registry import load_registry
-from alma_regen.errors import CasaError, CasaTimeout, NoSpaceError, PermanentError
+from alma_regen.delivery import Delivery
+from alma_regen.errors import CasaError, CasaTimeout, DeliveryError, NoSpaceError, PermanentError
 from alma_regen.scriptforpi import run_script_for_pi
 from fixtures_synth import truth_check
 
@@ -37,9 +38,14 @@ def test_native_restore_recovers_the_truth(calibrated, synth_delivery, tmp_path)
     member, summary = calibrated
     noise = synth_delivery["truth"]["noise_jy_per_visibility_component"]
     for eb in synth_delivery["ebs"]:
-        vis = member / "calibrated" / "working" / f"{naming.uid_to_file(eb)}.ms"
-        cal = truth_check(vis, synth_delivery, "CORRECTED_DATA", tmp_path)["rows"]
+        f = naming.uid_to_file(eb)
+        vis = member / "calibrated" / "working" / f"{f}.ms"
+        # The pipeline calibrates the science spws only (calapply.txt lists no other),
+        # as hifa_restoredata does; the channel-average window stays uncalibrated.
+        science = json.loads((vis.parent / f"{f}.restore.result.json").read_text())["science_spws"]
+        cal = [r for r in truth_check(vis, synth_delivery, "CORRECTED_DATA", tmp_path)["rows"] if r["spw"] in science]
         raw = truth_check(vis, synth_delivery, "DATA", tmp_path)["rows"]
+        assert science and {r["spw"] for r in cal} == set(science)
         assert {r["field"] for r in cal} == {"J1924-2914", "TW_Hya_synth"}
         for r in cal:
             assert abs(r["scale"] - 1) < 0.01 and abs(r["phase_deg"]) < 1.0, r
@@ -62,8 +68,12 @@ def test_layout_and_summary(calibrated, synth_delivery):
     assert summary["plan"]["engine"] == "native"
     assert summary["plan"]["casa"]["casa"]["version"] == synth_delivery["casa_version"]
     assert summary["plan"]["split"] is True
+    # Pipeline_Final flags the two edge channels of each science spw and an RFI burst
+    # (a few rows); applycal on the science spws only flags nothing more.
+    spws = synth_delivery["truth"]["spws"]
+    edges = 2 * len(synth_delivery["truth"]["science_spws"]) / sum(w["nchan"] for w in spws)
     for rec in summary["ebs"]:
-        assert 0.2 < rec["flag_fraction"] < 0.5
+        assert edges <= rec["flag_fraction"] < edges + 0.01, (rec["flag_fraction"], edges)
         assert rec["duration_s"] > 0 and rec["max_rss_mb"] > 50
         assert set(rec["timings_s"]) == {"importasdm", "flags", "applycal", "split"}
         assert rec["casa_run"]["env"]["CASASITECONFIG"].endswith("include/casa/casasiteconfig.py")
@@ -78,6 +88,11 @@ def test_split_holds_only_science_spws_and_the_target(calibrated):
         assert sorted(map(int, result["summary"]["spws"])) == [0, 1, 2]
         assert sorted(map(int, result["split_summary"]["spws"])) == [0, 1]
         assert result["split_summary"]["fields"] == ["TW_Hya_synth"]
+        # calapply.txt's pipeline intents went to applycal as the MS's obs_modes, cross-correlations only.
+        applied = {a["field"]: a for a in result["applied"]}
+        assert applied["TW_Hya_synth"]["intent"] == "OBSERVE_TARGET#ON_SOURCE"
+        assert "CALIBRATE_PHASE#ON_SOURCE" in applied["J1924-2914"]["intent"].split(",")
+        assert {a["antenna"] for a in result["applied"]} == {"*&*"}
         assert "DATA" in result["split_summary"]["columns"]
 
 
@@ -85,10 +100,28 @@ def test_hostile_calapply_is_refused(synth_delivery, tmp_path):
     member = copy_member(synth_delivery, tmp_path)
     f = naming.uid_to_file(synth_delivery["ebs"][0])
     apply = member / "calibration" / f"{f}.ms.calapply.txt"
-    apply.write_text(apply.read_text() + "import os; os.system('touch /tmp/pwned-by-calapply')\n")
+    apply.write_text(apply.read_text().rstrip("\n") + "\nimport os; os.system('touch /tmp/pwned-by-calapply')\n")
     with pytest.raises(CasaError, match="not an applycal call"):
         calibration.calibrate(member, Options())
     assert not os.path.exists("/tmp/pwned-by-calapply")
+
+
+@pytest.mark.parametrize("change,why", [
+    # The old synthetic form: obs_modes in intent=. hifa_restoredata would apply nothing for it.
+    (("intent='TARGET'", "intent='OBSERVE_TARGET#ON_SOURCE'"), "is an obs_mode, not a pipeline intent"),
+    (("intent='TARGET'", "intent='CHECK'"), "the MS has no scan with these intents"),
+    (("field='TW_Hya_synth'", "field='NGC253'"), "selects no data"),
+])
+def test_a_calapply_line_that_would_apply_nothing_is_an_error(synth_delivery, tmp_path, change, why):
+    member = copy_member(synth_delivery, tmp_path)
+    f = naming.uid_to_file(synth_delivery["ebs"][0])
+    apply = member / "calibration" / f"{f}.ms.calapply.txt"
+    text = apply.read_text()
+    assert change[0] in text
+    apply.write_text(text.replace(change[0], change[1]))
+    target_line = next(n for n, line in enumerate(text.splitlines(), 1) if change[0] in line)
+    with pytest.raises(CasaError, match=f"{apply.name}, line {target_line}: .*{why}"):
+        calibration.calibrate(member, Options(engine="native"))
 
 
 def test_missing_casa_version_lists_the_installed_ones(synth_delivery, tmp_path):
@@ -187,8 +220,9 @@ def test_rerun_after_a_killed_worker_starts_clean(synth_delivery, tmp_path):
     assert not (member / "calibrated" / "calibration.json").exists()
     summary = calibration.calibrate(member, Options())
     assert len(summary["ebs"]) == 2
-    rows = truth_check(first, synth_delivery, "CORRECTED_DATA", tmp_path)["rows"]
-    assert all(abs(r["scale"] - 1) < 0.01 for r in rows)
+    science = synth_delivery["truth"]["science_spws"]
+    rows = [r for r in truth_check(first, synth_delivery, "CORRECTED_DATA", tmp_path)["rows"] if r["spw"] in science]
+    assert rows and all(abs(r["scale"] - 1) < 0.01 for r in rows)
 
 
 def test_timeout_kills_the_restore(synth_delivery, tmp_path):
@@ -213,3 +247,111 @@ def test_bad_params_are_refused():
         Options(engine="magic")
     with pytest.raises(PermanentError, match="SPACESAVING"):
         Options(spacesaving="lots")
+
+
+# ---------------------------------------------------------------- sessions and the manifest (no CASA)
+
+MOUS_F = "uid___A001_X87c_X69"
+EBS_F = ["uid___A002_Xa1_X1", "uid___A002_Xa1_X2", "uid___A002_Xb2_X3"]
+RESTORE = """from recipes.almahelpers import fixsyscaltimes # SACM/JAO - Fixes
+__rethrow_casa_exceptions = True
+import os; os.system('touch {pwned}')
+h_init()
+try:
+    hifa_restoredata (vis={vis}, session={sessions}, ocorr_mode='ca')
+finally:
+    h_save()
+"""
+MANIFEST = """<?xml version="1.0" encoding="UTF-8"?>
+<piperesults name="{mous}"><ous name="{mous}">
+  <casaversion name="6.6.1-17"/><pipeline_version name="2024.1.0.8"/>
+  <session name="session_1">
+    <caltables name="{mous}.session_1.caltables.tgz" session="session_1" datatype="caltables" format="tgz"/>
+    <asdm name="{e0}.ms" datatype="asdm" format="sdm"><finalflags name="{e0}.ms.flagversions.tgz"/><applycmds name="{e0}.ms.calapply.txt"/></asdm>
+    <asdm name="{e1}.ms" datatype="asdm" format="sdm"><finalflags name="{e1}.ms.flagversions.tgz"/><applycmds name="{e1}.ms.calapply.txt"/></asdm>
+  </session>
+  <session name="session_3">
+    <caltables name="{mous}.session_3.caltables.tgz" session="session_3" datatype="caltables" format="tgz"/>
+    <asdm name="{e2}.ms" datatype="asdm" format="sdm"><finalflags name="{e2}.ms.flagversions.tgz"/><applycmds name="{e2}.ms.calapply.txt"/></asdm>
+  </session>
+</ous></piperesults>
+"""
+
+
+def hand_made_member(tmp_path, sessions=("session_1", "session_1", "session_3"), manifest=True):
+    """A member folder with the files a 3-EB, 2-session restore reads (contents are not read here)."""
+    member = tmp_path / f"member.{MOUS_F}"
+    for d in ("script", "calibration", "raw"):
+        (member / d).mkdir(parents=True)
+    (member / f"member.{MOUS_F}.README.txt").write_text("Install the latest CASA.\n")
+    (member / "script" / f"member.{MOUS_F}.hifa_calimage.casa_piperestorescript.py").write_text(
+        RESTORE.format(vis=list(EBS_F), sessions=list(sessions), pwned=tmp_path / "PWNED"))
+    for eb in EBS_F:
+        (member / "raw" / f"{eb}.asdm.sdm").mkdir()
+        for suffix in (".ms.flagversions.tgz", ".ms.calapply.txt"):
+            (member / "calibration" / f"{eb}{suffix}").write_text("")
+    for s in set(sessions):
+        (member / "calibration" / f"{MOUS_F}.{s}.caltables.tgz").write_text("")
+    if manifest:
+        (member / "calibration" / f"{MOUS_F}.hifa_calimage.pipeline_manifest.xml").write_text(
+            MANIFEST.format(mous=MOUS_F, e0=EBS_F[0], e1=EBS_F[1], e2=EBS_F[2]))
+    return member
+
+
+def _session_of_jobs(member):
+    jobs = [calibration.restore_job(member, naming.file_to_uid(eb), split=False) for eb in EBS_F]
+    return [(j["session"], Path(j["caltables"]).name) for j in jobs]
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "restore-script"])
+def test_per_session_caltables_with_or_without_a_manifest(tmp_path, manifest):
+    member = hand_made_member(tmp_path, manifest=manifest)
+    assert _session_of_jobs(member) == [("session_1", f"{MOUS_F}.session_1.caltables.tgz")] * 2 + [
+        ("session_3", f"{MOUS_F}.session_3.caltables.tgz")]
+    job = calibration.restore_job(member, naming.file_to_uid(EBS_F[2]), split=True)
+    assert Path(job["calapply"]).name == f"{EBS_F[2]}.ms.calapply.txt"
+    assert Path(job["flagversions"]).name == f"{EBS_F[2]}.ms.flagversions.tgz"
+    assert not (tmp_path / "PWNED").exists(), "the restore script is read as data, never run"
+
+
+def test_restore_script_sessions_follow_hifa_restoredata(tmp_path):
+    # A session list shorter than vis: the rest go to the last session, as hifa_restoredata assigns them.
+    member = hand_made_member(tmp_path, sessions=("session_2", "session_5"), manifest=False)
+    assert calibration.restore_script_sessions(member) == {
+        EBS_F[0]: "session_2", EBS_F[1]: "session_5", EBS_F[2]: "session_5"}
+    assert _session_of_jobs(member)[2] == ("session_5", f"{MOUS_F}.session_5.caltables.tgz")
+    (member / "calibration" / f"{MOUS_F}.session_5.caltables.tgz").unlink()
+    with pytest.raises(DeliveryError, match=r"caltables of session_5 is missing"):
+        calibration.restore_job(member, naming.file_to_uid(EBS_F[1]), split=False)
+
+
+def test_restore_script_that_is_not_data_is_refused(tmp_path):
+    member = hand_made_member(tmp_path, manifest=False)
+    script = next((member / "script").glob("*piperestorescript.py"))
+    script.write_text("vis = ['x']\nhifa_restoredata(vis=vis, session=['session_1'])\n")
+    with pytest.raises(DeliveryError, match="vis= is not a literal"):
+        calibration.restore_script_sessions(member)
+    script.write_text("h_init()\n")
+    with pytest.raises(DeliveryError, match="0 hifa_restoredata calls"):
+        calibration.restore_script_sessions(member)
+
+
+def test_manifest_preference_versions_and_unknown_ebs(tmp_path):
+    member = hand_made_member(tmp_path)
+    # The README has no version line (modern deliveries): the manifest's versions plan the run.
+    cv = Delivery(member).casa_version()
+    assert (cv["version"], cv["pipeline_version"]) == ("6.6.1-17", "2024.1.0.8")
+    assert cv["source"].endswith("hifa_calimage.pipeline_manifest.xml")
+    # Several manifests: the *cal* one wins, as in hifa_restoredata.
+    (member / "calibration" / f"{MOUS_F}.hif_image.manifest-copy.pipeline_manifest.xml").write_text("<piperesults/>")
+    assert calibration.pipeline_manifest(member)["casa_version"] == "6.6.1-17"
+    (member / "calibration" / f"{MOUS_F}.hifa_cal.pipeline_manifest.xml").write_text("<piperesults/>")
+    with pytest.raises(DeliveryError, match="2 pipeline manifests"):
+        calibration.pipeline_manifest(member)
+    member2 = hand_made_member(tmp_path / "b")
+    with pytest.raises(DeliveryError, match="does not list uid___A002_Xff_X9"):
+        calibration.restore_job(member2, "uid://A002/Xff/X9", split=False)
+    manifest = next((member2 / "calibration").glob("*pipeline_manifest.xml"))
+    manifest.write_text(manifest.read_text().replace(f'name="{EBS_F[0]}.ms.calapply.txt"', 'name="../../etc/passwd"'))
+    with pytest.raises(DeliveryError, match="no usable apply file"):
+        calibration.restore_job(member2, naming.file_to_uid(EBS_F[0]), split=False)

@@ -127,6 +127,35 @@ def test_nonzero_exit_status_is_quoted(tmp_path):
         CasaRunner().run([PY, s], tmp_path)
 
 
+# What a pipeline run prints after its tasks succeeded: the weblog's plotms
+# traceback and a SEVERE line, then the exit status of the script.
+WEBLOG_NOISE = """import sys, traceback
+print('x\\tSEVERE\\tplotms::::\\tcannot open display')
+try:
+    raise RuntimeError('plotms: no DISPLAY')
+except Exception:
+    traceback.print_exc()
+print('ALMA scriptForPI completed.')
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_run_that_judges_itself_is_not_failed_on_printed_tracebacks(tmp_path):
+    s = script(tmp_path, "weblog.py", WEBLOG_NOISE)
+    with pytest.raises(CasaError, match="raised an exception"):
+        CasaRunner().run([PY, s, 0], tmp_path)  # strict by default
+    rec = CasaRunner().run([PY, s, 0], tmp_path, strict=False)
+    assert rec.returncode == 0
+    assert any("RuntimeError: plotms: no DISPLAY" in line for line in rec.traceback)
+    assert len(rec.severe) == 1, "the output is still recorded"
+
+
+def test_a_run_that_judges_itself_still_fails_on_a_nonzero_exit(tmp_path):
+    s = script(tmp_path, "weblog.py", WEBLOG_NOISE)
+    with pytest.raises(CasaError, match="exited with status 2"):
+        CasaRunner().run([PY, s, 2], tmp_path, strict=False)
+
+
 def test_stale_leap_second_severe_is_one_warning_not_a_failure(tmp_path, caplog):
     stale = ("2026-01-01 00:00:00\tSEVERE\tMeasTable::dUTC(Double)\t"
              "Leap second table TAI_UTC seems out-of-date. Until the table is updated (see the CASA "

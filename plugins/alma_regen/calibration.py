@@ -25,6 +25,7 @@ A native per-EB restore starts from a clean state for that EB (a rerun after a
 killed worker needs no re-staging); a calibrated/ that alma-regen did not make
 is moved aside, never deleted: it may hold the only copy of someone's work.
 """
+import ast
 import json
 import logging
 import shutil
@@ -35,7 +36,7 @@ from pathlib import Path
 from . import naming, safexml
 from .casa.registry import CasaRegistry, Resolution, load_registry
 from .casa.runner import CasaRunner
-from .delivery import Delivery
+from .delivery import Delivery, find_pipeline_manifest, native_restore_limits
 from .errors import CasaError, DeliveryError, NoSpaceError, PermanentError
 from .paths import casa_script
 
@@ -97,14 +98,19 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     split = d.split_needed(options.dosplit)
     ebs = d.ppr_ebs()
     engine = options.engine
+    # What the native restore would get wrong (renormalisation, single dish, selfcal).
+    limits = native_restore_limits(member) if engine in ("auto", "native") else []
     if engine == "auto":
-        engine, reason = _auto(kind, registry, recorded, options.casa_version)
+        engine, reason = _auto(kind, registry, recorded, options.casa_version, limits)
     else:
         reason = f"engine {engine} requested"
     if engine == "native":
         if kind != "restore":
             raise PermanentError(f"the native engine restores delivered calibration; this delivery has "
                                  f"{kind} calibration (use engine auto, pipeline or manual)")
+        if limits:  # never wrong data
+            raise PermanentError(f"engine native refused: {'; '.join(limits)} (use engine auto or scriptforpi "
+                                 "with a pipeline CASA)")
         res = _modular_for(registry, recorded, options.casa_version)
     elif engine in ("scriptforpi", "pipeline"):
         res = registry.resolve(recorded, needs_pipeline=True, override=options.casa_version)
@@ -115,7 +121,16 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     return p
 
 
-def _auto(kind, registry, recorded, override):
+def _auto(kind, registry, recorded, override, limits=()):
+    if limits and kind in ("restore", "pipeline"):
+        # What native cannot restore right goes to the pipeline, or stops here.
+        why = "; ".join(limits)
+        if not any(c.has_pipeline for c in registry.launchers):
+            raise CasaError(f"{why}. This needs a pipeline CASA, and none is installed: register one with "
+                            "`alma-regen casa-versions add-pipeline RELEASE`")
+        if kind == "restore":
+            return "scriptforpi", f"{why}: the delivery's scriptForPI under a pipeline CASA"
+        return "pipeline", f"{why}: the full calibration pipeline"
     if kind == "restore":
         # Our native restore reproduces hifa_restoredata on modular CASA; the
         # delivery's own scriptForPI needs a pipeline CASA of a fitting version.
@@ -212,42 +227,92 @@ def prepare_layout(member, ebs) -> Path:
 # ---------------------------------------------------------------- native restore
 
 def pipeline_manifest(member) -> dict:
-    """What hifa_restoredata reads: per EB its flag versions and apply file, per
-    session the caltables tarball. Falls back to the file naming convention when
-    an old delivery has no manifest."""
+    """What hifa_restoredata reads, per EB (file form): its session, caltables
+    tarball, flag versions and apply file; plus the recorded versions. From the
+    pipeline manifest; without one (Cycle 4 and older), from the restore script's
+    `session=[...]` list and the pipeline's file naming."""
     member = Path(member)
-    cal = member / "calibration"
-    found = sorted(cal.glob("*pipeline_manifest.xml"))
-    if len(found) > 1:
-        raise DeliveryError(cal, f"{len(found)} pipeline manifests: {', '.join(p.name for p in found)}")
-    if not found:
-        mous = Delivery(member).mous_uid
-        tgz = sorted(cal.glob("*caltables.tgz"))
-        if len(tgz) != 1:
-            raise DeliveryError(cal, "no *pipeline_manifest.xml and not exactly one *caltables.tgz: "
-                                     "cannot tell which calibration belongs to which EB")
-        log.warning("%s: no pipeline manifest; using the file naming convention", cal)
-        return {"mous": mous, "ebs": {}, "default_caltables": tgz[0].name}
-    root = safexml.parse_file(found[0])
+    found = find_pipeline_manifest(member)
+    if found is None:
+        return _manifest_from_restore_script(member)
+    ous = safexml.parse_file(found)
     ebs = {}
-    for session in safexml.find_all(root, "session"):
-        caltables = [c.get("name") for c in safexml.children(session, "caltables")]
+    caltables = {s.get("name"): _first_name(s, "caltables") for s in safexml.find_all(ous, "session")}
+    for session in safexml.find_all(ous, "session"):
+        name = session.get("name")
         for asdm in safexml.children(session, "asdm"):
-            name = (asdm.get("name") or "")
-            eb = name[:-3] if name.endswith(".ms") else name
-            entry = {"session": session.get("name"), "caltables": caltables[0] if caltables else None}
-            for child in asdm:
-                entry[safexml.local(child.tag)] = child.get("name")
-            ebs[eb] = entry
-    return {"mous": root.get("name"), "ebs": ebs, "default_caltables": None}
+            entry = {"session": name, "caltables": caltables[name] or caltables.get("default"),
+                     "finalflags": _first_name(asdm, "finalflags"), "applycmds": _first_name(asdm, "applycmds")}
+            ebs[_ms_stem(asdm.get("name") or "")] = entry
+    if not ebs:
+        raise DeliveryError(found, "lists no <session><asdm>: cannot tell which calibration belongs to which EB")
+    return {"source": str(found), "ebs": ebs, "casa_version": _first_name(ous, "casaversion"),
+            "pipeline_version": _first_name(ous, "pipeline_version")}
+
+
+def _first_name(el, tag) -> str | None:
+    found = safexml.find_all(el, tag)
+    return found[0].get("name") if found else None
+
+
+def _ms_stem(name: str) -> str:
+    return name[:-3] if name.endswith(".ms") else name
+
+
+def restore_script_sessions(member) -> dict:
+    """EB (file form) -> session, from the restore script's hifa_restoredata call,
+    read as data (ast), never run. EBs beyond the session list go to the last
+    session, as hifa_restoredata assigns them."""
+    member = Path(member)
+    script = Delivery(member).script("restore")
+    if script is None:
+        raise DeliveryError(member / "script", "no pipeline manifest and no *casa_piperestorescript.py: "
+                                               "cannot tell which session's caltables belong to which EB")
+    try:
+        tree = ast.parse(script.read_bytes(), filename=str(script))
+    except (SyntaxError, ValueError) as exc:
+        raise DeliveryError(script, f"cannot be read as Python: {exc}") from None
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+             and n.func.id in ("hifa_restoredata", "h_restoredata")]
+    if len(calls) != 1:
+        raise DeliveryError(script, f"has {len(calls)} hifa_restoredata calls; expected exactly one")
+    args = {}
+    for kw in calls[0].keywords:
+        if kw.arg in ("vis", "session"):
+            try:
+                args[kw.arg] = ast.literal_eval(kw.value)
+            except ValueError:
+                raise DeliveryError(script, f"hifa_restoredata {kw.arg}= is not a literal") from None
+    vis, sessions = args.get("vis"), args.get("session") or ["session_1"]
+    vis = [vis] if isinstance(vis, str) else vis
+    sessions = [sessions] if isinstance(sessions, str) else sessions
+    if not vis or not all(isinstance(v, str) for v in vis) or not all(isinstance(x, str) for x in sessions):
+        raise DeliveryError(script, "hifa_restoredata needs vis=[...] and session=[...] lists of names")
+    return {_ms_stem(v.rstrip("/").rsplit("/", 1)[-1]): sessions[min(i, len(sessions) - 1)]
+            for i, v in enumerate(vis)}
+
+
+def _manifest_from_restore_script(member: Path) -> dict:
+    cal = member / "calibration"
+    ebs = {}
+    for eb, session in restore_script_sessions(member).items():
+        # hifa_restoredata's naming without a manifest: <anything>.<session>.caltables.tgz
+        tgz = sorted(cal.glob(f"*.{session}.caltables.tgz"))
+        if len(tgz) > 1:
+            raise DeliveryError(cal, f"{len(tgz)} caltables tarballs for {session}: "
+                                     f"{', '.join(p.name for p in tgz)}")
+        ebs[eb] = {"session": session, "caltables": tgz[0].name if tgz else f"*.{session}.caltables.tgz",
+                   "finalflags": f"{eb}.ms.flagversions.tgz", "applycmds": f"{eb}.ms.calapply.txt"}
+    log.warning("%s: no pipeline manifest; sessions from the restore script, files by the pipeline's naming", cal)
+    return {"source": None, "ebs": ebs, "casa_version": None, "pipeline_version": None}
 
 
 def _cal_file(member: Path, name: str | None, what: str, eb: str) -> Path:
-    if not name or "/" in name or name in (".", ".."):
-        raise DeliveryError(member / "calibration", f"{eb}: no usable {what} in the pipeline manifest ({name!r})")
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise DeliveryError(member / "calibration", f"{eb}: no usable {what} named ({name!r})")
     p = member / "calibration" / name
     if not p.is_file():
-        raise DeliveryError(p, f"{eb}: the {what} the pipeline manifest names is missing")
+        raise DeliveryError(p, f"{eb}: the {what} is missing")
     return p
 
 
@@ -255,19 +320,21 @@ def restore_job(member, eb, split: bool) -> dict:
     member = Path(member)
     f = naming.uid_to_file(eb)
     man = pipeline_manifest(member)
-    entry = man["ebs"].get(f, {})
-    if man["ebs"] and not entry:
-        raise DeliveryError(member / "calibration", f"the pipeline manifest has no <asdm name=\"{f}.ms\">")
+    entry = man["ebs"].get(f)
+    if entry is None:
+        where = man["source"] or "the restore script"
+        raise DeliveryError(member / "calibration", f"{where} does not list {f}: its calibration is unknown")
     asdm = member / "raw" / naming.asdm_dir(eb)
     if not asdm.is_dir():
         raise DeliveryError(asdm, "missing: stage the raw data first")
     return {
         "eb": f,
+        "session": entry["session"],
         "asdm": str(asdm.resolve()),
         "workdir": str((calibrated_dir(member) / "working").resolve()),
-        "calapply": str(_cal_file(member, entry.get("applycmds", f"{f}.ms.calapply.txt"), "apply file", f)),
-        "flagversions": str(_cal_file(member, entry.get("finalflags", f"{f}.ms.flagversions.tgz"), "flag versions", f)),
-        "caltables": str(_cal_file(member, entry.get("caltables", man["default_caltables"]), "caltables", f)),
+        "calapply": str(_cal_file(member, entry["applycmds"], "apply file", f)),
+        "flagversions": str(_cal_file(member, entry["finalflags"], "flag versions", f)),
+        "caltables": str(_cal_file(member, entry["caltables"], f"caltables of {entry['session']}", f)),
         "split": split,
     }
 
@@ -340,10 +407,11 @@ def calibrate(member, options: Options | None = None, registry: CasaRegistry | N
     t0 = time.monotonic()
     if p.engine in ("scriptforpi", "pipeline"):
         from .scriptforpi import run_script_for_pi
-        run = run_script_for_pi(member, p.resolution.launcher, options, force_full=p.engine == "pipeline",
-                                runner=runner)
+        run, report = run_script_for_pi(member, p.resolution.launcher, options,
+                                        force_full=p.engine == "pipeline", runner=runner)
         # scriptForPI ran ImagingPrep and SPACESAVING itself.
-        return finish(member, p, options, outputs_of(member, run), time.monotonic() - t0, by_us=False)
+        return finish(member, p, options, outputs_of(member, p.ebs, run, report), time.monotonic() - t0,
+                      by_us=False)
     prepare_layout(member, p.ebs)
     if p.engine == "manual":
         records = [run_manual(member, eb, p.resolution, options, runner) for eb in p.ebs]
@@ -386,13 +454,57 @@ def run_manual(member, eb, resolution: Resolution, options: Options, runner: Cas
             "casa_run": run.as_dict()}
 
 
-def outputs_of(member, run) -> list:
-    """What scriptForPI left in calibrated/, as records."""
+def outputs_of(member, ebs, run, report: dict) -> list:
+    """Each EB's calibrated MS where scriptForPI leaves it, checked, as records:
+    calibrated/<EB>.ms.split.cal (a folder moved up from working/, when split) or
+    calibrated/<EB>.ms (a link into working/). `report` is what the wrapper saw
+    in calibrated/ (include/casa_scripts/run_script_for_pi.py)."""
     cal = calibrated_dir(member)
-    outs = sorted(p for p in cal.glob("*.ms*") if p.name.endswith((".ms", ".ms.split.cal")))
-    if not outs:
-        raise CasaError(f"scriptForPI finished but {cal} holds no *.ms or *.ms.split.cal")
-    return [{"output": str(p), "duration_s": run.duration_s, "casa_run": run.as_dict()} for p in outs]
+    seen = report.get("calibrated") or {}
+    entries, working = seen.get("entries", {}), seen.get("working_ms", {})
+    if not any(n.endswith((".ms", ".ms.split.cal")) for n in entries):
+        # A scriptForPI that finds no PPR (or stops early) still ends "Done" with exit 0.
+        raise CasaError(f"scriptForPI exited {run.returncode} but {cal} holds no <EB>.ms.split.cal nor <EB>.ms "
+                        f"(it holds: {', '.join(entries) or 'nothing'}): nothing was calibrated")
+    records = []
+    for eb in ebs:
+        f = naming.uid_to_file(eb)
+        name, ms = _output_entry(cal, entries, f)
+        vis = working.get(f"{f}.ms")
+        if vis is not None and "CORRECTED_DATA" not in vis.get("columns", ()):
+            raise CasaError(f"{cal / 'working' / (f + '.ms')}: no CORRECTED_DATA: the calibration applied nothing")
+        records.append({"eb": eb, "output": str(cal / name), "split": name.endswith(".split.cal"),
+                        "linked_to": entries[name]["link"], "split_spws": ms["data_spws"],
+                        "spw_rows": ms["spw_rows"], "fields": ms["fields"], "rows": ms["rows"],
+                        "vis": str(cal / "working" / f"{f}.ms") if vis is not None else None,
+                        "pipeline_tasks": report["tasks"],
+                        "duration_s": run.duration_s, "max_rss_mb": run.max_rss_mb, "casa_run": _run_record(run)})
+    return records
+
+
+def _run_record(run) -> dict:
+    """The CASA run for calibration.json. A pipeline run's weblog prints thousands of
+    traceback and SEVERE lines that are not its verdict: their count and tail are kept."""
+    rec = run.as_dict()
+    for key in ("traceback", "severe"):
+        rec[f"{key}_lines"] = len(rec[key])
+        rec[key] = rec[key][-20:]
+    return rec
+
+
+def _output_entry(cal: Path, entries: dict, f: str):
+    """The calibrated MS of EB file name `f` in calibrated/ and what it holds."""
+    for name, column in ((f"{f}.ms.split.cal", "DATA"), (f"{f}.ms", "CORRECTED_DATA")):
+        entry = entries.get(name)
+        if entry is None:
+            continue
+        ms = entry.get("ms") or {"error": "not a measurement set (a dangling link?)"}
+        if "error" in ms:
+            raise CasaError(f"{cal / name}: cannot be read: {ms['error']}")
+        if column not in ms["columns"] or not ms["rows"]:
+            raise CasaError(f"{cal / name}: no {column} rows: not a calibrated measurement set")
+        return name, ms
+    raise CasaError(f"{cal}: no {f}.ms.split.cal nor {f}.ms: EB {f} was not calibrated")
 
 
 def finish(member, p: Plan, options: Options, records: list, elapsed_s: float,

@@ -19,7 +19,15 @@ def _print_json(obj):
 
 def cmd_synth(a):
     from .synth import synthesize
-    _print_json(synthesize(a.out, ebs=a.ebs, seed=a.seed, antennas=a.antennas))
+    _print_json(synthesize(a.out, ebs=a.ebs, seed=a.seed, antennas=a.antennas, sessions=a.sessions,
+                           restore_template=a.restore_template))
+
+
+def _session_numbers(text):
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected session numbers such as 1,1,3, not {text!r}") from None
 
 
 def cmd_inspect(a):
@@ -44,6 +52,11 @@ def cmd_casa_versions(a):
             print(f"{c.version!s:12} {c.kind:8} {c.pipeline or '-':14} {c.executable}  ({c.source})")
 
 
+def cmd_add_pipeline(a):
+    from .casa.pipeline_layer import add_pipeline
+    _print_json(add_pipeline(a.path, layers=a.layers, registry=a.registry))
+
+
 def cmd_restore(a):
     from .calibration import Options, calibrate
     summary = calibrate(a.member_dir, Options(engine=a.engine, casa_version=a.casa_version or None,
@@ -64,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ebs", type=int, default=2, help="execution blocks (default 2)")
     s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     s.add_argument("--antennas", type=int, default=8, help="12-m antennas (default 8)")
+    s.add_argument("--sessions", type=_session_numbers, default=None,
+                   help="session number of each EB, e.g. 1,1,3 (default: two EBs a session, odd numbers)")
+    s.add_argument("--restore-template", choices=("current", "old"), default="current",
+                   help="restore script form: current, or old (fixsyscaltimes import, before late 2020)")
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("inspect", help="print the regeneration plan of a member folder")
@@ -74,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("casa-versions", help="list the installed CASA versions (the CASA registry)")
     s.add_argument("--json", action="store_true", help="one JSON object per CASA")
     s.set_defaults(func=cmd_casa_versions)
+    actions = s.add_subparsers(dest="casa_action", metavar="ACTION")
+    add = actions.add_parser("add-pipeline", help="build a pipeline CASA from an ALMA pipeline release "
+                                                  "(source tree, .tar.gz or wheel) and register it")
+    add.add_argument("path", help="the pipeline release")
+    add.add_argument("--layers", default=None, help="where layers are built (default: <workdir>/casa-layers)")
+    add.add_argument("--registry", default=None, help="the registry file to add to (default: "
+                                                      "$ALMA_REGEN_CASA_REGISTRY, else <workdir>/casa-registry.json)")
+    add.set_defaults(func=cmd_add_pipeline)
 
     s = sub.add_parser("restore", help="calibrate a member folder (restore, pipeline or manual)")
     s.add_argument("member_dir")

@@ -1,26 +1,37 @@
 """The `scriptforpi` and `pipeline` engines: the delivery's own scriptForPI.py.
 
 The seed's procedure, unattended: in script/, start CASA with `--pipeline`
-and execfile the (possibly prefixed) scriptForPI.py with SPACESAVING, DOSPLIT
-and DOCONTSUB set as globals first. scriptForPI refuses an existing
+and run the (possibly prefixed) scriptForPI.py in the shell's own global
+namespace with SPACESAVING, DOSPLIT and DOCONTSUB set there first, as a
+person does with `DOSPLIT=True; execfile('scriptForPI.py', globals())`
+(include/casa_scripts/run_script_for_pi.py). scriptForPI refuses an existing
 ../calibrated, so a leftover one from an earlier attempt is moved aside (never
 deleted: it may hold the only copy of work). The full calibration (the seed's
 option 2) is forced by setting the restore script aside for the run; it is
-put back afterwards whatever happens.
+put back afterwards whatever happens. scriptForPI then lays out working/ for a
+pipeline rerun itself (the EBs linked in under their bare names).
+
+A pipeline run is judged by its own results, not by what it prints: its
+weblog prints tracebacks while every task succeeds, and scriptForPI exits 0
+after it stopped early or found no PPR. The wrapper reports the script's own
+error, every pipeline task's outcome from the saved context, and what is in
+calibrated/; `check_result` turns that into a verdict.
 """
+import json
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from .calibration import Options, calibrated_dir, set_aside
 from .casa.registry import CasaLauncher
 from .casa.runner import CasaRunner
 from .delivery import Delivery
-from .errors import DeliveryError
+from .errors import CasaError, DeliveryError
 from .paths import casa_script
 
 log = logging.getLogger(__name__)
 ASIDE_SUFFIX = ".set-aside-by-alma-regen"
+RESULT = "scriptForPI.result.json"  # the wrapper's report, kept in calibrated/
 
 
 @contextmanager
@@ -40,21 +51,82 @@ def restore_script_set_aside(member):
         log.info("put %s back", restore.name)
 
 
+def put_back_leftovers(member):
+    """A run killed outright (SIGKILL, a lost worker) could not put the restore script
+    back; without it the next run would silently do a full calibration instead."""
+    for aside in (Path(member) / "script").glob("*" + ASIDE_SUFFIX):
+        original = aside.with_name(aside.name[: -len(ASIDE_SUFFIX)])
+        if not original.exists():
+            aside.rename(original)
+            log.warning("put %s back: an earlier run was killed before it could", original.name)
+
+
+def script_globals(options: Options) -> dict:
+    """The global variables scriptForPI reads, with the types it insists on."""
+    return {"SPACESAVING": int(options.spacesaving), "DOSPLIT": bool(options.dosplit),
+            "DOCONTSUB": bool(options.docontsub)}
+
+
 def run_script_for_pi(member, launcher: CasaLauncher, options: Options | None = None, *,
                       force_full: bool = False, runner: CasaRunner | None = None):
-    """Run scriptForPI.py in script/ under `launcher`; returns the CasaRun."""
+    """Run scriptForPI.py in script/ under `launcher`; returns (CasaRun, the wrapper's report).
+
+    Raises CasaError when the script stopped on an error or a pipeline task failed."""
     options = options or Options()
     member = Path(member)
-    d = Delivery(member)
-    script = d.script("scriptForPI")
+    put_back_leftovers(member)
+    script = Delivery(member).script("scriptForPI")
     if script is None:
         raise DeliveryError(member / "script", "no scriptForPI.py (nor member.<MOUS>.scriptForPI.py)")
     set_aside(calibrated_dir(member))
-    env = {"ALMA_REGEN_SCRIPT_FOR_PI": script.name, "SPACESAVING": options.spacesaving,
-           "DOSPLIT": bool(options.dosplit), "DOCONTSUB": bool(options.docontsub)}
+    # Outside calibrated/: scriptForPI must find no ../calibrated when it starts.
+    report_path = member / f".{RESULT}"
+    report_path.unlink(missing_ok=True)
+    env = {"ALMA_REGEN_SCRIPT_FOR_PI": script.name, "ALMA_REGEN_RESULT": str(report_path.resolve()),
+           "ALMA_REGEN_SCRIPT_FOR_PI_GLOBALS": json.dumps(script_globals(options))}
     cmd = launcher.command(casa_script("run_script_for_pi.py"), pipeline=launcher.has_pipeline, shell=True)
     runner = runner or CasaRunner(log)
-    if force_full:
-        with restore_script_set_aside(member):
-            return runner.run(cmd, cwd=member / "script", env=env, timeout=options.timeout_s, label=script.name)
-    return runner.run(cmd, cwd=member / "script", env=env, timeout=options.timeout_s, label=script.name)
+    with restore_script_set_aside(member) if force_full else nullcontext():
+        try:
+            run = runner.run(cmd, cwd=member / "script", env=env, timeout=options.timeout_s, label=script.name,
+                             strict=False)
+        except CasaError as exc:  # a non-zero exit: the report, when written, says why
+            report = _take_report(member, report_path)
+            failure = _failure(script.name, report, exc.run) if report else None
+            if failure is None:
+                raise
+            raise failure from exc
+    report = _take_report(member, report_path)
+    if report is None:
+        raise CasaError(f"{script.name}: CASA exited 0 but the wrapper wrote no report: it did not run to the end")
+    error = _failure(script.name, report, run)
+    if error is not None:
+        raise error
+    return run, report
+
+
+def _take_report(member: Path, path: Path) -> dict | None:
+    """Read the wrapper's report and keep it in calibrated/ beside the outputs."""
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    cal = calibrated_dir(member)
+    if cal.is_dir():
+        path.replace(cal / RESULT)
+    return report
+
+
+def _failure(name: str, report: dict, run) -> CasaError | None:
+    """The script's own error or the failed pipeline tasks, as one error (None: neither)."""
+    failed = [t for t in report["tasks"] if t["failed"]]
+    if not report.get("error") and not failed:
+        return None
+    parts = []
+    if failed:
+        parts.append("pipeline task(s) failed: " + "; ".join(
+            f"stage {t['stage']} {t['task']}: {t['error']}" for t in failed))
+    if report.get("error"):
+        parts.append("the script stopped: " + report["error"].strip().splitlines()[-1])
+    exc = CasaError(f"{name}: " + " | ".join(parts))
+    exc.run = run
+    return exc
