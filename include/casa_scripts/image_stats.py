@@ -49,10 +49,11 @@ def load(path):
             if not np.any(np.nan_to_num(planes[:, :, k]) != 0):
                 planes[:, :, k] = np.nan
         cs = ia.coordsys()
+        live = [k for k in range(planes.shape[2]) if np.isfinite(planes[:, :, k]).any()]
         info = {
             "shape": [int(n) for n in ia.shape()],
             "unit": ia.brightnessunit(),
-            "beam": beam_of(ia),
+            "beam": beam_of(ia, live),
             "increment_arcsec": [abs(float(x)) * ARCSEC_PER_RAD for x in cs.increment(type="direction")["numeric"]],
             "refval": [float(x) for x in cs.referencevalue(type="direction")["numeric"]],
             "refpix": [float(x) for x in cs.referencepixel(type="direction")["numeric"]],
@@ -62,20 +63,30 @@ def load(path):
         ia.close()
 
 
-def beam_of(ia):
+def beam_of(ia, live):
     rb = ia.restoringbeam()
     if not rb:
         return None
-    if "major" not in rb:  # per-plane beams of a cube: the smallest beam all planes fit in
-        try:
-            rb = ia.commonbeam()
-        except Exception:  # noqa: BLE001 (a cube CASA cannot find a common beam for)
-            return None
-
-    def arcsec(q):
-        return float(q["value"]) * {"arcsec": 1.0, "deg": 3600.0, "rad": ARCSEC_PER_RAD}.get(q["unit"], 1.0)
+    if "major" not in rb:
+        beams = rb.get("beams", {})
+        if len(live) < len(beams):
+            # tclean gives a plane without data a placeholder beam (here 20 %
+            # larger than the others'): the largest beam of the planes with data.
+            rb = max((beams["*%d" % k]["*0"] for k in live),
+                     key=lambda b: arcsec(b["major"]) * arcsec(b["minor"]), default=None)
+            if rb is None:
+                return None
+        else:  # per-plane beams of a cube: the smallest beam all planes fit in
+            try:
+                rb = ia.commonbeam()
+            except Exception:  # noqa: BLE001 (a cube CASA cannot find a common beam for)
+                return None
     return {"major_arcsec": arcsec(rb["major"]), "minor_arcsec": arcsec(rb["minor"]),
             "pa_deg": float((rb.get("positionangle") or rb.get("pa") or {"value": 0.0})["value"])}
+
+
+def arcsec(q):
+    return float(q["value"]) * {"arcsec": 1.0, "deg": 3600.0, "rad": ARCSEC_PER_RAD}.get(q["unit"], 1.0)
 
 
 def robust_rms(values):

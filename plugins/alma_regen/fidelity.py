@@ -50,17 +50,36 @@ DEFAULT_TOLERANCES = {
     "diff_rms_sigma": 1.5,
     "diff_max_sigma": 20.0,
 }
-# member.<MOUS>.<target>_<intent>.spw<ids>.<mode>.<stokes>.<kind>.fits (ALMA product names).
+# member.<MOUS>.<target>_<intent>.spw<ids>.<mode>[.<datatype>].<stokes>.<kind>.fits (ALMA product
+# names). Pipelines from 2024 on insert the data type (regcal, or selfcal after
+# self-calibration) after the mode; it is not part of the key, so that a
+# regenerated regcal image pairs with the same image of an older delivery.
 _NAME_RE = re.compile(r"^member\.(?P<mous>uid___[^.]+)\.(?P<target>.+)_(?P<intent>[a-z]+)\.spw(?P<spw>[0-9_]+)"
-                      r"\.(?P<mode>[A-Za-z]+)\.(?P<stokes>[IQUV]+)\.(?P<kind>[a-z.]+)\.fits$")
+                      r"\.(?P<mode>[A-Za-z]+)(?:\.(?P<datatype>regcal|selfcal))?\.(?P<stokes>[IQUV]+)"
+                      r"\.(?P<kind>[a-z.]+)\.fits$")
+
+
+# Per imaging engine, where its images differ from a delivery's by design.
+# The imaging pipeline cleans inside its auto-multithresh mask down to its
+# own threshold (8 x the delivered rms on the synthetic delivery), where a
+# delivery's script cleans the whole image to 3 x the expected rms: the
+# uncleaned sidelobes each leaves differ, and the pixel difference between
+# the two images is about 2 x the delivered rms over the whole image
+# (measured: 2.0 off the sources, 2.3 with them), not the 1 of two images
+# that differ by noise alone. Peak, position, rms and beam stay as strict.
+ENGINE_TOLERANCES = {
+    "pipeline": {"diff_rms_sigma": 3.0},
+}
 
 
 class FidelityError(PermanentError):
     """A regenerated image does not match its delivered counterpart within tolerance."""
 
 
-def tolerances(overrides=None) -> dict:
+def tolerances(overrides=None, engine: str | None = None) -> dict:
+    """The defaults, then the engine's (ENGINE_TOLERANCES), then $ALMA_REGEN_FIDELITY_TOLERANCES, then overrides."""
     tol = dict(DEFAULT_TOLERANCES)
+    tol.update(ENGINE_TOLERANCES.get(engine, {}))
     env = os.environ.get(TOLERANCES_ENV)
     if env:
         try:
@@ -82,8 +101,19 @@ def _key(name: str):
     return (m["target"], m["intent"], m["spw"], mode, m["stokes"], m["kind"])
 
 
+def _mode(name: str) -> str | None:
+    """The imaging mode as named (mfs, cont, cube, ...), before _key maps mfs to cont."""
+    m = _NAME_RE.match(name)
+    return m["mode"] if m else None
+
+
 def is_pb(name: str) -> bool:
     return name.endswith(".pb.fits")
+
+
+def is_sky(name: str) -> bool:
+    """An image of the sky: not a primary beam, nor a clean mask (the pipeline exports both)."""
+    return not (is_pb(name) or name.endswith(".mask.fits"))
 
 
 def pb_for(path: Path) -> Path | None:
@@ -96,7 +126,7 @@ def pb_for(path: Path) -> Path | None:
 
 def counterparts(regenerated: list, delivered_dir: Path) -> dict:
     """regenerated name -> the delivered Path of the same image, or None."""
-    delivered = sorted(p for p in delivered_dir.glob("*.fits") if not is_pb(p.name)) if delivered_dir.is_dir() else []
+    delivered = sorted(p for p in delivered_dir.glob("*.fits") if is_sky(p.name)) if delivered_dir.is_dir() else []
     by_name = {p.name: p for p in delivered}
     by_key = {}
     for p in delivered:
@@ -196,20 +226,24 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
     Raises FidelityError (after writing the file) when a pair is out of tolerance.
     """
     member_dir = Path(member_dir)
-    tol = tolerances(tolerances_)
+    d = imaging_dir(member_dir)
+    record = _imaging_record(member_dir)
+    tol = tolerances(tolerances_, record.get("engine"))
     regen_dir = products_dir(member_dir)
-    regenerated = sorted(p for p in regen_dir.glob("*.fits") if not is_pb(p.name))
+    regenerated = sorted(p for p in regen_dir.glob("*.fits") if is_sky(p.name))
     if not regenerated:
         raise PermanentError(f"{regen_dir} holds no regenerated image: run alma-regen image first")
     pairs_of = counterparts([p.name for p in regenerated], member_dir / "product")
+    derived = like_with_like(record, pairs_of, member_dir / "product", d / "fidelity_work" / "derived",
+                             runner=runner, registry=registry, timeout=timeout)
     images, pairs = [], []
     for p in regenerated:
         images.append({"id": "regen:" + p.name, "path": str(p), "pb": _str(pb_for(p))})
         ref = pairs_of[p.name]
         if ref is not None:
-            images.append({"id": "delivered:" + ref.name, "path": str(ref), "pb": _str(pb_for(ref))})
-            pairs.append({"id": p.name, "a": "regen:" + p.name, "b": "delivered:" + ref.name})
-    d = imaging_dir(member_dir)
+            alt = derived.get(p.name) or {"path": str(ref), "pb": _str(pb_for(ref))}
+            images.append({"id": "delivered:" + p.name, "path": alt["path"], "pb": alt["pb"]})
+            pairs.append({"id": p.name, "a": "regen:" + p.name, "b": "delivered:" + p.name})
     stats = measure(images, pairs, d / "fidelity_work", d / "thumbnails", runner=runner, registry=registry,
                     timeout=timeout)
     results = []
@@ -220,14 +254,16 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
         if ref_path is None:
             entry.update(status="no counterpart", note=f"no delivered image in product/ matches {p.name}")
         else:
-            ref = stats["images"]["delivered:" + ref_path.name]
+            ref = stats["images"]["delivered:" + p.name]
             verdict = judge(p.name, regen, ref, stats["pairs"][p.name], tol)
             entry.update(counterpart=ref_path.name, delivered=_public(ref), checks=verdict["checks"],
                          failures=verdict["failures"], status="fail" if verdict["failures"] else "pass")
+            if p.name in derived:
+                entry["delivered_as"] = derived[p.name]["note"]
         results.append(entry)
     matched = {r["counterpart"] for r in results if r["counterpart"]}
     delivered_all = sorted(p.name for p in (member_dir / "product").glob("*.fits")
-                           if not is_pb(p.name)) if (member_dir / "product").is_dir() else []
+                           if is_sky(p.name)) if (member_dir / "product").is_dir() else []
     summary = {s: sum(r["status"] == s for r in results) for s in ("pass", "fail", "no counterpart")}
     doc = {"schema": SCHEMA, "member_dir": str(member_dir), "tolerances": tol, "summary": summary,
            "ok": summary["fail"] == 0, "images": results,
@@ -243,6 +279,80 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
         raise FidelityError(f"{summary['fail']} regenerated image(s) do not match the delivered ones: "
                             + " | ".join(bad))
     return doc
+
+
+def _imaging_record(member_dir) -> dict:
+    f = imaging_dir(member_dir) / "imaging.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def like_with_like(record: dict, pairs_of: dict, delivered_dir: Path, workdir: Path, *, runner=None,
+                   registry=None, timeout=None) -> dict:
+    """regenerated name -> {path, pb, note}: the delivered image brought to the quantity the
+    imaging pipeline made, where the two differ by design.
+
+    The pipeline's per-spw continuum (mfs) holds only hif_findcont's line-free
+    channels and its cubes are continuum-subtracted (hif_uvcontsub); a manually
+    imaged delivery's per-spw `cont` holds every channel and its cubes the
+    continuum. The pipeline's own continuum ranges (imaging.json, from
+    cont.dat) are applied to the delivered cube of the same target and spw
+    (include/casa_scripts/image_contsub.py): the cube minus its mean over
+    them for the cube; for the continuum, the delivered continuum image less
+    the share of the other channels, as the cube measures it. A spw findcont
+    found all continuum is compared as delivered."""
+    if record.get("engine") != "pipeline":
+        return {}
+    contsub = set(record.get("continuum_subtracted", []))
+    cubes = {(k[0], k[2]): p for p in sorted(delivered_dir.glob("*.fits"))
+             if is_sky(p.name) and (k := _key(p.name)) and k[3] == "cube"}
+    items, out = [], {}
+    for name, ref in pairs_of.items():
+        k = _key(name)
+        info = _continuum_of(record, k) if ref is not None and k else None
+        if not info or not info.get("ranges_ghz"):
+            continue
+        if k[3] == "cube" and name in contsub:
+            dest = workdir / f"{name}.delivered_line"
+            items.append({"cube": str(ref), "ranges_ghz": info["ranges_ghz"], "line_out": str(dest), "cont_out": None})
+            out[name] = {"path": str(dest), "pb": _str(pb_for(ref)),
+                         "note": f"{ref.name} minus its mean over the pipeline's continuum ranges "
+                                 f"{info['ranges_ghz']} GHz (the pipeline's cube is continuum-subtracted)"}
+        elif _mode(name) == "mfs" and _mode(ref.name) == "cont" and not info.get("allcont") and (k[0], k[2]) in cubes:
+            cube = cubes[(k[0], k[2])]
+            dest = workdir / f"{name}.delivered_cont"
+            items.append({"cube": str(cube), "ranges_ghz": info["ranges_ghz"], "line_out": None,
+                          "cont_image": str(ref), "cont_out": str(dest)})
+            out[name] = {"path": str(dest), "pb": _str(pb_for(ref)),
+                         "note": f"{ref.name} with the share of the channels outside the pipeline's continuum "
+                                 f"ranges {info['ranges_ghz']} GHz taken out, as measured in {cube.name} "
+                                 f"({ref.name} holds every channel, the pipeline's only the line-free ones)"}
+    if not items:
+        return {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    job, result = workdir / "contsub.job.json", workdir / "contsub.result.json"
+    job.write_text(json.dumps({"items": items}, indent=1))
+    result.unlink(missing_ok=True)
+    registry = registry or load_registry()
+    (runner or CasaRunner(log)).run(registry.modular().command(casa_script("image_contsub.py"), [job, result],
+                                                               shell=False),
+                                    cwd=workdir, timeout=timeout, label="delivered continuum ranges")
+    done = json.loads(result.read_text())["items"]
+    problems = {r["cube"]: r["problem"] for r in done if r.get("problem")}
+    if problems:
+        raise PermanentError("cannot apply the pipeline's continuum ranges to the delivered cubes: "
+                             + "; ".join(f"{Path(c).name}: {p}" for c, p in problems.items()))
+    # No line in the left-out channels: the delivered continuum is compared as it is.
+    unchanged = {str(workdir / f"{n}.delivered_cont") for n in out} - {r.get("cont_out") for r in done}
+    return {n: v for n, v in out.items() if v["path"] not in unchanged}
+
+
+def _continuum_of(record: dict, key) -> dict | None:
+    """The pipeline's continuum ranges of (target, spw) from the imaging record (one spw only)."""
+    target, spw = key[0], key[2]
+    for field, spws in record.get("continuum", {}).items():
+        if field.replace(" ", "_") == target and spw in spws:
+            return spws[spw]
+    return None
 
 
 def _str(p):

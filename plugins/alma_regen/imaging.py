@@ -13,10 +13,13 @@ Engines (DOMAIN.md, Imaging):
             pipeline CASA is installed, else native; script-imaged -> script.
 
 Inputs: the calibrated MSs at `<member>/calibrated/` level (`*.ms.split.cal`
-preferred, else `*.ms`, links followed), as scriptForPI leaves them.
+preferred, else `*.ms`, links followed), as scriptForPI leaves them; the
+pipeline engine images the restored `calibrated/working/<EB>.ms` (CORRECTED_DATA).
 Outputs, under `<member>/imaging/`:
     products/      the regenerated FITS images (what fidelity and publish use)
     work/<unit>/   CASA images and logs of each native unit
+    pipeline/      the imaging pipeline's working folder (its MSs, images, context, cont.dat)
+    pipeline_products/  what its hifa_exportdata wrote (FITS, weblog, manifest)
     plan.json      engine, reason, CASA, units       units/<unit>.json  per unit
     imaging.json   the whole record (`imaging_record`)
 CASA runs only in child processes (CasaRunner). This module does not import Airflow.
@@ -31,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import naming
-from .casa.registry import load_registry
+from .casa.registry import REGISTRY_ENV, load_registry
 from .casa.runner import CasaRunner
 from .delivery import Delivery
 from .errors import AlmaRegenError, CasaError, DeliveryError, PermanentError
@@ -102,10 +105,13 @@ def choose_engine(member_dir, engine: str = "auto", registry=None) -> dict:
     """{engine, reason}: what will run and why (logged, and recorded in imaging.json)."""
     if engine not in ENGINES:
         raise ImagingError(f"unknown imaging engine {engine!r} (one of {', '.join(ENGINES)})")
+    if engine == "pipeline":
+        # Said before any work starts (the DAG plans with this), not after a restore.
+        _require_pipeline_casa(registry or load_registry())
     if engine != "auto":
         return {"engine": engine, "reason": f"engine {engine} requested"}
-    kind = Delivery(member_dir).imaging_kind()
     registry = registry or load_registry()
+    kind = Delivery(member_dir).imaging_kind()
     if kind["kind"] == "pipeline":
         if any(c.has_pipeline for c in registry.launchers):
             choice = {"engine": "pipeline", "reason": f"{kind['reason']}; a pipeline CASA is installed"}
@@ -350,56 +356,181 @@ def _script_casa(registry, recorded):
 
 # ------------------------------------------------------------------ pipeline
 
-PIPELINE_RECIPE = """# hifa_image recipe written by alma-regen (imaging pipeline on the calibrated MSs)
-__rethrow_casa_exceptions = True
-context = h_init()
-try:
-    hifa_importdata(vis={vis!r}, dbservice=False)
-    hif_mstransform()
-    hifa_flagtargets()
-    hifa_imageprecheck()
-    hif_checkproductsize(maxcubesize=40.0, maxcubelimit=60.0, maxproductsize=500.0)
-    hif_makeimlist(specmode='mfs')
-    hif_findcont()
-    hif_uvcontsub()
-    hif_makeimages()
-    hif_makeimlist(specmode='cont')
-    hif_makeimages()
-    hif_makeimlist(specmode='cube')
-    hif_makeimages()
-    hif_makeimlist(specmode='repBW')
-    hif_makeimages()
-    hifa_exportdata(products_dir={products!r})
-finally:
-    h_save()
-"""
+# The imaging part of the ALMA pipeline's hifa_image / hifa_calimage recipes
+# (pipeline/recipes/procedure_hifa_image.xml of the 2025.1 release), as
+# (task, parameters), on MSs that are already calibrated: hifa_importdata of
+# the restored <EB>.ms (CORRECTED_DATA becomes the regcal data) stands for the
+# recipe's hifa_restoredata. hif_selfcal and its selfcal image lists (Cycle 11
+# on) are left out: a Cycle 10 delivery, as the synthetic one, was imaged
+# without them. Image sizes come from the pipeline's own heuristics.
+PIPELINE_RECIPE = (
+    ("hifa_importdata", {"dbservice": False}),
+    ("hif_mstransform", {}),
+    ("hifa_flagtargets", {}),
+    ("hifa_imageprecheck", {}),
+    ("hif_checkproductsize", {"maxcubesize": 40.0, "maxcubelimit": 60.0, "maxproductsize": 500.0}),
+    ("hif_makeimlist", {"specmode": "mfs"}),
+    ("hif_findcont", {}),
+    ("hif_uvcontsub", {}),
+    ("hif_makeimages", {}),
+    ("hif_makeimlist", {"specmode": "cont"}),
+    ("hif_makeimages", {}),
+    ("hif_makeimlist", {"specmode": "cube"}),
+    ("hif_makeimages", {}),
+    ("hif_makeimlist", {"specmode": "repBW"}),
+    ("hif_makeimages", {}),
+    ("hifa_exportdata", {"imaging_products_only": True}),
+)
+# The archive names a MOUS's products member.<MOUS>.<pipeline name>; the
+# pipeline's exportdata writes them without that prefix.
+ARCHIVE_PREFIX = "member."
 
 
-def run_pipeline(member_dir, *, registry=None, runner=None, choice=None, timeout=None) -> dict:
-    """The imaging pipeline (needs a pipeline CASA: a CasaError naming what is installed otherwise)."""
+def _require_pipeline_casa(registry):
+    if not any(c.has_pipeline for c in registry.launchers):
+        raise CasaError("the imaging pipeline engine needs a CASA with the ALMA pipeline (register a pipeline "
+                        "release with `alma-regen casa-versions add-pipeline PATH`, or list one in "
+                        f"${REGISTRY_ENV}); installed: {registry.describe_installed()}")
+
+
+def _pipeline_casa(registry, recorded):
+    """The pipeline CASA for the imaging recipe, or a CasaError saying what is needed."""
+    _require_pipeline_casa(registry)
+    return registry.resolve(recorded, needs_pipeline=True)
+
+
+def _pipeline_workdir(member_dir, working: Path, vis: list) -> Path:
+    """imaging/pipeline/, the recipe's working folder, with the restored MSs linked in.
+
+    Links, not copies: hifa_importdata imports an MS found in its working
+    folder in place, and the pipeline writes its own MSs (<EB>_targets.ms,
+    _targets_line.ms), images and context next to them, leaving
+    calibrated/working/ as the restore left it (but for the data type
+    hifa_importdata notes in each MS's HISTORY)."""
+    work = imaging_dir(member_dir) / "pipeline"
+    work.mkdir(parents=True)
+    for v in vis:
+        os.symlink(working / v, work / v)
+    return work
+
+
+def _judge_pipeline(result_file: Path, error: CasaError | None) -> dict:
+    """The recipe's own record: every task it ran must have succeeded."""
+    if not result_file.is_file():
+        raise error or ImagingError(f"the imaging pipeline left no result ({result_file.name})")
+    result = json.loads(result_file.read_text())
+    failed = result.get("failed")
+    if failed:
+        raise ImagingError(f"imaging pipeline task {failed['task']} failed: {failed['error'][-600:]}")
+    bad = [s for s in result["stages"] if not s["ok"]]
+    if bad:
+        raise ImagingError("imaging pipeline stage(s) with errors: "
+                           + "; ".join(f"{s['stage']} {s['task']}: {' | '.join(s['tracebacks'])}" for s in bad))
+    if error is not None:
+        raise error
+    return result
+
+
+def run_pipeline(member_dir, *, registry=None, runner=None, choice=None, timeout=None, weblog: bool = False) -> dict:
+    """The imaging pipeline (PIPELINE_RECIPE) on the restored MSs of calibrated/working/.
+
+    Needs a pipeline CASA (a CasaError saying so otherwise). The run is judged
+    by the pipeline's task results (include/casa_scripts/imaging_pipeline.py),
+    not by the tracebacks its QA handlers and weblog print and catch.
+    weblog: render the pipeline's weblog (plots: CPU time, and plotms wants a display).
+    """
     member_dir = Path(member_dir)
     registry = registry or load_registry()
     runner = runner or CasaRunner(log)
-    res = registry.resolve(_recorded_casa(member_dir), needs_pipeline=True)
+    res = _pipeline_casa(registry, _recorded_casa(member_dir))
     working = member_dir / "calibrated" / "working"
     # The pipeline images the full calibrated MSs (CORRECTED_DATA), not the splits.
-    vis = sorted(p.name for p in working.glob("*.ms") if p.is_dir())
+    vis = sorted(p.name for p in working.glob("*.ms") if p.is_dir()) if working.is_dir() else []
     if not vis:
-        raise ImagingError(f"{working} holds no calibrated <EB>.ms for the imaging pipeline")
+        raise ImagingError(f"{working} holds no calibrated <EB>.ms for the imaging pipeline: restore first")
+    mous = Delivery(member_dir).mous_uid
+    if not mous:
+        raise ImagingError(f"{member_dir} names no MOUS: the pipeline names its images after it")
     _reset(member_dir)
     d = imaging_dir(member_dir)
-    out = d / "pipeline_products"
-    out.mkdir()
-    recipe = d / "alma_regen_imaging.casa_pipescript.py"
-    recipe.write_text(PIPELINE_RECIPE.format(vis=vis, products=str(out)))
-    cmd = res.launcher.command(recipe, pipeline=True)
-    run = runner.run(cmd, cwd=working, timeout=timeout, label="imaging pipeline (hifa_image)")
-    fits = sorted(out.rglob("*.fits"))
-    if not fits:
-        raise ImagingError(f"the imaging pipeline exported no FITS image into {out}")
-    for f in fits:
-        shutil.copy2(f, products_dir(member_dir) / f.name)
+    work = _pipeline_workdir(member_dir, working, vis)
+    exported = d / "pipeline_products"
+    recipe = [[task, dict(params, products_dir=str(exported)) if task == "hifa_exportdata" else params]
+              for task, params in PIPELINE_RECIPE]
+    job, result_file = d / "pipeline.job.json", d / "pipeline.result.json"
+    _write_json(job, {"vis": vis, "mous": mous, "weblog": weblog, "recipe": recipe})
+    cmd = res.launcher.command(casa_script("imaging_pipeline.py"), [job, result_file], pipeline=True)
+    run, error = None, None
+    try:
+        run = runner.run(cmd, cwd=work, timeout=timeout, label="imaging pipeline (hifa_image)", strict=False)
+    except CasaError as exc:
+        error = exc
+    result = _judge_pipeline(result_file, error)
+    products = _collect_pipeline_fits(exported, products_dir(member_dir))
+    if not products:
+        raise ImagingError(f"the imaging pipeline ran but exported no FITS image into {exported}")
+    log.info("imaging pipeline: %d stages in %.0f s, %d FITS", len(result["stages"]),
+             sum(s["seconds"] for s in result["steps"]), len(products))
+    continuum = read_cont_dat(work / "cont.dat")
     return {"schema": SCHEMA, "member_dir": str(member_dir), "engine": "pipeline",
             "reason": (choice or {}).get("reason", "engine pipeline requested"), "casa": res.launcher.as_dict(),
-            "casa_choice": res.reason, "inputs": [str(working / v) for v in vis], "products": _products(member_dir),
+            "casa_choice": res.reason, "pipeline_version": result["pipeline_version"],
+            "inputs": [str(working / v) for v in vis], "recipe": result["steps"], "stages": result["stages"],
+            "exported": str(exported), "products": _products(member_dir),
+            "continuum": continuum, "continuum_subtracted": _contsub_cubes(products, continuum, work, vis),
             "casa_runs": [run.as_dict()]}
+
+
+_FREQ_RANGE = re.compile(r"^([0-9.]+)~([0-9.]+)GHz\s+(\S+)$")
+
+
+def read_cont_dat(path: Path) -> dict:
+    """hif_findcont's continuum ranges (cont.dat), read as data:
+    {field: {spw id: {"ranges_ghz": [[lo, hi], ...], "frame": ..., "allcont": bool}}}.
+    A spw whose line holds NONE has no continuum range (nothing is subtracted there)."""
+    out, field, spw = {}, None, None
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("Field:"):
+            field, spw = line.split(":", 1)[1].strip(), None
+            out.setdefault(field, {})
+        elif line.startswith("SpectralWindow:") and field is not None:
+            spw = line.split()[1]
+            out[field][spw] = {"ranges_ghz": [], "frame": None, "allcont": False}
+        elif spw is None:
+            continue
+        elif line.startswith("Flags:"):
+            out[field][spw]["allcont"] = "ALLCONT" in line.split()[1:]
+        elif line == "ALL":
+            out[field][spw]["allcont"] = True
+        elif _FREQ_RANGE.match(line):
+            lo, hi, frame = _FREQ_RANGE.match(line).groups()
+            out[field][spw]["ranges_ghz"].append([float(lo), float(hi)])
+            out[field][spw]["frame"] = frame
+    return out
+
+
+def _contsub_cubes(products: list, continuum: dict, work: Path, vis: list) -> list:
+    """The cubes the pipeline imaged from continuum-subtracted data: hif_uvcontsub wrote
+    <EB>_targets_line.ms, and hif_findcont gave their spw a continuum range to subtract."""
+    if not all((work / f"{v[: -len('.ms')]}_targets_line.ms").is_dir() for v in vis):
+        return []
+    out = []
+    for name in products:
+        m = re.search(r"\.(?P<target>[^.]+)_sci\.spw(?P<spw>[0-9]+)\.cube\.[a-z]+\.I\.pbcor\.fits$", name)
+        target = m and next((f for f in continuum if f.replace(" ", "_") == m["target"]), None)
+        if target and continuum[target].get(m["spw"], {}).get("ranges_ghz"):
+            out.append(name)
+    return out
+
+
+def _collect_pipeline_fits(exported: Path, dest: Path) -> list:
+    """The pipeline's exported FITS into products/, named as the archive delivers them."""
+    out = []
+    for f in sorted(exported.glob("*.fits")):
+        name = f.name if f.name.startswith(ARCHIVE_PREFIX) else ARCHIVE_PREFIX + f.name
+        shutil.copy2(f, dest / name)
+        out.append(name)
+    return out
