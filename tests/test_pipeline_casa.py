@@ -50,7 +50,7 @@ def test_the_same_release_reuses_its_layer(pipeline_casa):
 def test_requirements_get_the_overrides(pipeline_casa):
     lines = (layer_of(pipeline_casa) / "src" / "requirements.txt").read_text().splitlines()
     reqs = layer_requirements(lines)
-    assert "numpy==2.3.5" in reqs and "astropy>=7.2,<7.3" in reqs
+    assert "numpy==2.3.5" in reqs and "astropy==7.2.3" in reqs
     assert not [r for r in reqs if r.startswith(("bdsf", "astropy=="))]
     assert "mako==1.3.10" in reqs and "grpcio" in reqs and "protobuf" in reqs
 
@@ -123,8 +123,10 @@ def test_without_the_variable_the_registry_is_in_the_working_folder(pipeline_cas
 PROBE = """\
 import json, sys
 import numpy, pipeline
+from astropy.utils import data as astropy_data, iers
 from recipes.almahelpers import fixsyscaltimes
 json.dump({"pipeline": pipeline.__file__, "revision": pipeline.revision, "numpy": numpy.__version__,
+           "astropy_offline": not (iers.conf.auto_download or astropy_data.conf.allow_internet),
            "hifa_restoredata": callable(globals().get("hifa_restoredata")),
            "fixsyscaltimes": callable(fixsyscaltimes), "args": sys.argv[-1:]}, open("probe.json", "w"))
 """
@@ -144,6 +146,8 @@ def test_a_pipeline_run_through_the_registry(pipeline_env, pipeline_casa, tmp_pa
     assert Path(probe["pipeline"]).is_relative_to(layer_of(pipeline_casa))
     assert probe["revision"] == RELEASE and probe["numpy"] == "2.3.5"
     assert probe["hifa_restoredata"] and probe["fixsyscaltimes"] and probe["args"] == ["arg1"]
+    # No IERS downloads from inside CASA: the layer's astropy.cfg is in force.
+    assert probe["astropy_offline"]
     # The Airflow venv keeps its own numpy (the layer is on the child's path only).
     venv_numpy = subprocess.run([sys.executable, "-c", "import numpy; print(numpy.__version__)"],
                                 capture_output=True, text=True, check=True,

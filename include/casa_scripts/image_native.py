@@ -154,6 +154,16 @@ def robust_rms(imagename, pbimage, pbmask):
     return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
+def channels(imagename):
+    """The length of an image's spectral axis (CASA images: ra, dec, stokes, freq)."""
+    ia = image()
+    ia.open(imagename)
+    try:
+        return int(ia.shape()[3])
+    finally:
+        ia.close()
+
+
 def safe_name(text):
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
 
@@ -177,7 +187,10 @@ def image_mode(job, mode):
     # threshold from the dirty image would stop too early: its rms still
     # holds the sources' sidelobes (recorded as dirty_rms_jy).
     threshold = 0.0
-    tclean(niter=job["niter"], threshold="%.6fJy" % threshold, nsigma=job["nsigma"], usemask="pb",
+    # niter counts the whole image: a cube's every channel holds the sources and
+    # needs as many iterations as the continuum image (niter per channel).
+    niter = job["niter"] * (channels(imagename + ".residual") if mode == "cube" else 1)
+    tclean(niter=niter, threshold="%.6fJy" % threshold, nsigma=job["nsigma"], usemask="pb",
            pbmask=job["pbmask"], calcpsf=False, calcres=False, restart=True, pbcor=True, **common)
     final_rms = robust_rms(imagename + ".residual", imagename + ".pb", job["pbmask"])
     outputs = {}
@@ -188,7 +201,7 @@ def image_mode(job, mode):
         exportfits(imagename=src, fitsimage=out, overwrite=True, dropdeg=False)
         outputs[kind] = out
     return {"mode": mode, "imagename": imagename, "fits": outputs, "dirty_rms_jy": dirty_rms,
-            "residual_rms_jy": final_rms, "nsigma": job["nsigma"], "niter": job["niter"],
+            "residual_rms_jy": final_rms, "nsigma": job["nsigma"], "niter": niter,
             "seconds": round(time.monotonic() - t0, 3)}
 
 

@@ -514,10 +514,18 @@ def image_products(spec, vislist, product_dir, workdir):
             imagename = os.path.join(workdir, base)
             for ext in (".image", ".pb", ".psf", ".residual", ".model", ".sumwt", ".mask", ".image.pbcor"):
                 shutil.rmtree(imagename + ext, ignore_errors=True)
+            # A cube's every channel holds the sources (niter per channel) and has
+            # sqrt(nchan) x the continuum's noise; expected_rms_jy is about twice the
+            # continuum noise measured on these data, so the cube's threshold is
+            # about 3 x its channel noise, as a data reducer would clean it.
+            if mode == "cont":
+                niter, threshold = 500, 3 * spec["expected_rms_jy"]
+            else:
+                niter, threshold = 500 * spw["nchan"], 1.5 * spec["expected_rms_jy"] * math.sqrt(spw["nchan"])
             params = dict(field=tgt, spw=str(i), specmode="mfs" if mode == "cont" else "cube",
                           imsize=[p["imsize"], p["imsize"]], cell=["%.4farcsec" % p["cell_arcsec"]], stokes="I",
                           gridder="standard", deconvolver="hogbom", weighting="briggs", robust=0.5,
-                          niter=500, threshold="%.5fJy" % (3 * spec["expected_rms_jy"]), pbcor=True)
+                          niter=niter, threshold="%.5fJy" % threshold, pbcor=True)
             tclean(vis=vislist, imagename=imagename, intent="OBSERVE_TARGET#ON_SOURCE", datacolumn="corrected",
                    interactive=False, **params)
             calls.append({"imagename": base, "params": params})

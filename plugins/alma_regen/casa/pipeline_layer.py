@@ -53,20 +53,34 @@ from ..errors import CasaError
 log = logging.getLogger(__name__)
 
 # Bump when the layout or the launcher changes: older layers are then rebuilt.
-LAYER_FORMAT = 2
+LAYER_FORMAT = 3
 # The versions that work on this platform where the release's requirements.txt
 # pins others (DOMAIN.md, checked with 2025.1.1.61 on Python 3.11 / CASA 6.7.0):
 # - astropy 7.1.0 (its pin) fails on numpy 2.x here (`np.in1d`); 7.2.x works;
 # - the imaging heuristics fail on numpy 2.4 ("only 0-dimensional arrays can be
 #   converted to Python scalars") and run on numpy 2.3.5.
-OVERRIDES = {"astropy": "astropy>=7.2,<7.3", "numpy": "numpy==2.3.5"}
+OVERRIDES = {"astropy": "astropy==7.2.3", "numpy": "numpy==2.3.5"}
 # bdsf is for the VLASS pipeline only, and a heavy build: ALMA never needs it.
 EXCLUDED = {"bdsf"}
 # Weblog plots (casaplotms) and the `recipes` helpers of old restore scripts.
 # --no-deps: both require casatasks, which must stay the venv's (CASA is not
 # duplicated); their other requirements, grpcio and protobuf, are listed here.
-NO_DEPS = ("casaplotms", "casarecipes")
-EXTRA = ("grpcio", "protobuf")
+NO_DEPS = ("casaplotms==2.9.1", "casarecipes==0.4.0")
+EXTRA = ("grpcio==1.85.3", "protobuf==7.36.2")
+# What the release's requirements pull in without pinning it: pinned too, so two
+# builds of one release give the same layer (checked with 2025.1.1.61).
+TRANSITIVE_PINS = ("astropy-iers-data==0.2026.11.2.0.34.55", "markupsafe==3.0.4", "packaging==26.3",
+                   "pyerfa==2.0.1.5", "pyyaml==6.0.4", "sortedcontainers==2.4.0", "typing-extensions==4.16.0")
+# astropy (in the pipeline) would fetch IERS tables from the internet on first use; a
+# CASA child never touches the network, so the layer's astropy config forbids it
+# (CASA's own measures come from casadata).
+ASTROPY_CFG = """[utils.data]
+allow_internet = False
+
+[utils.iers.iers]
+auto_download = False
+iers_degraded_accuracy = warn
+"""
 # What must never be in a layer: CASA itself comes from the modular CASA.
 CASA_PACKAGES = ("casatools", "casatasks", "casaconfig", "casadata")
 LAUNCHER = "bin/python"
@@ -147,7 +161,8 @@ def source_hash(path: Path) -> str:
 def cache_key(path: Path, python: str) -> str:
     """Same release, same overrides, same Python -> same key -> the same layer."""
     doc = {"format": LAYER_FORMAT, "source": source_hash(path), "overrides": OVERRIDES,
-           "excluded": sorted(EXCLUDED), "no_deps": NO_DEPS, "extra": EXTRA, "python": python}
+           "excluded": sorted(EXCLUDED), "no_deps": NO_DEPS, "extra": EXTRA, "pins": TRANSITIVE_PINS,
+           "python": python}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -208,7 +223,7 @@ def layer_requirements(lines) -> list:
         if name not in OVERRIDES:
             out.append(text)
     out += list(OVERRIDES.values())  # always: they are what the pipeline runs with here
-    out += [e for e in EXTRA if e not in seen]
+    out += [e for e in EXTRA if Requirement(e).name.lower() not in seen]
     return out
 
 
@@ -233,8 +248,10 @@ def _pip(python, args, what):
 
 def _install_deps(deps: Path, requirements: list, python: str):
     """Into deps/ only: pip --target never touches the venv (it ignores what the venv holds)."""
+    pins = deps.parent / "pins.txt"
+    pins.write_text("".join(p + "\n" for p in TRANSITIVE_PINS))
     target = ["install", "--no-compile", "--target", str(deps)]
-    _pip(python, [*target, *requirements], "the pipeline's requirements")
+    _pip(python, [*target, "-c", str(pins), *requirements], "the pipeline's requirements")
     _pip(python, [*target, "--no-deps", *NO_DEPS], ", ".join(NO_DEPS))
     # Old restore scripts do `from recipes.almahelpers import fixsyscaltimes`
     # (monolithic CASA's package); casarecipes has the same modules.
@@ -257,6 +274,8 @@ def _launcher_text(layer: Path, python: str) -> str:
 export PYTHONPATH={q(str(layer / "deps"))}:{q(str(layer / "src"))}
 # casaplotms' generated protobuf code needs the pure-Python protobuf.
 export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python
+# The layer's astropy.cfg: no downloads (IERS tables) from inside CASA.
+export XDG_CONFIG_HOME={q(str(layer / "config"))}
 PY={q(python)}
 
 # Weblog plots (plotms) need an X display: a private Xvfb for this --pipeline run when
@@ -296,6 +315,8 @@ def _build(tmp: Path, release: Path, layers: Path, key: str, casa_python: str, c
     shutil.rmtree(tmp / "unpack", ignore_errors=True)
     version = read_release(tmp / "src")
     _install_deps(tmp / "deps", layer_requirements(reqs), casa_python)
+    (tmp / "config" / "astropy").mkdir(parents=True)
+    (tmp / "config" / "astropy" / "astropy.cfg").write_text(ASTROPY_CFG)
     (tmp / "bin").mkdir()
     launcher = tmp / LAUNCHER
     # The launcher names the layer's final place: the rename keeps it right.
