@@ -68,19 +68,17 @@ def beam_of(ia, live):
     if not rb:
         return None
     if "major" not in rb:
+        # Per-plane beams of a cube: the typical one, the plane beam of median area
+        # among the planes with data. Not the common beam: tclean gives a plane
+        # with no or too little data (flagged band edges, a channel the frequency
+        # frame shifts onto them) a placeholder beam about 20 % larger, which a
+        # common beam would take on.
         beams = rb.get("beams", {})
-        if len(live) < len(beams):
-            # tclean gives a plane without data a placeholder beam (here 20 %
-            # larger than the others'): the largest beam of the planes with data.
-            rb = max((beams["*%d" % k]["*0"] for k in live),
-                     key=lambda b: arcsec(b["major"]) * arcsec(b["minor"]), default=None)
-            if rb is None:
-                return None
-        else:  # per-plane beams of a cube: the smallest beam all planes fit in
-            try:
-                rb = ia.commonbeam()
-            except Exception:  # noqa: BLE001 (a cube CASA cannot find a common beam for)
-                return None
+        plane = sorted((beams["*%d" % k]["*0"] for k in live if "*%d" % k in beams),
+                       key=lambda b: arcsec(b["major"]) * arcsec(b["minor"]))
+        if not plane:
+            return None
+        rb = plane[len(plane) // 2]
     return {"major_arcsec": arcsec(rb["major"]), "minor_arcsec": arcsec(rb["minor"]),
             "pa_deg": float((rb.get("positionangle") or rb.get("pa") or {"value": 0.0})["value"])}
 

@@ -12,7 +12,7 @@ Engines (DESIGN.md):
   version of the reduction.
 ``auto`` picks by the delivery model and the installed CASAs, and says why.
 
-Output layout, as scriptForPI leaves it:
+Output layout of the native engine, after scriptForPI's:
 
     calibrated/rawdata/<EB>        -> ../../raw/<EB>.asdm.sdm
     calibrated/products            -> ../calibration
@@ -20,6 +20,10 @@ Output layout, as scriptForPI leaves it:
     calibrated/working/<EB>.ms.split.cal   science spws, target only (when split)
     calibrated/<EB>.ms.split.cal (or <EB>.ms) -> working/...
     calibrated/calibration.json    the summary (engine, CASA, per-EB timings, flags, outputs)
+
+The scriptforpi and pipeline engines leave calibrated/ exactly as the
+delivery's scriptForPI does (split folders moved up into calibrated/, not
+links; see alma_regen.scriptforpi), plus calibration.json.
 
 A native per-EB restore starts from a clean state for that EB (a rerun after a
 killed worker needs no re-staging); a calibrated/ that alma-regen did not make

@@ -42,7 +42,7 @@ KNOWN_BENIGN = (
 SEVERE = re.compile(r"\bSEVERE\b")
 TRACEBACK = "Traceback (most recent call last)"
 # Environment variables worth recording in a manifest (never secrets).
-_RECORDED_ENV = ("CASASITECONFIG", "OMP_NUM_THREADS", "ALMA_REGEN_OFFLINE", "SPACESAVING", "DOSPLIT", "DOCONTSUB")
+_RECORDED_ENV = ("CASASITECONFIG", "OMP_NUM_THREADS", "ALMA_REGEN_OFFLINE")
 _GRACE_S = 10
 
 
