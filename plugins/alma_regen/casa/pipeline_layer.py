@@ -130,11 +130,8 @@ def _tree_hash(root: Path) -> str:
 
 
 def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def release_kind(path: Path) -> str:
