@@ -2,7 +2,8 @@
 
 `pipeline_restored` runs the delivery's own restore script
 (script/*casa_piperestorescript.py) under a pipeline CASA, in a folder laid out
-as scriptForPI lays it out before it calls the restore script:
+as scriptForPI lays it out before it calls the restore script (the same
+alma_regen.calibration.prepare_layout the native engine uses):
 
     calibrated/rawdata/<EB>  -> ../../raw/<EB>.asdm.sdm
     calibrated/products      -> ../calibration
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from alma_regen import naming
+from alma_regen import calibration
 from alma_regen.casa.runner import CasaRunner
 from alma_regen.delivery import Delivery
 
@@ -37,14 +38,7 @@ def real_restore(member, launcher, runner=None, timeout=None) -> Path:
     script = Delivery(member).script("restore")
     if script is None:
         raise FileNotFoundError(f"{member}/script has no *casa_piperestorescript.py")
-    cal = member / "calibrated"
-    work = cal / "working"
-    (cal / "rawdata").mkdir(parents=True)
-    work.mkdir()
-    for eb in Delivery(member).ppr_ebs():
-        f = naming.uid_to_file(eb)
-        (cal / "rawdata" / f).symlink_to(Path("..") / ".." / "raw" / naming.asdm_dir(eb))
-    (cal / "products").symlink_to(Path("..") / "calibration")
+    work = calibration.prepare_layout(member, Delivery(member).ppr_ebs()) / "working"
     runner = runner or CasaRunner()
     # A pipeline run is judged by its results (the restored MSs), not by the
     # tracebacks its weblog prints; a non-zero exit still fails.
