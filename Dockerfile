@@ -6,9 +6,10 @@
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
-# CASA's C++ libraries need these at run time (the official image is Debian).
+# CASA's C++ libraries need these at run time (the official image is Debian);
+# bubblewrap is the sandbox every CASA child (delivery code included) runs in.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 libfontconfig1 libxrender1 libsm6 libxext6 \
+ && apt-get install -y --no-install-recommends libgomp1 libfontconfig1 libxrender1 libsm6 libxext6 bubblewrap \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN mkdir -p /opt/alma/work /opt/alma-regen && chown -R airflow:0 /opt/alma /opt/alma-regen
 

@@ -6,9 +6,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install system clean
 
-install: $(STAMP)
+install: $(STAMP) system
+
+# Debian packages: bubblewrap (the sandbox delivery code runs in), chromium and
+# its driver (the browser tests), docker-compose (validates docker-compose.yaml; no
+# engine runs here). Installed when missing and we are root; else
+# one line says what to install (under CI=true the tests needing them fail).
+SYSTEM_PKGS := bubblewrap chromium chromium-driver docker-compose
+system:
+	@command -v bwrap >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v docker-compose >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && export DEBIAN_FRONTEND=noninteractive && \
+	    { apt-get install -y -q $(SYSTEM_PKGS) || { apt-get update -q && apt-get install -y -q $(SYSTEM_PKGS); }; } \
+	  || echo "alma-regen: install the Debian packages $(SYSTEM_PKGS) for the sandbox and the browser tests"; }
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +31,12 @@ $(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	rm -rf plugins/*.egg-info
 	touch $@
 
-demo: $(STAMP)
-	$(VENV)/bin/alma-regen demo
+# `make demo PORT=8081` moves the Airflow UI from 8080.
+PORT ?= 8080
+demo: $(STAMP) system
+	$(VENV)/bin/alma-regen demo --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -1,9 +1,22 @@
-"""alma_bulk_reprocess: regenerate a worklist of MOUSs, on a schedule.
+"""
+# Reprocess a worklist of ALMA MOUSs
 
-Reads the worklist (a file or an S3 object), skips the MOUSs already published
-with the same inputs and CASA (unless forced), and starts alma_regenerate runs
-for the rest: a bounded number per bulk run, only while the working disk has
-room. The started runs carry `bulk: true`, so an operator's reruns go first.
+On its schedule (or when triggered), reads the **worklist** and starts one
+`alma_regenerate` run per MOUS that needs it:
+
+- a MOUS already published with the same inputs and CASA is **skipped** (unless
+  *Force*, or `"force": true` on its worklist entry);
+- at most `bulk_max_runs` runs are started per bulk run, and none while the
+  working disk has less than `bulk_min_free_gb` free: the rest are **deferred**
+  to the next bulk run;
+- the runs it starts are named `bulk__<MOUS>__<time>` (the uid in file form) and
+  carry `bulk: true`, so an operator's own reruns go first.
+
+`plan` decides; `start` triggers the runs (one per MOUS); `summary` logs every
+MOUS of the worklist with what was done with it and why.
+
+The worklist is a text file or S3 object with one MOUS uid per line (`#` starts
+a comment), or JSON: a list of uids, or of `{"mous_uid": ..., "force": true}`.
 """
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param
@@ -21,21 +34,32 @@ with DAG(
     schedule=S.bulk_schedule or None,
     catchup=False,
     max_active_runs=1,
-    default_args=task_defaults(S),
+    default_args={**task_defaults(S), "owner": "alma-regen"},
     on_failure_callback=run_failed,
     params={
         "worklist": Param(S.bulk_worklist, type="string", title="Worklist",
-                          description="A file path or s3://bucket/key: one MOUS uid per line, or JSON."),
+                          description="Where the worklist is: a file path on the workers, or s3://bucket/key. "
+                                      "One MOUS uid per line (uid://A001/X1296/X133), or JSON."),
         "force": Param(False, type="boolean", title="Force",
-                       description="Regenerate even the MOUSs already published with the same inputs."),
-        "source": Param("request_handler", enum=["request_handler", "s3"], title="Raw data from"),
+                       description="Regenerate even the MOUSs already published with the same inputs and CASA."),
+        "source": Param("request_handler", enum=["request_handler", "s3"], title="Raw data from",
+                        description="Where the started runs take the raw data from, and where this DAG asks "
+                                    "which files each MOUS has: request_handler, the ALMA archive's request "
+                                    "handler over HTTP (connection alma_request_handler); s3, the S3 mirror of "
+                                    "the archive (connection alma_archive_s3)."),
     },
     tags=["alma", "bulk"],
     doc_md=__doc__,
 ) as dag:
     plan = BulkPlanOperator(task_id="plan", worklist="{{ params.worklist }}", force="{{ params.force }}",
-                            source="{{ params.source }}")
+                            source="{{ params.source }}",
+                            doc_md="Reads the worklist and decides, per MOUS: start, skip (published as it "
+                                   "would be again) or defer (run cap, disk); the log says why for each.")
     start = TriggerDagRunOperator.partial(task_id="start", trigger_dag_id="alma_regenerate",
-                                          wait_for_completion=False).expand_kwargs(plan.output)
-    summary = BulkSummaryOperator(task_id="summary", trigger_rule="all_done")
+                                          wait_for_completion=False, map_index_template="{{ task.trigger_run_id }}",
+                                          doc_md="Starts one alma_regenerate run per MOUS to start; skipped when "
+                                                 "there is none (every MOUS published or deferred: see summary)."
+                                          ).expand_kwargs(plan.output)
+    summary = BulkSummaryOperator(task_id="summary", trigger_rule="all_done",
+                                  doc_md="Every MOUS of the worklist: started, skipped or deferred, and why.")
     plan >> start >> summary

@@ -11,3 +11,4 @@ from fixtures_servers import *  # noqa: E402,F401,F403
 from fixtures_synth import *  # noqa: E402,F401,F403
 from fixtures_airflow import *  # noqa: E402,F401,F403
 from fixtures_pipeline import *  # noqa: E402,F401,F403
+from fixtures_browser import *  # noqa: E402,F401,F403

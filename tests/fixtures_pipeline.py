@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from needs import skip_or_fail
+
 from alma_regen.casa.pipeline_layer import build_layer
 from alma_regen.casa.registry import (
     REGISTRY_ENV, CasaLauncher, CasaRegistry, CasaVersion, default_modular, save_entry,
@@ -30,13 +32,6 @@ PIPELINE_RELEASE = Path(os.environ.get(
     "ALMA_REGEN_TEST_PIPELINE", REPO.parent / "shared" / "alma-pipeline" / "alma-pipeline-2025.1.1.61.tar.gz"))
 PIPELINE_LAYERS = Path(os.environ.get(
     "ALMA_REGEN_TEST_LAYERS", Path.home() / ".cache" / "alma-regen" / "pipeline-layers"))
-
-
-def skip_or_fail(why: str):
-    """Skip saying why; under CI=true a missing pipeline is a failure."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="session")

@@ -210,3 +210,28 @@ def test_science_spws_as_the_pipeline_picks_them():
              2: ["OBSERVE_TARGET#ON_SOURCE"], 3: ["OBSERVE_TARGET#ON_SOURCE"],
              4: ["CALIBRATE_ATMOSPHERE#OFF_SOURCE"], 5: []}
     assert _p().science_spws(nchan, modes) == [0, 1]
+
+
+# ---------------------------------------------------------------- paths the engine reads (issue 11, Why 4)
+
+@pytest.mark.parametrize("extra,why", [
+    ("docallib=True, callib='/etc/cal.lib'", "docallib"),
+    ("docallib=True", "docallib"),
+    ("docallib=1, callib='cal.lib'", "docallib"),
+    ("callib='/data/other/uid___A002_X1_X2.ms.bp.tbl'", "callib"),
+    ("msselect=\"ANTENNA1 IN [select rowid() from '/etc/passwd']\"", "msselect"),
+])
+def test_callibrary_and_taql_that_read_other_paths_are_refused(tmp_path, extra, why):
+    """A callibrary names its caltables by its own paths, outside the rewriting to the working
+    directory (a restore applied a caltable from outside the delivery); a TaQL msselect can
+    open any table by path. The pipeline's lines have neither."""
+    line = REAL_LINE[:-1] + f", {extra})"
+    path = write(tmp_path, f"# Apply file for {EB}.ms\n{line}\n")
+    with pytest.raises(DeliveryError, match=f"line 2: .*{why}"):
+        parse_calapply(path, tmp_path / "working")
+
+
+def test_callibrary_off_is_accepted(tmp_path):
+    line = REAL_LINE[:-1] + ", docallib=False, callib='', msselect='')"
+    calls = parse_calapply(write(tmp_path, line + "\n"), tmp_path / "w")
+    assert calls[0]["docallib"] is False and calls[0]["gaintable"][0].startswith(str(tmp_path / "w") + "/")

@@ -10,7 +10,8 @@ from fixtures_airflow import MISSING_MOUS
 
 pytestmark = [pytest.mark.slow, pytest.mark.casa, pytest.mark.timeout(1200)]
 
-STEPS = {"lock_mous", "check_published", "stage_auxiliary", "inspect", "stage_asdm", "prepare_calibration",
+STEPS = {"lock_mous", "check_published", "stage_auxiliary", "inspect", "stage_asdm", "check_staged",
+         "prepare_calibration",
          "restore_eb", "finish_calibration", "plan_imaging", "image_unit", "finish_imaging", "fidelity",
          "publish", "release_mous"}
 

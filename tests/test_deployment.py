@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from needs import skip_or_fail
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yaml"
 AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
@@ -35,7 +37,7 @@ def compose():
 def test_compose_config_validates():
     cmd = _compose_cmd()
     if cmd is None:
-        pytest.skip("neither docker-compose nor `docker compose` is installed (apt-get install docker-compose)")
+        skip_or_fail("neither docker-compose nor `docker compose` is installed (apt-get install docker-compose)")
     r = subprocess.run([*cmd, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)
     assert r.returncode == 0, r.stderr
@@ -90,6 +92,8 @@ def test_worker_and_init(compose):
     assert services["airflow-worker"]["command"] == "celery worker -q default,casa"
     assert services["airflow-worker"]["environment"]["DUMB_INIT_SETSID"] == "0"
     assert "ports" not in services["airflow-worker"] and "container_name" not in services["airflow-worker"]
+    # The CASA sandbox (bubblewrap) needs user namespaces inside the worker's container.
+    assert {"seccomp:unconfined", "apparmor:unconfined"} <= set(services["airflow-worker"]["security_opt"])
     init = "\n".join(services["airflow-init"]["command"])
     assert "airflow db migrate" in init
     assert "airflow pools set casa " in init and "airflow pools set alma_staging " in init
@@ -122,6 +126,7 @@ def test_dockerfile():
     assert "pip install --no-cache-dir --no-deps -e . && rm -rf plugins/*.egg-info" in text
     assert "CASASITECONFIG=/opt/alma-regen/include/casa/casasiteconfig.py" in text
     assert "ALMA_REGEN_INCLUDE=/opt/alma-regen/include" in text
+    assert "bubblewrap" in text  # the sandbox every CASA child runs in
     assert (ROOT / "include/casa/casasiteconfig.py").is_file()
     # Every file the Dockerfile copies exists in the build context.
     for ln in lines:

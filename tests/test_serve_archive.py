@@ -142,3 +142,31 @@ def test_cli_error_for_a_missing_folder(tmp_path):
     r = subprocess.run([sys.executable, "-m", "alma_regen.cli", "serve-archive", str(tmp_path / "nope"),
                         "--port", "0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is not a folder" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("path, headers, status", [
+    ("/dataPortal/" + "a" * 5000, {}, 414),  # longer than any file name: 414, not a dropped connection
+    (None, {"Range": "bytes=" + "9" * 5000 + "-"}, 416),  # past any file
+    (None, {"Range": "bytes=0-" + "9" * 5000}, 206),  # to the end (RFC 9110: a last-pos past the end)
+    (None, {"Range": "bytes=-" + "9" * 5000}, 206),  # a suffix longer than the file: all of it
+    ("/datalink/sync?ID=" + "u" * 5000, {}, 200),  # an unknown MOUS: an error row
+])
+def test_oversized_names_and_ranges_get_a_clean_answer(archive, archive_server, path, headers, status):
+    srv = archive_server(archive.dir)
+    name = archive.asdm_name(archive.ebs[0])
+    r, body = request(srv.url, path=path or f"/dataPortal/{name}", headers=headers)
+    assert r.status == status
+    if status == 206:
+        assert body == archive.path(name).read_bytes()
+    # The server still answers on a new connection.
+    assert request(srv.url, "HEAD", f"/dataPortal/{name}")[0].status == 200
+
+
+def test_datalink_answers_can_be_shaped_as_the_archive_gives_them(archive, archive_server):
+    from alma_regen.staging.errors import LoginNeededError
+    srv = archive_server(archive.dir)
+    name = archive.asdm_name(archive.ebs[0])
+    srv.faults(rows={name: {"readable": "false"}})
+    r, body = request(srv.url, path=f"/datalink/sync?ID={archive.mous}")
+    with pytest.raises(LoginNeededError):
+        parse_votable(body, "test")

@@ -235,3 +235,141 @@ def test_cli_stage_prints_a_json_summary_and_errors_in_one_line(tmp_path, archiv
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "NotFoundFault" in errors[0] and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- the archive's DataLink answers as they are
+# (issue 10 item 6, issue 11 item 8): each answer is served for real by serve-archive
+# (its `rows`/`extra_rows` faults) and the expected decision is stated per case.
+
+def _readme(archive):
+    return next(n for n, s in archive.files.items() if s == "#documentation")
+
+
+def test_an_error_row_drops_only_that_row(tmp_path, archive, served, caplog):
+    # Decision: a row the archive answers with error_message is left out with a warning;
+    # the rest of the answer is staged.
+    served.faults(extra_rows=[{"ID": "uid://A001/X1a2b/X3c?extra", "error_message": "ReadFault: tape offline"}])
+    stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert ab.staged_member(member_path(tmp_path / "work", archive.mous)) == ab.expected_member(archive)
+    assert any("ReadFault: tape offline" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_an_error_row_for_a_needed_file_is_an_error_naming_it(tmp_path, archive, served):
+    # Decision: the auxiliary tar (needed) answered with an error -> NotFoundError quoting the archive.
+    aux = naming.auxiliary_tar(archive.project, archive.mous)
+    served.faults(rows={aux: {"access_url": "", "ID": aux, "error_message": "ReadFault: tape offline"}})
+    with pytest.raises(NotFoundError, match="ReadFault: tape offline"):
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert not served.stats()["requests"]
+
+
+def test_an_error_row_for_an_eb_the_ppr_needs_is_an_error(tmp_path, archive, served):
+    delivery = pytest.importorskip("alma_regen.delivery")
+    if not hasattr(getattr(delivery, "Delivery", None), "ppr_ebs"):
+        pytest.skip("the delivery model has no ppr_ebs() yet")
+    name = archive.asdm_name(archive.ebs[1])
+    served.faults(rows={name: {"access_url": "", "ID": archive.ebs[1], "error_message": "NotFoundFault: gone"}})
+    with pytest.raises(NotFoundError, match="NotFoundFault: gone"):
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert name not in served.stats()["requests"]
+
+
+def test_readable_false_is_login_needed_before_any_download(tmp_path, archive, served):
+    from alma_regen.staging.errors import LoginNeededError
+    served.faults(rows={archive.asdm_name(archive.ebs[0]): {"readable": "false"}})
+    with pytest.raises(LoginNeededError, match="login needed"):
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert served.stats()["requests"] == {}  # no file was asked for
+    assert not member_path(tmp_path / "work", archive.mous).exists() or \
+        not any(member_path(tmp_path / "work", archive.mous).iterdir())
+
+
+@pytest.mark.parametrize("length, message", [("", "no content_length"), ("-5", "negative content_length"),
+                                             ("12abc", "not a number"), ("9" * 5000, "not a number")])
+def test_a_missing_or_negative_content_length_is_an_error(tmp_path, archive, served, length, message):
+    from alma_regen.staging.errors import DataLinkError
+    served.faults(rows={archive.asdm_name(archive.ebs[0]): {"content_length": length}})
+    with pytest.raises(DataLinkError, match=message):
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert served.stats()["requests"] == {}
+
+
+def test_two_rows_with_one_name_are_an_error(tmp_path, archive, served):
+    from alma_regen.staging.errors import DataLinkError
+    name = archive.asdm_name(archive.ebs[0])
+    served.faults(extra_rows=[{"ID": archive.mous, "access_url": f"{served.url}/dataPortal/{name}",
+                               "content_length": 999, "semantics": "#progenitor"}])
+    with pytest.raises(DataLinkError, match="listed twice"):
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert served.stats()["requests"] == {}
+
+
+def test_a_readme_longer_than_listed_is_refused_not_cut(tmp_path, archive, served):
+    # The server sends the README (Content-Length and body) longer than the listing said:
+    # keeping the listed number of bytes would stage a cut README without a word.
+    readme = _readme(archive)
+    size = archive.path(readme).stat().st_size
+    served.faults(rows={readme: {"content_length": size - 10}})
+    with pytest.raises(SourceChangedError, match="more than the listing"):
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    member = member_path(tmp_path / "work", archive.mous)
+    assert not (member / readme).exists() and not list(member.glob(".*.partial"))
+    # A second run, the listing now right, stages it whole.
+    served.faults()
+    stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert (member / readme).read_bytes() == archive.path(readme).read_bytes()
+
+
+def test_a_readme_shorter_than_listed_is_a_clear_error(tmp_path, archive, served):
+    readme = _readme(archive)
+    size = archive.path(readme).stat().st_size
+    served.faults(rows={readme: {"content_length": size + 10}})
+    with pytest.raises(SourceChangedError, match="not satisfiable"):
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    assert not (member_path(tmp_path / "work", archive.mous) / readme).exists()
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "alma_regen.cli", *args], capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def _one_error_line(r) -> str:
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_cli_refuses_a_mous_uid_with_a_trailing_newline(tmp_path, archive, served):
+    r = _cli("stage", archive.mous + "\n", "--source", served.url, "--workdir", str(tmp_path / "work"))
+    assert "not an ALMA MOUS uid" in _one_error_line(r)
+    assert served.stats()["requests"] == {} and not (tmp_path / "work").exists()
+
+
+def test_cli_workdir_that_is_a_file_is_one_line(tmp_path, archive, served):
+    (tmp_path / "work").write_text("precious")
+    r = _cli("stage", archive.mous, "--source", served.url, "--workdir", str(tmp_path / "work"))
+    assert "is a file, not a folder" in _one_error_line(r)
+    assert (tmp_path / "work").read_text() == "precious"  # nothing lost
+
+
+def test_cli_read_only_workdir_is_one_line(tmp_path, archive, served):
+    # A real read-only file system: the workdir bind-mounted read-only by bubblewrap
+    # (root ignores mode bits, so chmod would not do).
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        from needs import skip_or_fail
+        skip_or_fail("bubblewrap (bwrap) is not installed: `make system`")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("precious")
+    r = subprocess.run([bwrap, "--bind", "/", "/", "--ro-bind", str(work), str(work), "--dev", "/dev",
+                        "--proc", "/proc", sys.executable, "-m", "alma_regen.cli", "stage", archive.mous,
+                        "--source", served.url, "--workdir", str(work)], capture_output=True, text=True, timeout=120)
+    if "bwrap:" in r.stderr and r.returncode == 1:
+        from needs import skip_or_fail
+        skip_or_fail(f"bubblewrap cannot make a mount namespace here: {r.stderr.strip()}")
+    line = _one_error_line(r)
+    assert "Read-only file system" in line and str(work) in line
+    assert [p.name for p in work.iterdir()] == ["keep.txt"]

@@ -2,9 +2,12 @@
 
 Reuses the Airflow of fixtures_airflow (one published run, one failed run): the
 plugin loads in every component, the "Reprocessing" view lists both MOUSs from
-Airflow's database and the manifests in S3, the operator extra links of the
-publish and image tasks point at the published summary page and manifest (and
-they open), and the listener recorded per-step durations as StatsD timings.
+Airflow's database and the manifests in S3 (with run history, search and state
+filter), the operator extra links of the publish and image tasks point at the
+published summary page and manifest as host-less paths that open from another
+host name than api.base_url's, the view's links are built from the request, a
+run skipped as already published shows as skipped with why and no CASA, and the
+listener recorded per-step durations as StatsD timings.
 """
 import json
 from urllib.parse import quote
@@ -42,10 +45,13 @@ def test_reprocessing_view_lists_runs_and_products(alerting_airflow):
     assert set(rows) == {af.mous, MISSING_MOUS}
 
     ok = rows[af.mous]
-    assert ok["state"] == "success" and ok["run_id"] == af.late_run
+    assert ok["state"] == ok["status"] == "success" and ok["run_id"] == af.late_run
+    assert [h["run_id"] for h in ok["history"]] == [af.late_run]
     assert ok["casa_version"] and ok["casa_version"].startswith("6.")
     assert ok["calibration"] == "native"
     assert ok["duration_s"] > 0
+    # A finished run is at no step (not at the teardown that frees the MOUS).
+    assert ok["step"] is None and ok["last_step"] != "release_mous"
     assert ok["steps"]["restore_eb"]["instances"] == 2
     assert ok["steps"]["publish"]["states"] == {"success": 1} and ok["steps"]["publish"]["duration_s"] >= 0
     pub = ok["published"]
@@ -53,36 +59,83 @@ def test_reprocessing_view_lists_runs_and_products(alerting_airflow):
     assert pub["fidelity_ok"] is True and pub["outputs"] > 0
     base = f"/alma-regen/products/{uid_to_file(af.mous)}/{pub['run']}"
     assert pub["summary_url"] == base + "/index.html" and pub["manifest_url"] == base + "/manifest.json"
+    assert ok["run_url"] == f"/dags/alma_regenerate/runs/{quote(af.late_run, safe='')}"
 
     bad = rows[MISSING_MOUS]
     assert bad["state"] == "failed" and bad["step"] == "check_published" and bad["published"] is None
+    # It stopped before calibrating: no CASA ran, so none is named.
+    assert bad["casa_version"] is None
 
     status, page = af.cluster.get("/alma-regen/")
     assert status == 200
     text = page.decode()
     assert af.mous in text and MISSING_MOUS in text and pub["summary_url"] in text
+    for hook in ('id="mous-runs"', 'id="search"', 'id="state-filter"', 'class="rerun ext"',
+                 f'data-run-id="{af.late_run}"', 'class="products-summary ext"'):
+        assert hook in text, hook
 
     # The product links work: the summary page and the manifest, streamed from S3.
     status, summary = af.cluster.get(pub["summary_url"])
     assert status == 200 and af.mous.encode() in summary
+    # The summary shows each image's preview with its alt text, and the preview is there.
+    assert b'<img src="thumbnails/' in summary and b".preview.png" in summary and b'alt="Regenerated image' in summary
+    png = summary.split(b'<img src="', 1)[1].split(b'"', 1)[0].decode()
+    status, image = af.cluster.get(f"{base}/{png}")
+    assert status == 200 and image[:8] == b"\x89PNG\r\n\x1a\n"
     status, manifest = af.cluster.get(pub["manifest_url"])
     assert status == 200 and json.loads(manifest)["mous_uid"] == af.mous
     assert af.cluster.get(f"/alma-regen/products/{uid_to_file(af.mous)}/no-such-run/index.html")[0] == 404
     assert af.cluster.get(f"/alma-regen/products/{uid_to_file(af.mous)}/x/..%2F..%2Fsecret")[0] in (400, 404)
 
 
-def test_extra_links_point_at_the_published_products(alerting_airflow):
+def _other_host(af, path: str) -> tuple:
+    """GET `path` on the api-server by the name `localhost`, where api.base_url says 127.0.0.1."""
+    assert "127.0.0.1" in af.cluster.base_url
+    return af.cluster.get(af.cluster.base_url.replace("127.0.0.1", "localhost") + path)
+
+
+def test_extra_links_are_relative_and_work_from_another_host(alerting_airflow):
     af = alerting_airflow
     run = publish_run_id(af.late_run)
-    expected = {"Products summary": f"{af.cluster.base_url}/alma-regen/products/{uid_to_file(af.mous)}/{run}/index.html",
-                "Products manifest": f"{af.cluster.base_url}/alma-regen/products/{uid_to_file(af.mous)}/{run}/manifest.json"}
+    expected = {"Products summary": f"/alma-regen/products/{uid_to_file(af.mous)}/{run}/index.html",
+                "Products manifest": f"/alma-regen/products/{uid_to_file(af.mous)}/{run}/manifest.json"}
     for task in ("publish", "finish_imaging"):
         links = af.cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{quote(af.late_run, safe='')}"
                                       f"/taskInstances/{task}/links")
         links = links.get("extra_links", links)
         assert links == expected, (task, links)
-    status, body = af.cluster.get(expected["Products manifest"])
+    status, body = _other_host(af, expected["Products manifest"])
     assert status == 200 and json.loads(body)["run"] == run
+    status, body = _other_host(af, expected["Products summary"])
+    assert status == 200 and af.mous.encode() in body
+
+
+def test_view_links_are_built_from_the_request_not_base_url(alerting_airflow):
+    import re
+
+    af = alerting_airflow
+    status, page = _other_host(af, "/alma-regen/")
+    assert status == 200
+    hrefs = re.findall(r'href="([^"]+)"', page.decode())
+    assert hrefs and all(h.startswith("/") for h in hrefs), [h for h in hrefs if not h.startswith("/")]
+    assert "127.0.0.1" not in page.decode() and "localhost" not in page.decode()
+    for h in {h for h in hrefs if h.startswith("/alma-regen/products/")}:
+        assert _other_host(af, h)[0] == 200, h
+    # The run links go to Airflow's own pages for the run.
+    runs = [h for h in hrefs if h.startswith("/dags/alma_regenerate/runs/")]
+    assert f"/dags/alma_regenerate/runs/{quote(af.late_run, safe='')}" in runs
+
+
+def test_search_and_state_filter(alerting_airflow):
+    af = alerting_airflow
+    status, body = af.cluster.get("/alma-regen/api/mous?state=failed")
+    assert status == 200 and [r["mous_uid"] for r in json.loads(body)] == [MISSING_MOUS]
+    status, body = af.cluster.get("/alma-regen/api/mous?q=" + quote(MISSING_MOUS.split("/")[3].lower()))
+    assert [r["mous_uid"] for r in json.loads(body)] == [MISSING_MOUS]
+    status, body = af.cluster.get("/alma-regen/api/mous?q=" + quote(af.late_run))
+    assert [r["mous_uid"] for r in json.loads(body)] == [af.mous]
+    status, page = af.cluster.get("/alma-regen/?state=failed")
+    assert MISSING_MOUS in page.decode() and f'data-mous="{af.mous}"' not in page.decode()
 
 
 def test_step_durations_are_metrics(alerting_airflow):
@@ -133,3 +186,28 @@ def test_view_requires_a_login(tmp_path):
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200 and json.loads(r.read()) == []
     assert cluster.all_stopped()
+
+
+def test_a_run_skipped_as_published_shows_as_skipped_with_why(alerting_airflow):
+    """Last in this module: a second run of the published MOUS (it is skipped at check_published)."""
+    af = alerting_airflow
+    again = af.cluster.trigger("alma_regenerate", {"mous_uid": af.mous})
+    assert af.cluster.wait_run("alma_regenerate", again, timeout=300) == "success"
+    status, body = af.cluster.get("/alma-regen/api/mous")
+    row = next(r for r in json.loads(body) if r["mous_uid"] == af.mous)
+    assert row["run_id"] == again and row["runs"] == 2
+    assert row["status"] == "skipped" and "already published" in row["why"]
+    assert publish_run_id(af.late_run) in row["why"], row["why"]
+    # No CASA ran, no step ran after check_published: no version, no "0 s" steps.
+    assert row["casa_version"] is None and row["calibration"] is None
+    assert "check_published" not in row["steps"] and "restore_eb" not in row["steps"]
+    assert all(s["duration_s"] is not None for s in row["steps"].values())
+    assert row["step"] == "check_published"
+    assert [h["run_id"] for h in row["history"]] == [again, af.late_run]
+    assert row["history"][1]["status"] == "success" and row["history"][1]["casa_version"]
+    status, body = af.cluster.get("/alma-regen/api/mous?state=skipped")
+    assert [r["mous_uid"] for r in json.loads(body)] == [af.mous]
+    status, page = af.cluster.get("/alma-regen/")
+    text = page.decode()
+    assert f'data-run-id="{again}" data-state="skipped"' in text and 'class="why"' in text
+    assert 'class="history-toggle"' in text and f'data-run-id="{af.late_run}" data-state="success"' in text

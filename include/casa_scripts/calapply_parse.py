@@ -24,6 +24,12 @@ Format (pipeline source, exportdata/callibrary)::
   hifa_restoredata does: `vis` must be `<EB>.ms` and every caltable must start
   with `<EB>.ms.` (the caltables tgz members are named so), which also keeps a
   path such as `/etc/passwd` or `..` out;
+- `docallib=True` and a non-empty `callib=` are refused: a CASA callibrary
+  names its caltables by its own paths, which the rewriting above never sees
+  (a restore applied a caltable from outside the delivery through one); a
+  non-empty `msselect=` is refused too, since TaQL can open any table by path.
+  The pipeline's lines carry none of them. `docallib=False`, `callib=''` and
+  `msselect=''` (the defaults) are accepted;
 - the pipeline's applycal defaults are added (applymode='calflagstrict',
   flagbackup=False) unless the line sets them;
 - `intent=` holds pipeline intents (PHASE, TARGET, ...), which CASA's applycal
@@ -136,10 +142,25 @@ def _parse_line(line, lineno, workdir, eb, path) -> dict:
             kwargs[kw.arg] = ast.literal_eval(kw.value)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise CalapplyError(path, lineno, f"{kw.arg}= is not a literal: {_short(ast.unparse(kw.value))}") from None
+    _refuse_other_paths(kwargs, lineno, path)
     _rewrite_paths(kwargs, lineno, workdir, eb, path)
     for key, value in PIPELINE_DEFAULTS.items():
         kwargs.setdefault(key, value)
     return kwargs
+
+
+def _refuse_other_paths(kwargs, lineno, path):
+    # Only the defaults, exactly: any other value makes applycal read files by a path
+    # of the delivery's choosing (see the module docstring).
+    if kwargs.get("docallib", False) is not False:
+        raise CalapplyError(path, lineno, f"docallib={kwargs['docallib']!r} is refused: a callibrary names caltables "
+                                          "by its own paths, outside the delivery's working directory")
+    if kwargs.get("callib", "") != "":
+        raise CalapplyError(path, lineno, f"callib={_short(repr(kwargs['callib']))} is refused: a callibrary names "
+                                          "caltables by its own paths, outside the delivery's working directory")
+    if kwargs.get("msselect", "") != "":
+        raise CalapplyError(path, lineno, f"msselect={_short(repr(kwargs['msselect']))} is refused: TaQL can open "
+                                          "any table by path, and the pipeline's lines never use it")
 
 
 def _rewrite_paths(kwargs, lineno, workdir, eb, path):

@@ -5,7 +5,8 @@ Usage: python image_stats.py JOB.json RESULT.json
 JOB: {"images": [{"id", "path", "pb": path or null}],
       "pairs":  [{"id", "a", "b"}]            (ids of "images": a regenerated, b delivered)
       "workdir": folder for regridded copies,
-      "thumbnails": folder for PNGs or null}
+      "thumbnails": folder for PNGs or null,
+      "planes": folder or null}               (previews: the planes shown, as .npz)
 
 Per image (FITS or CASA image): shape, cell, peak (the maximum), where it is
 (pixel and RA/Dec), the rms (robust: 1.4826 x the median absolute deviation,
@@ -13,7 +14,10 @@ so sources barely move it; on a pb-corrected image the noise is first
 flattened by multiplying with the primary beam when one is given), the
 restoring beam (the common beam of a cube). Per pair: b's grid is the
 reference; a is regridded onto it when the grids differ, and the pixel-wise
-difference a - b is reported in units of b's rms.
+difference a - b is reported in units of b's rms. With "planes", the plane
+of each pair that previews show (b's peak channel) is saved as PAIR.npz
+(regenerated: a on b's grid, delivered: b, channel), and each image's own peak
+plane as ID.npz (image, channel); arrays in FITS order [y, x].
 This file must not import airflow or alma_regen.
 """
 import json
@@ -123,7 +127,20 @@ def same_grid(ia_info, ib_info):
             and np.allclose(ia_info["refpix"], ib_info["refpix"], atol=1e-6))
 
 
-def compare(a_path, b_path, b_rms, workdir, pair_id):
+def peak_plane(data):
+    """Index of the plane holding the peak (0 for an image of one plane)."""
+    planes = data.reshape(data.shape[0], data.shape[1], -1)
+    if planes.shape[2] == 1 or not np.isfinite(planes).any():
+        return 0
+    return int(np.nanargmax(np.nanmax(np.nan_to_num(planes, nan=-np.inf), axis=(0, 1))))
+
+
+def plane(data, k):
+    """Plane k as float32 in FITS order [y, x] (CASA arrays are [x, y, ...])."""
+    return np.ascontiguousarray(data.reshape(data.shape[0], data.shape[1], -1)[:, :, k].T, dtype=np.float32)
+
+
+def compare(a_path, b_path, b_rms, workdir, pair_id, planes_out=None):
     a, _, a_info = load(a_path)
     b, _, b_info = load(b_path)
     regridded = False
@@ -155,6 +172,9 @@ def compare(a_path, b_path, b_rms, workdir, pair_id):
     if a.shape != b.shape:
         return {"regridded": regridded, "problem": "shapes differ after regridding: %s vs %s"
                 % (list(a.shape), list(b.shape))}
+    if planes_out:
+        k = peak_plane(b)
+        np.savez_compressed(planes_out, regenerated=plane(a, k), delivered=plane(b, k), channel=k)
     both = np.isfinite(a) & np.isfinite(b)
     if not both.any() or not b_rms:
         return {"regridded": regridded, "problem": "no pixel is valid in both images"}
@@ -193,6 +213,11 @@ def thumbnail(path, png, title):
     plt.close(fig)
 
 
+def saved(folder, ident):
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, re.sub(r"[^A-Za-z0-9_.+-]", "_", ident) + ".npz")
+
+
 def main(job_path, result_path):
     with open(job_path) as f:
         job = json.load(f)
@@ -207,10 +232,19 @@ def main(job_path, result_path):
             png = os.path.join(job["thumbnails"], re.sub(r"[^A-Za-z0-9_.+-]", "_", entry["id"]) + ".png")
             thumbnail(entry["path"], png, entry["id"])
             s["thumbnail"] = png
+        if job.get("planes") and s.get("peak") is not None:
+            s["plane"] = saved(job["planes"], entry["id"])
+            data, cs, _ = load(entry["path"])
+            cs.done()
+            k = peak_plane(data)
+            np.savez_compressed(s["plane"], image=plane(data, k), channel=k)
     pairs = {}
     for p in job.get("pairs", []):
+        out = saved(job["planes"], "pair:" + p["id"]) if job.get("planes") else None
         pairs[p["id"]] = compare(images[p["a"]]["path"], images[p["b"]]["path"], images[p["b"]].get("rms"),
-                                 workdir, p["id"])
+                                 workdir, p["id"], out)
+        if out and os.path.isfile(out):
+            pairs[p["id"]]["planes"] = out
     with open(result_path, "w") as f:
         json.dump({"images": images, "pairs": pairs}, f, indent=1)
 

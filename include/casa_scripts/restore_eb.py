@@ -23,7 +23,6 @@ This file must not import airflow or alma_regen.
 import os
 import shutil
 import sys
-import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +33,7 @@ from casatools import ms as mstool, msmetadata  # noqa: E402
 
 import almaopts  # noqa: E402
 import calapply_parse  # noqa: E402
+import confined  # noqa: E402
 import msinfo  # noqa: E402
 
 casa_boot.casa_log_to_console()
@@ -41,24 +41,6 @@ casa_boot.casa_log_to_console()
 
 class RestoreError(RuntimeError):
     pass
-
-
-def safe_extract(tgz, dest, prefix):
-    """Extract only members under `prefix`, refusing anything that could escape."""
-    with tarfile.open(tgz) as tf:
-        members = []
-        for m in tf.getmembers():
-            name = m.name.lstrip("./")
-            if not name.startswith(prefix):
-                continue
-            if m.issym() or m.islnk() or not (m.isfile() or m.isdir()):
-                raise RestoreError("%s: member %s is not a plain file or folder" % (tgz, m.name))
-            members.append(m)
-        if not members:
-            raise RestoreError("%s holds nothing for %s" % (tgz, prefix))
-        # The 'data' filter refuses absolute paths, '..', devices and setuid bits.
-        tf.extractall(dest, members=members, filter="data")
-    return len(members)
 
 
 def import_asdm(asdm, vis):
@@ -143,14 +125,18 @@ def restore(job):
 
     t = time.monotonic()
     shutil.rmtree(vis + ".flagversions", ignore_errors=True)
-    safe_extract(job["flagversions"], work, eb + ".ms.flagversions")
+    # Members confined to this EB's names, no '..', no links (include/casa_scripts/confined.py).
+    confined.safe_extract(job["flagversions"], work, eb, "flagversions")
     flagmanager(vis=vis, mode="restore", versionname=almaopts.FINAL_FLAGS)
     timings["flags"] = time.monotonic() - t
 
     t = time.monotonic()
-    safe_extract(job["caltables"], work, eb + ".ms.")
+    confined.safe_extract(job["caltables"], work, eb, "caltables")
     calls = as_the_pipeline_applies(vis, job["calapply"], calapply_parse.parse_calapply_lines(job["calapply"], work, eb))
     for kwargs in calls:
+        # Checked again right before CASA reads them: every caltable really is in the working dir.
+        for table in kwargs.get("gaintable", []):
+            confined.inside(table, work)
         applycal(**kwargs)
     timings["applycal"] = time.monotonic() - t
 
@@ -176,5 +162,6 @@ def restore(job):
 
 
 if __name__ == "__main__":
-    casa_boot.run_job(restore, *casa_boot.script_args(), errors=(RestoreError, calapply_parse.CalapplyError),
+    casa_boot.run_job(restore, *casa_boot.script_args(),
+                      errors=(RestoreError, calapply_parse.CalapplyError, confined.ConfinementError),
                       label="RESTORE FAILED")

@@ -239,7 +239,7 @@ def pipeline_manifest(member) -> dict:
     found = find_pipeline_manifest(member)
     if found is None:
         return _manifest_from_restore_script(member)
-    ous = safexml.parse_file(found)
+    ous = safexml.parse_file(_confined(member, found))
     ebs = {}
     caltables = {s.get("name"): _first_name(s, "caltables") for s in safexml.find_all(ous, "session")}
     for session in safexml.find_all(ous, "session"):
@@ -273,7 +273,7 @@ def restore_script_sessions(member) -> dict:
         raise DeliveryError(member / "script", "no pipeline manifest and no *casa_piperestorescript.py: "
                                                "cannot tell which session's caltables belong to which EB")
     try:
-        tree = ast.parse(script.read_bytes(), filename=str(script))
+        tree = ast.parse(_confined(member, script).read_bytes(), filename=str(script))
     except (SyntaxError, ValueError) as exc:
         raise DeliveryError(script, f"cannot be read as Python: {exc}") from None
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
@@ -311,13 +311,23 @@ def _manifest_from_restore_script(member: Path) -> dict:
     return {"source": None, "ebs": ebs, "casa_version": None, "pipeline_version": None}
 
 
+def _confined(member: Path, path: Path) -> Path:
+    """The real path of a file the native restore reads: links followed, it must stay in
+    the member folder (a symlink of the delivery must not make the restore read a host
+    file). Checked right before the read; the path handed on is the real one."""
+    real, top = path.resolve(), member.resolve()
+    if real != top and top not in real.parents:
+        raise DeliveryError(path, f"resolves to {real}, outside the member folder {top}: refused")
+    return real
+
+
 def _cal_file(member: Path, name: str | None, what: str, eb: str) -> Path:
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise DeliveryError(member / "calibration", f"{eb}: no usable {what} named ({name!r})")
     p = member / "calibration" / name
     if not p.is_file():
         raise DeliveryError(p, f"{eb}: the {what} is missing")
-    return p
+    return _confined(member, p)
 
 
 def restore_job(member, eb, split: bool) -> dict:

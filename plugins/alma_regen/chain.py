@@ -9,10 +9,15 @@ import logging
 import time
 from pathlib import Path
 
-from . import calibration
+from dataclasses import replace
+
+from . import calibration, naming
+from .config import Settings
 from .delivery import Delivery
 from .errors import DeliveryError
+from .mous_lock import held
 from .staging import StageOptions, open_source, stage_mous
+from .timeouts import casa_timeout
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +35,23 @@ def run_mous(mous: str, source_url: str, workdir, *, cal_options: calibration.Op
         timings[name] = round(time.monotonic() - t, 3)
         return out
 
+    naming.uid_to_file(mous)  # a malformed uid (a trailing newline...) is refused before anything is made
+    # The MOUS's lock, the one the DAG's runs take: no DAG run or other command works in it meanwhile.
+    with held(workdir, mous, "run"):
+        return _run_locked(mous, source_url, workdir, step, timings, cal_options, stage_options, parallel,
+                           imaging, publish_to, run_id)
+
+
+def _run_locked(mous, source_url, workdir, step, timings, cal_options, stage_options, parallel, imaging,
+                publish_to, run_id) -> dict:
     staged = step("stage", stage_mous, mous, open_source(source_url), workdir, stage_options)
     member = Path(staged["member_dir"])
+    # Every CASA step's limit, from the raw data now staged (alma_regen.timeouts); an explicit one wins.
+    casa_limit = casa_timeout(member, Settings.from_env())
+    cal_options = cal_options or calibration.Options()
+    if not cal_options.timeout_s:
+        cal_options = replace(cal_options, timeout_s=casa_limit)
+    casa_limit = cal_options.timeout_s
     plan = step("inspect", lambda: Delivery(member).plan())
     errors = [p for p in plan["problems"] if p["severity"] == "error"]
     if errors:
@@ -43,8 +63,8 @@ def run_mous(mous: str, source_url: str, workdir, *, cal_options: calibration.Op
     if imaging != "none":
         from .fidelity import check_fidelity
         from .imaging import image
-        result["imaging"] = step("image", image, member, imaging, workers=parallel)
-        result["fidelity"] = step("fidelity", check_fidelity, member)
+        result["imaging"] = step("image", image, member, imaging, workers=parallel, timeout=casa_limit)
+        result["fidelity"] = step("fidelity", check_fidelity, member, timeout=casa_limit)
     if publish_to:
         from .publish import publish
         result["manifest"] = step("publish", publish, member, publish_to, run=run_id)

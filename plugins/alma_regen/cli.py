@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import contextmanager
 
 from .errors import AlmaRegenError
 
@@ -59,12 +60,66 @@ def cmd_add_pipeline(a):
 
 def cmd_restore(a):
     from .calibration import Options, calibrate
-    summary = calibrate(a.member_dir, Options(engine=a.engine, casa_version=a.casa_version or None,
-                                              dosplit=a.dosplit, spacesaving=a.spacesaving,
-                                              docontsub=a.docontsub, timeout_s=a.timeout),
-                        parallel=a.parallel)
+    version = casa_version_arg(a.casa_version)
+    with member_step(a.member_dir, "restore"):
+        summary = calibrate(a.member_dir, Options(engine=a.engine, casa_version=version,
+                                                  dosplit=a.dosplit, spacesaving=a.spacesaving,
+                                                  docontsub=a.docontsub,
+                                                  timeout_s=casa_timeout(a.member_dir, a.timeout)),
+                            parallel=a.parallel)
     _print_json({k: summary[k] for k in ("mous_uid", "plan", "elapsed_s")} |
                 {"outputs": [r["output"] for r in summary["ebs"]]})
+
+
+# ------------------------------------------------------------------ shared by the step commands
+
+def usable_folder(path, what: str = "folder", *, writable: bool = True):
+    """A clear error (PermanentError) unless `path` is an existing folder we may write in."""
+    import os
+    from pathlib import Path
+
+    from .errors import PermanentError
+    p = Path(path)
+    if not p.exists():
+        raise PermanentError(f"{p}: no such {what}")
+    if not p.is_dir():
+        raise PermanentError(f"{p} is a file, not a {what}")
+    if writable and not os.access(p, os.W_OK | os.X_OK):
+        raise PermanentError(f"{p} is read-only: the {what} must be writable")
+    return p
+
+
+@contextmanager
+def member_step(member_dir, command: str):
+    """Run one step on a member folder: the folder checked, the MOUS's lock held (the DAG's)."""
+    from .delivery import Delivery
+    from .mous_lock import held
+    member = usable_folder(member_dir, "member folder")
+    usable_folder(member.resolve().parent, "working folder")  # the lock lives in <workdir>/.locks
+    mous = Delivery(member).mous_uid
+    if not mous:  # not a member.<MOUS> folder: no DAG run can be working in it under a MOUS name
+        yield None
+        return
+    with held(member.resolve().parent, mous, command) as run_id:
+        yield run_id
+
+
+def casa_timeout(member_dir, given):
+    """--timeout, else the limit the settings give for this member's raw data (alma_regen.timeouts)."""
+    if given:
+        return given
+    from .config import Settings
+    from .timeouts import casa_timeout as from_size
+    return from_size(member_dir, Settings.from_env())
+
+
+def casa_version_arg(text):
+    """--casa-version: empty, or a version CASA could have (a CasaError, one line, before any work)."""
+    if not text:
+        return None
+    from .casa.registry import CasaVersion
+    CasaVersion.parse(text)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spacesaving", type=int, default=1, help="scriptForPI's SPACESAVING (default 1; -1: no disk check)")
     s.add_argument("--docontsub", action="store_true", help="scriptForPI's DOCONTSUB")
     s.add_argument("--parallel", type=int, default=1, help="EBs restored at once (native engine)")
-    s.add_argument("--timeout", type=float, default=None, help="seconds per CASA run")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="seconds per CASA run (default: from the raw data's size and the settings)")
     s.set_defaults(func=cmd_restore)
 
     # Later steps register here (stage, serve-archive, restore, image, publish, run, demo).

@@ -26,9 +26,13 @@ class Settings:
     retries: int = 3
     retry_delay_s: int = 60
     max_retry_delay_s: int = 1800
-    stage_timeout_s_per_gb: int = 600          # execution_timeout grows with the raw data
-    casa_timeout_s_per_gb: int = 3600
-    min_timeout_s: int = 1800
+    # Time limits (alma_regen/timeouts.py): a step may take max(min_timeout_s, GB x s-per-GB);
+    # the CASA runner kills at that limit, the Airflow task a little later (operators/timeouts.py).
+    stage_timeout_s_per_gb: int = 600          # staging: GB the archive lists for the step's files
+    casa_timeout_s_per_gb: int = 3600          # CASA steps: GB of the member's raw ASDMs (raw/)
+    min_timeout_s: int = 1800                  # the floor of both
+    stage_min_rate_bps: float = 10000.0        # staging gives up on a source sending less than this over
+    stage_min_rate_window_s: float = 120.0     # this window (a transient error; a rerun resumes); 0: never
     deadline_minutes: int = 0                  # 0: the default; negative: no deadline alert
     deadline_seconds: int = 0                  # > 0: the allowance exactly (wins over minutes; tests, tight SLAs)
     deadline_minutes_per_gb: int = 30
@@ -40,6 +44,8 @@ class Settings:
     bulk_worklist: str = ""                    # file path or s3://bucket/key
     bulk_max_runs: int = 4                     # alma_regenerate runs started per bulk run at most
     bulk_min_free_gb: float = 50.0             # no new runs below this free disk in workdir
+    sandbox: str = "bwrap"                     # CASA children: bwrap | bwrap-strict | none (casa/sandbox.py; env only)
+    sandbox_ro_paths: str = ""                 # extra read-only paths in the sandbox, ':'-separated
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":

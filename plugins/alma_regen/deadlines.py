@@ -16,7 +16,10 @@ hands us):
 
 It is registered by the plugin (`AlmaRegenPlugin.deadline_references`): the
 scheduler only deserializes custom references that a plugin declares. The
-DeadlineAlert's own interval stays 0: the allowance is in the reference.
+DeadlineAlert's interval is the part of the allowance that does not depend on
+the MOUS, so the UI reads "Must complete within an hour of queue time + 30 min
+per GB of raw ASDMs" (`mous_size_deadline`); each run's note gives its own
+allowance and what it came from (alma_regen.run_notes).
 
 `run_late` is the DeadlineAlert callback (it runs in the triggerer): one alert
 naming the MOUS, the step the run is in (its running task, asked through the
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from airflow.sdk.definitions.deadline import BaseDeadlineReference
@@ -39,10 +43,38 @@ ACTIVE = ("running", "queued", "up_for_retry", "up_for_reschedule", "deferred", 
 LOOKUP_TIMEOUT_S = 3.0
 
 
+@dataclass(eq=False)  # the base class compares and hashes by the serialized form
 class MousSizeDeadline(BaseDeadlineReference):
-    """queued_at + the allowance of the run's MOUS (see the module)."""
+    """queued_at + the allowance of the run's MOUS (see the module).
+
+    The UI words a DeadlineAlert as "Must complete within <interval> of <reference>".
+    So that it reads as what happens, the DAG's interval is the allowance its settings
+    give before any size (`counted_s`, `mous_size_deadline`) and this reference names
+    itself after the rest ("queue time + 30 min per GB of raw ASDMs"). The allowance
+    itself is always the one of the settings when the run is created: this reference
+    returns queued_at + allowance - counted_s, and Airflow adds the interval back.
+    """
+
+    counted_s: float = 0.0       # the interval the DeadlineAlert adds (subtracted here)
+    per_gb_minutes: int = 0      # for the name only: 0 when the allowance is fixed
 
     required_kwargs = {"dag_id", "run_id"}
+
+    @property
+    def reference_name(self) -> str:
+        # Shown by the UI as a phrase (an i18n key with a default: no '.' nor ':').
+        if self.per_gb_minutes > 0:
+            return f"queue time + {self.per_gb_minutes} min per GB of raw ASDMs"
+        return "queue time"
+
+    def serialize_reference(self) -> dict:
+        return {"reference_type": self.reference_name, "counted_s": self.counted_s,
+                "per_gb_minutes": self.per_gb_minutes}
+
+    @classmethod
+    def deserialize_reference(cls, reference_data: dict) -> "MousSizeDeadline":
+        return cls(counted_s=float(reference_data.get("counted_s") or 0.0),
+                   per_gb_minutes=int(reference_data.get("per_gb_minutes") or 0))
 
     def _evaluate_with(self, *, session, dag_id: str, run_id: str, **kwargs) -> datetime | None:
         from sqlalchemy import select
@@ -58,9 +90,25 @@ class MousSizeDeadline(BaseDeadlineReference):
         start = row.queued_at or timezone.utcnow()
         conf = row.conf or {}
         s = server_settings(session)
-        allowance = allowance_for(s, conf.get("mous_uid"), conf.get("source") or "request_handler")
-        log.info("deadline of %s %s: %s after queued (%s)", dag_id, run_id, allowance, conf.get("mous_uid"))
-        return start + allowance
+        allowance, why = allowance_and_reason(s, conf.get("mous_uid"), conf.get("source") or "request_handler")
+        log.info("deadline of %s %s: %s after queued (%s: %s)", dag_id, run_id, allowance, conf.get("mous_uid"), why)
+        return start + allowance - timedelta(seconds=self.counted_s)
+
+
+def alert_interval(s) -> tuple:
+    """(interval, per_gb_minutes) of the DeadlineAlert for the parse-time settings `s`:
+    the part of the allowance that does not depend on the MOUS, and the part that does."""
+    if getattr(s, "deadline_seconds", 0) > 0:
+        return timedelta(seconds=s.deadline_seconds), 0
+    if s.deadline_minutes > 0:
+        return timedelta(minutes=s.deadline_minutes), 0
+    return timedelta(minutes=s.deadline_base_minutes), s.deadline_minutes_per_gb
+
+
+def mous_size_deadline(s) -> tuple:
+    """(reference, interval) for alma_regenerate's DeadlineAlert with settings `s`."""
+    interval, per_gb = alert_interval(s)
+    return MousSizeDeadline(counted_s=interval.total_seconds(), per_gb_minutes=per_gb), interval
 
 
 def server_settings(session=None):
@@ -90,13 +138,34 @@ def server_settings(session=None):
 
 
 def allowance_for(s, mous: str | None, source: str = "request_handler") -> timedelta:
+    return allowance_and_reason(s, mous, source)[0]
+
+
+def allowance_and_reason(s, mous: str | None, source: str = "request_handler") -> tuple:
+    """(allowance, what it was derived from, in words) for a run of `mous`."""
     if getattr(s, "deadline_seconds", 0) > 0:
-        return timedelta(seconds=s.deadline_seconds)
+        return timedelta(seconds=s.deadline_seconds), f"deadline_seconds = {s.deadline_seconds} in the settings"
     if s.deadline_minutes > 0:
-        return timedelta(minutes=s.deadline_minutes)
+        return timedelta(minutes=s.deadline_minutes), f"deadline_minutes = {s.deadline_minutes} in the settings"
     raw = raw_bytes(s, mous, source) if mous else None
-    gb = (raw or 0) / 1e9
-    return timedelta(minutes=s.deadline_base_minutes + s.deadline_minutes_per_gb * gb)
+    if raw is None:
+        where = "the S3 mirror is not sized here" if source != "request_handler" else \
+            "the request handler did not give the size"
+        return timedelta(minutes=s.deadline_base_minutes), \
+            f"the base {s.deadline_base_minutes} min only: {where}"
+    gb = raw / 1e9
+    return timedelta(minutes=s.deadline_base_minutes + s.deadline_minutes_per_gb * gb), \
+        (f"{s.deadline_base_minutes} min + {s.deadline_minutes_per_gb} min per GB x {gb:.2f} GB "
+         "of raw ASDMs (the request handler's listing)")
+
+
+def describe(allowance: timedelta) -> str:
+    """1 h 12 min, 45 min, 20 s: an allowance for a person."""
+    total = int(round(allowance.total_seconds()))
+    if total < 120:
+        return f"{total} s"
+    h, m = divmod(round(total / 60), 60)
+    return f"{h} h {m} min" if h and m else (f"{h} h" if h else f"{m} min")
 
 
 def raw_bytes(s, mous: str, source: str) -> int | None:

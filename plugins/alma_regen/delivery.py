@@ -13,9 +13,12 @@ this model instead of globbing on its own. It reads, never writes.
     split          {needed, reasons}                            (what scriptForPI would do)
     scripts        {scriptForPI, restore, pipescript, imaging, imaging_prep, calibration: [...]}
     ppr            {path, ebs}                                  (EB uids, uid://A002/...)
-    raw            {ebs: [{eb, asdm, state: ok|missing|invalid, scans, antennas, spws,
-                           size_bytes, problem}], extra: [...]} (extra = semipass, ignored)
-    disk           {raw_bytes, needed_bytes_min, needed_bytes_max, free_bytes, enough}
+    staged         false for the plan made before the raw data are staged (`plan(staged=False)`)
+    raw            {ebs: [{eb, asdm, state: ok|missing|invalid|to_stage, scans, antennas, spws,
+                           size_bytes, problem}], extra: [...]} (extra = semipass, ignored;
+                   to_stage: not in raw/ yet, before staging; size_bytes then the archive's tar size)
+    disk           {raw_bytes, needed_bytes_min, needed_bytes_max, free_bytes, enough, estimated}
+                   (estimated: raw_bytes from the archive's sizes, before staging)
     problems       [{severity: error|warning, path, message}]
     ok             true when there is no error
 
@@ -244,7 +247,9 @@ class Delivery:
         return {"needed": bool(reasons), "reasons": reasons}
 
     # ------------------------------------------------------------ raw/
-    def raw_state(self, ebs: list) -> dict:
+    def raw_state(self, ebs: list, staged: bool = True, archive_sizes: dict | None = None) -> dict:
+        """Each EB's ASDM in raw/. Before staging (`staged=False`) an ASDM not there yet is
+        `to_stage`, sized by `archive_sizes` ({EB: bytes of its tar}) when given."""
         raw = self.path / "raw"
         present = {p.name: p for p in _names(raw, self.problems) if p.name.endswith(".asdm.sdm") and p.is_dir()}
         states = []
@@ -264,6 +269,8 @@ class Delivery:
                     if info.eb_uid and info.eb_uid != eb:
                         entry.update(state="invalid", problem=f"ExecBlock.xml says {info.eb_uid}")
                         self.problems.error(raw / name, f"ExecBlock.xml names {info.eb_uid}, the PPR expects {eb}")
+            elif not staged:
+                entry.update(state="to_stage", size_bytes=(archive_sizes or {}).get(eb))
             else:
                 self.problems.error(raw / name, "missing: the PPR lists this EB but raw/ does not hold its ASDM")
             states.append(entry)
@@ -272,17 +279,21 @@ class Delivery:
             self.problems.warning(raw / name, "not in the PPR (QA semipass?): ignored")
         return {"ebs": states, "extra": extra}
 
-    def disk(self, raw_bytes: int) -> dict:
+    def disk(self, raw_bytes: int, estimated: bool = False) -> dict:
         free = shutil.disk_usage(self.path).free
         lo, hi = (raw_bytes * f for f in DISK_FACTOR)
         return {"raw_bytes": raw_bytes, "needed_bytes_min": lo, "needed_bytes_max": hi,
-                "free_bytes": free, "enough": free >= lo}
+                "free_bytes": free, "enough": free >= lo, "estimated": estimated}
 
     # ------------------------------------------------------------ the plan
-    def plan(self) -> dict:
-        """Everything at once, each problem reported rather than raised."""
+    def plan(self, staged: bool = True, archive_sizes: dict | None = None) -> dict:
+        """Everything at once, each problem reported rather than raised.
+
+        staged=False: the plan before the raw data are staged (see `raw_state`); the
+        disk is then estimated from `archive_sizes` when given."""
         p = self.problems
-        out = {"schema": SCHEMA, "member_dir": str(self.path), "mous_uid": self.mous_uid, "project": None}
+        out = {"schema": SCHEMA, "member_dir": str(self.path), "mous_uid": self.mous_uid, "project": None,
+               "staged": staged}
 
         def attempt(fn, default):
             try:
@@ -310,15 +321,22 @@ class Delivery:
                 out["project"] = safexml.text_of(root, "ProposalCode") or None
             except DeliveryError:
                 pass
-        out["raw"] = self.raw_state(ebs)
+        out["raw"] = self.raw_state(ebs, staged, archive_sizes)
         raw_bytes = sum(e["size_bytes"] or 0 for e in out["raw"]["ebs"])
-        out["disk"] = self.disk(raw_bytes)
+        out["disk"] = self.disk(raw_bytes, estimated=any(e["state"] == "to_stage" for e in out["raw"]["ebs"]))
         if raw_bytes and not out["disk"]["enough"]:
             p.warning(self.path, f"free disk {out['disk']['free_bytes'] / 1e9:.1f} GB is less than "
                                  f"{DISK_FACTOR[0]} x raw/ ({out['disk']['needed_bytes_min'] / 1e9:.1f} GB)")
         out["problems"] = list(p)
         out["ok"] = not any(x["severity"] == "error" for x in p)
         return out
+
+
+def _size(n: int) -> str:
+    """Bytes for a person: 2.50 GB, 4.6 MB, 20 kB."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def format_plan(plan: dict) -> str:
@@ -333,18 +351,40 @@ def format_plan(plan: dict) -> str:
         f"split         {'yes: ' + '; '.join(plan['split']['reasons']) if plan['split']['needed'] else 'no'}",
         f"PPR           {plan['ppr']['path'] or '-'} ({len(plan['ppr']['ebs'])} EBs)",
     ]
+    staged = plan.get("staged", True)
     for e in plan["raw"]["ebs"]:
-        detail = (f"{e['scans']} scans, {e['antennas']} antennas, {e['spws']} spws, {e['size_bytes'] / 1e6:.1f} MB"
-                  if e["state"] == "ok" else (e["problem"] or ""))
-        lines.append(f"  raw {e['eb']:<28} {e['state']:<8} {detail}")
+        if e["state"] == "ok":
+            detail = (f"{e['scans']} scans, {e['antennas']} antennas, {e['spws']} spws, "
+                      f"{e['size_bytes'] / 1e6:.1f} MB")
+        elif e["state"] == "to_stage":
+            detail = (f"{_size(e['size_bytes'])} in the archive" if e["size_bytes"] is not None
+                      else "size known once staged")
+        else:
+            detail = e["problem"] or ""
+        lines.append(f"  raw {e['eb']:<28} {e['state'].replace('_', ' '):<8} {detail}")
     for name in plan["raw"]["extra"]:
         lines.append(f"  raw {name:<28} ignored (not in the PPR)")
     d = plan["disk"]
-    lines.append(f"disk          raw {d['raw_bytes'] / 1e9:.3f} GB, needs {d['needed_bytes_min'] / 1e9:.2f}-"
-                 f"{d['needed_bytes_max'] / 1e9:.2f} GB, free {d['free_bytes'] / 1e9:.1f} GB")
+    to_stage = [e for e in plan["raw"]["ebs"] if e["state"] == "to_stage"]
+    unsized = [e for e in to_stage if e["size_bytes"] is None]
+    if to_stage and len(unsized) == len(to_stage):
+        lines.append(f"disk          needs {DISK_FACTOR[0]}-{DISK_FACTOR[1]} x the raw data (its size is known once "
+                     f"staged); free {_size(d['free_bytes'])}")
+    else:
+        est = (" (the archive's sizes" + (f"; {len(unsized)} EB(s) unknown: more" if unsized else "") + ")"
+               if d.get("estimated") else "")
+        lines.append(f"disk          raw {_size(d['raw_bytes'])}{est}, needs {_size(d['needed_bytes_min'])} to "
+                     f"{_size(d['needed_bytes_max'])}, free {_size(d['free_bytes'])}")
     for pr in plan["problems"]:
         lines.append(f"{pr['severity'].upper():<13} {pr['path']}: {pr['message']}")
-    lines.append("OK" if plan["ok"] else "NOT READY: fix the errors above")
+    if not plan["ok"]:
+        lines.append("NOT READY: fix the errors above")
+    elif not staged:
+        there = len(plan["raw"]["ebs"]) - len(to_stage)
+        lines.append(f"READY TO STAGE: {len(to_stage)} ASDM(s) to fetch"
+                     + (f", {there} already in raw/" if there else ""))
+    else:
+        lines.append("OK")
     return "\n".join(lines)
 
 

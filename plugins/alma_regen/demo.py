@@ -8,15 +8,23 @@ open the UI, and leaves the UI running until stopped (Ctrl-C). A second run
 reuses what exists: the synthetic delivery, the Airflow database, the staged
 data, and the published products (the run then stops at `check_published`).
 Everything lives under .demo/ in the current folder.
+
+The terminal shows steps and progress only: CASA's output (thousands of lines)
+goes to .demo/demo.log, the log of every task to Airflow's logs folder, and the
+demo names both.
 """
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from . import naming
@@ -32,7 +40,64 @@ DAG_ID = "alma_regenerate"
 BUCKET = "alma-products"
 
 
-def _synthetic(root: Path) -> dict:
+class CasaProgress(logging.Handler):
+    """The terminal's view of a CASA child: the CASA task it is in, and how much it logged.
+
+    CASA's log lines read "date time PRIORITY origin::method message"; a task's
+    origin is its lower-case name (tclean, importasdm). On a terminal one line is
+    rewritten in place; otherwise each task is printed once."""
+
+    ORIGIN = re.compile(r"^\S+ \S+\s+\w+\s+([a-z][a-z0-9_]*)::")
+
+    def __init__(self, stream=None):
+        super().__init__(logging.INFO)
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.lines = self.warnings = 0
+        self.task, self.seen, self.t0 = None, set(), time.monotonic()
+
+    def emit(self, record):
+        self.lines += 1
+        self.warnings += record.levelno >= logging.WARNING
+        m = self.ORIGIN.match(record.getMessage())
+        if not m or m.group(1) == self.task:
+            return
+        self.task = m.group(1)
+        if self.tty:
+            self.stream.write(f"\r\033[K  {time.monotonic() - self.t0:5.0f} s  CASA {self.task} "
+                              f"({self.lines} log lines)")
+        elif self.task not in self.seen:
+            self.stream.write(f"  {time.monotonic() - self.t0:5.0f} s  CASA {self.task}\n")
+        self.seen.add(self.task)
+        self.stream.flush()
+
+    def end(self):
+        if self.tty and self.task:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+@contextmanager
+def logs_to(path: Path, *extra: logging.Handler):
+    """Send the library's log (CASA's output among it) to `path`, and to `extra`, not the terminal."""
+    lib = logging.getLogger("alma_regen")
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = lib.propagate, lib.level
+    handlers = [fh, *extra]
+    for h in handlers:
+        lib.addHandler(h)
+    lib.propagate, lib.level = False, logging.INFO
+    try:
+        yield
+    finally:
+        for h in handlers:
+            lib.removeHandler(h)
+        fh.close()
+        lib.propagate, lib.level = saved
+
+
+def _synthetic(root: Path, log_file: Path) -> dict:
     """The synthetic delivery: made once, reused while its archive is complete."""
     record = root / "synth.json"
     if record.is_file():
@@ -40,8 +105,17 @@ def _synthetic(root: Path) -> dict:
         if all((Path(s["archive_dir"]) / f["name"]).is_file() for f in s["files"]):
             print(f"demo: reusing the synthetic delivery of {s['mous_uid']} in {s['archive_dir']}")
             return s
-    print("demo: making a synthetic ALMA delivery with real CASA (about 15 s) ...", flush=True)
-    s = synthesize(root / "synth", ebs=2, seed=1)
+    print(f"demo: making a synthetic ALMA delivery with real CASA (about 20 s; CASA's log: {log_file}) ...",
+          flush=True)
+    t0 = time.monotonic()
+    progress = CasaProgress()
+    with logs_to(log_file, progress):
+        try:
+            s = synthesize(root / "synth", ebs=2, seed=1)
+        finally:
+            progress.end()
+    print(f"demo: made in {time.monotonic() - t0:.0f} s; CASA logged {progress.lines} lines "
+          f"({progress.warnings} at warning or above) to {log_file}", flush=True)
     record.write_text(json.dumps(s, indent=1))
     return s
 
@@ -156,7 +230,13 @@ def run_demo(root=".demo", port: int = 8080, wait: bool = True) -> str:
     root.mkdir(parents=True, exist_ok=True)
     # A `kill` must stop Airflow and SeaweedFS too: let the finally blocks run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    s = _synthetic(root)
+    log_file = root / "demo.log"
+    s = _synthetic(root, log_file)
+    with logs_to(log_file):
+        return _run(root, s, port, wait)
+
+
+def _run(root: Path, s: dict, port: int, wait: bool) -> str:
     server = ArchiveServer(s["archive_dir"], "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     print(f"demo: request handler serving {s['archive_dir']} at {server.url}", flush=True)
@@ -182,7 +262,7 @@ def run_demo(root=".demo", port: int = 8080, wait: bool = True) -> str:
             af.cli("pools", "set", settings_.casa_pool, "2", "CASA processes at once (one per core)")
             af.cli("pools", "set", settings_.staging_pool, "4", "downloads at once")
             af.cli("dags", "unpause", DAG_ID)
-            run_id = f"demo__{time.strftime('%Y%m%dT%H%M%S')}"
+            run_id = naming.run_id(s["mous_uid"], datetime.now(timezone.utc))  # named by its MOUS
             af.cli("dags", "trigger", DAG_ID, "--run-id", run_id,
                    "-c", json.dumps({"mous_uid": s["mous_uid"]}))
             print(f"demo: triggered {DAG_ID} for {s['mous_uid']} (run {run_id}); following it:", flush=True)
@@ -209,11 +289,15 @@ def _report(s, state, client, af, root):
         latest = json.loads(client.get_object(Bucket=BUCKET, Key=f"regen/{mous_f}/latest.json")["Body"].read())
         print(f"  products      {latest['manifest'].rsplit('/', 1)[0]}/ (manifest.json, index.html, FITS)")
         print(f"  manifest      {latest['manifest']}")
+        print(f"  summary page  http://localhost:{af.port}/alma-regen/products/{mous_f}/{latest['run']}/index.html")
     except Exception:  # noqa: BLE001 - nothing published (a failed run)
         print("  products      none published")
     print(f"  member folder {root / 'work' / naming.member_dir(s['mous_uid'])}")
-    print(f"  Airflow UI    http://localhost:{af.port}  (user admin, password {af.password()})")
-    print(f"  Airflow logs  {af.home / 'logs'}")
+    print(f"  Airflow UI    http://localhost:{af.port}  (user admin, password {af.password()}; any host name "
+          "of this machine works too)")
+    print(f"  Reprocessing  http://localhost:{af.port}/plugin/alma-reprocessing")
+    print(f"  Airflow logs  {af.home / 'logs'} (each task's log, CASA's output in it)")
+    print(f"  demo log      {root / 'demo.log'} (the synthetic delivery's CASA log, the demo's own)")
 
 
 def register_cli(sub):

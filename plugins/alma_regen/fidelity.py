@@ -7,7 +7,9 @@ child (include/casa_scripts/image_stats.py: peak, peak position, robust rms,
 beam; the regenerated image regridded onto the delivered grid when they
 differ, and the pixel-wise difference in units of the delivered rms) and the
 numbers are judged against tolerances. The result goes to
-`<member>/imaging/fidelity.json` (with PNG thumbnails for the summary page);
+`<member>/imaging/fidelity.json`, with a preview per image for the summary page
+(`imaging/thumbnails/<image>.preview.png`: regenerated, delivered, difference,
+on sky axes; alma_regen.previews);
 a bad match raises FidelityError with the numbers in the message. An image
 without a counterpart is reported as such, never failed.
 
@@ -140,14 +142,16 @@ def counterparts(regenerated: list, delivered_dir: Path) -> dict:
 
 
 def measure(images: list, pairs: list, workdir: Path, thumbnails: Path | None = None, *, runner=None,
-            registry=None, timeout=None) -> dict:
-    """Run image_stats.py on `images` ([{id, path, pb}]) and `pairs` ([{id, a, b}])."""
+            registry=None, timeout=None, planes: Path | None = None) -> dict:
+    """Run image_stats.py on `images` ([{id, path, pb}]) and `pairs` ([{id, a, b}]);
+    `planes`: a folder for the planes the previews show."""
     runner = runner or CasaRunner(log)
     registry = registry or load_registry()
     workdir.mkdir(parents=True, exist_ok=True)
     job, result = workdir / "stats.job.json", workdir / "stats.result.json"
     job.write_text(json.dumps({"images": images, "pairs": pairs, "workdir": str(workdir),
-                               "thumbnails": str(thumbnails) if thumbnails else None}, indent=1))
+                               "thumbnails": str(thumbnails) if thumbnails else None,
+                               "planes": str(planes) if planes else None}, indent=1))
     result.unlink(missing_ok=True)
     cmd = registry.modular().command(casa_script("image_stats.py"), [job, result], shell=False)
     runner.run(cmd, cwd=workdir, timeout=timeout, label="image statistics")
@@ -245,7 +249,7 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
             images.append({"id": "delivered:" + p.name, "path": alt["path"], "pb": alt["pb"]})
             pairs.append({"id": p.name, "a": "regen:" + p.name, "b": "delivered:" + p.name})
     stats = measure(images, pairs, d / "fidelity_work", d / "thumbnails", runner=runner, registry=registry,
-                    timeout=timeout)
+                    timeout=timeout, planes=d / "fidelity_work" / "planes")
     results = []
     for p in regenerated:
         regen = stats["images"]["regen:" + p.name]
@@ -261,6 +265,7 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
             if p.name in derived:
                 entry["delivered_as"] = derived[p.name]["note"]
         results.append(entry)
+    _previews(results, stats, d / "thumbnails", {p.name: pairs_of[p.name] or p for p in regenerated})
     matched = {r["counterpart"] for r in results if r["counterpart"]}
     delivered_all = sorted(p.name for p in (member_dir / "product").glob("*.fits")
                            if is_sky(p.name)) if (member_dir / "product").is_dir() else []
@@ -279,6 +284,16 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
         raise FidelityError(f"{summary['fail']} regenerated image(s) do not match the delivered ones: "
                             + " | ".join(bad))
     return doc
+
+
+def _previews(results: list, stats: dict, out_dir: Path, fits_of: dict) -> None:
+    """The summary page's previews; a missing plotting library costs the previews, never the check."""
+    try:
+        from .previews import render_all
+    except ImportError as exc:
+        log.warning("no image previews: %s", exc)
+        return
+    render_all(results, stats, out_dir, fits_of)
 
 
 def _imaging_record(member_dir) -> dict:

@@ -24,6 +24,7 @@ Outputs, under `<member>/imaging/`:
     imaging.json   the whole record (`imaging_record`)
 CASA runs only in child processes (CasaRunner). This module does not import Airflow.
 """
+import fnmatch
 import json
 import logging
 import os
@@ -92,10 +93,45 @@ def _write_json(path: Path, obj):
     os.replace(tmp, path)
 
 
+# What the imaging steps and the fidelity check write in imaging/ (CASA adds its logs
+# where it runs). A rerun removes these; anything else was put there by someone
+# else, and the rerun refuses, naming it, rather than delete it (nothing is removed).
+_OURS = frozenset({"products", "units", "work", "pipeline", "pipeline_products", "plan.json", "plan.job.json",
+                   "plan.result.json", "script.result.json", "pipeline.job.json", "pipeline.result.json",
+                   "imaging.json", "fidelity.json", "fidelity_work", "thumbnails"})
+_OURS_GLOBS = ("casa-*.log", "ipython-*.log", "*.last", "*.tmp")
+_PRODUCT_GLOBS = ("*.fits", "*.fits.tmp")
+
+
+def _ours(name: str, names=_OURS, globs=_OURS_GLOBS) -> bool:
+    return name in names or any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
 def _reset(member_dir):
-    """A new imaging run starts from nothing: old products must not pass as new ones."""
+    """A new imaging run starts from nothing: old products must not pass as new ones.
+
+    Only what our steps wrote is removed; a file of anyone else's in imaging/ (or
+    anything but FITS in imaging/products/) stops the run with an ImagingError."""
     d = imaging_dir(member_dir)
-    shutil.rmtree(d, ignore_errors=True)
+    if d.is_symlink() or (d.exists() and not d.is_dir()):
+        raise ImagingError(f"{d} is not a folder imaging made: move it away and run again (nothing was removed)")
+    if d.is_dir():
+        entries = list(d.iterdir())
+        foreign = [p.name for p in entries if not _ours(p.name)]
+        prod = d / "products"
+        if prod.is_dir() and not prod.is_symlink():
+            foreign += [f"products/{p.name}" for p in prod.iterdir()
+                        if not _ours(p.name, (), _PRODUCT_GLOBS) or not p.is_file()]
+        if foreign:
+            foreign.sort()
+            raise ImagingError(f"{d} holds files imaging did not write ({', '.join(foreign[:5])}"
+                               f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}): move them out "
+                               "of imaging/ and run again (nothing was removed)")
+        for p in entries:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     (d / "products").mkdir(parents=True)
 
 

@@ -3,9 +3,11 @@
 - `deadline_references`: MousSizeDeadline, the DeadlineAlert reference of
   alma_regenerate (the scheduler deserializes only references a plugin declares);
 - operator extra links: the products' summary page and manifest, from the
-  publish and image tasks (alma_regen.ui);
+  publish and image tasks (alma_regen.ui), as paths without a host so they work
+  on whatever host the UI is opened on;
 - the "Reprocessing" view: a FastAPI app under /alma-regen plus its entry in
-  the UI's navigation (alma_regen.ui);
+  the UI's navigation (alma_regen.ui_app; Airflow shows it in a sandboxed iframe,
+  so its links open in a new tab through the top window);
 - priority_weight_strategies: OperatorRunsFirst (alma_regen.priority);
 - listeners: per-step durations as task metrics and the step a run is in
   (alma_regen.listeners).
@@ -15,7 +17,7 @@ FastAPI app is only built by the api-server (a lazy attribute).
 """
 from airflow.plugins_manager import AirflowPlugin
 
-from . import listeners
+from . import listeners, run_notes
 from .deadlines import MousSizeDeadline
 from .priority import OperatorRunsFirst
 from .ui import VIEW_PREFIX, LazyApp, ManifestLink, SummaryPageLink
@@ -27,7 +29,7 @@ class AlmaRegenPlugin(AirflowPlugin):
     # Operator-triggered reruns go before bulk reprocessing (alma_regen.priority).
     priority_weight_strategies = [OperatorRunsFirst]
     operator_extra_links = [SummaryPageLink(), ManifestLink()]
-    listeners = [listeners]
+    listeners = [listeners, run_notes]
     fastapi_apps = [{"app": LazyApp(), "url_prefix": VIEW_PREFIX, "name": "ALMA reprocessing"}]
     external_views = [{
         "name": "Reprocessing",

@@ -10,14 +10,17 @@ def _print(obj):
 
 def cmd_image(a):
     from . import fidelity, imaging
-    record = imaging.image(a.member_dir, engine=a.engine, workers=a.workers, timeout=a.timeout)
-    out = {"engine": record["engine"], "reason": record["reason"], "products": record["products"],
-           "seconds": record["seconds"]}
-    if not a.no_fidelity:
-        # Written to fidelity.json either way; a bad match fails the command (exit 2) after printing.
-        doc = fidelity.check_fidelity(a.member_dir, raise_on_failure=False)
-        out["fidelity"] = {"ok": doc["ok"], "summary": doc["summary"],
-                           "failures": {e["image"]: e["failures"] for e in doc["images"] if e.get("failures")}}
+    from .cli import casa_timeout, member_step
+    with member_step(a.member_dir, "image"):
+        timeout = casa_timeout(a.member_dir, a.timeout)
+        record = imaging.image(a.member_dir, engine=a.engine, workers=a.workers, timeout=timeout)
+        out = {"engine": record["engine"], "reason": record["reason"], "products": record["products"],
+               "seconds": record["seconds"]}
+        if not a.no_fidelity:
+            # Written to fidelity.json either way; a bad match fails the command (exit 2) after printing.
+            doc = fidelity.check_fidelity(a.member_dir, raise_on_failure=False, timeout=timeout)
+            out["fidelity"] = {"ok": doc["ok"], "summary": doc["summary"],
+                               "failures": {e["image"]: e["failures"] for e in doc["images"] if e.get("failures")}}
     _print(out)
     if out.get("fidelity") and not out["fidelity"]["ok"]:
         from .errors import PermanentError
@@ -27,7 +30,9 @@ def cmd_image(a):
 
 def cmd_publish(a):
     from . import publish
-    manifest = publish.publish(a.member_dir, a.to, run=a.run, include_ms=a.include_ms, workers=a.workers)
+    from .cli import member_step
+    with member_step(a.member_dir, "publish"):
+        manifest = publish.publish(a.member_dir, a.to, run=a.run, include_ms=a.include_ms, workers=a.workers)
     _print({"run": manifest["run"], "location": manifest["location"], "objects": len(manifest["outputs"]),
             "bytes": sum(o["size"] for o in manifest["outputs"]),
             "fidelity": (manifest["fidelity"] or {}).get("summary")})
@@ -38,7 +43,8 @@ def register(sub):
     s.add_argument("member_dir")
     s.add_argument("--engine", default="auto", choices=["auto", "pipeline", "script", "native"])
     s.add_argument("--workers", type=int, default=1, help="native work units (target x spw) run at once")
-    s.add_argument("--timeout", type=float, default=None, help="seconds per CASA run")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="seconds per CASA run (default: from the raw data's size and the settings)")
     s.add_argument("--no-fidelity", action="store_true", help="skip the comparison with product/")
     s.set_defaults(func=cmd_image)
 

@@ -42,7 +42,9 @@ from pathlib import Path
 
 from . import __version__, naming
 from .delivery import Delivery
-from .errors import AlmaRegenError, PermanentError, TransientError
+from .publish_claim import claim_run, default_owner
+from .errors import AlmaRegenError, DeliveryError, PermanentError, TransientError
+from .scrub import scrub_bytes
 
 log = logging.getLogger(__name__)
 
@@ -447,33 +449,68 @@ def _tree_digest(folder: Path):
 
 
 def summary_html(mous: str, run: str, imaging: dict | None, fidelity: dict | None, keys: list) -> str:
-    """A small page: per image peak, rms, beam, fidelity verdict and thumbnail."""
+    """The products' page: per image its preview (regenerated, delivered, difference on sky
+    axes; alma_regen.previews) with alt text, the fidelity numbers and verdict, peak, rms, beam."""
+    from .previews import numbers
     e = html.escape
-    rows = []
+    sections = []
     for entry in (fidelity or {}).get("images", []):
         s = entry.get("regenerated", {})
         beam = s.get("beam") or {}
+        pv = entry.get("preview") or {}
+        src = f"thumbnails/{Path(pv['path']).name}" if pv.get("path") else ""
         thumb = f"thumbnails/{Path(s['thumbnail']).name}" if s.get("thumbnail") else ""
-        img = f'<img src="{e(thumb)}" width="160">' if thumb in keys else ""
-        rows.append(
-            f"<tr><td>{img}</td><td><a href=\"products/{e(entry['image'])}\">{e(entry['image'])}</a></td>"
-            f"<td>{_fmt(s.get('peak'))}</td><td>{_fmt(s.get('rms'))}</td>"
-            f"<td>{_fmt(beam.get('major_arcsec'), 3)} x {_fmt(beam.get('minor_arcsec'), 3)}</td>"
-            f"<td>{e(entry.get('status', ''))}</td><td>{e('; '.join(entry.get('failures', [])) or entry.get('note', ''))}</td></tr>")
-    if not rows:
-        rows = [f"<tr><td></td><td><a href=\"{e(k)}\">{e(k)}</a></td><td colspan=5>no fidelity check was run</td></tr>"
-                for k in keys if k.startswith("products/")]
+        if src in keys:
+            fig = f'<figure><img src="{e(src)}" alt="{e(pv.get("alt", ""))}" loading="lazy"></figure>'
+        elif thumb in keys:
+            fig = f'<figure><img src="{e(thumb)}" alt="{e("Regenerated image " + entry["image"])}"></figure>'
+        else:
+            fig = ""
+        n = numbers(entry)
+        status = entry.get("status", "")
+        ratio = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731 - 1.0000, not "1"
+        cells = [("peak ratio (regenerated / delivered)", ratio(n["peak_ratio"])),
+                 ("peak offset", f"{_fmt(n['offset_arcsec'], 3)} arcsec ({_fmt(n['offset_beams'], 2)} beams)"),
+                 ("rms ratio", ratio(n["rms_ratio"])),
+                 ("max |difference| / rms", _fmt(n["diff_max_sigma"], 3)
+                  + (f" (limit {_fmt(n['diff_limit_sigma'], 3)})" if n["diff_limit_sigma"] is not None else "")),
+                 ("rms of the difference / rms", _fmt(n["diff_rms_sigma"], 3))] if entry.get("counterpart") else []
+        cells += [("peak", f"{_fmt(s.get('peak'))} {e(s.get('unit') or '')}"),
+                  ("rms", f"{_fmt(s.get('rms'))} {e(s.get('unit') or '')}"),
+                  ("beam", f"{_fmt(beam.get('major_arcsec'), 3)} x {_fmt(beam.get('minor_arcsec'), 3)} arcsec, "
+                           f"PA {_fmt(beam.get('pa_deg'), 3)} deg")]
+        rows = "".join(f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in cells)
+        notes = "; ".join(entry.get("failures", [])) or entry.get("note", "") or entry.get("delivered_as", "")
+        against = (f"<a href=\"products/{e(entry['image'])}\">The regenerated FITS</a>, compared with the delivered "
+                   f"<code>{e(entry['counterpart'])}</code>" if entry.get("counterpart")
+                   else f'<a href="products/{e(entry["image"])}">the regenerated FITS</a>')
+        sections.append(
+            f'<section class="image"><h2><code>{e(entry["image"])}</code> '
+            f'<span class="verdict {e(status.replace(" ", "-"))}">{e(status)}</span></h2>{fig}'
+            f'<p>{against}</p><table class="numbers">{rows}</table>'
+            + (f'<p class="notes">{e(notes)}</p>' if notes else "") + "</section>")
+    if not sections:
+        sections = [f'<p><a href="{e(k)}">{e(k)}</a>: no fidelity check was run</p>'
+                    for k in keys if k.startswith("products/")]
     engine = (imaging or {}).get("engine", "?")
     casa = ((imaging or {}).get("casa") or {}).get("version", "?")
+    summary = (fidelity or {}).get("summary") or {}
+    verdict = ", ".join(f"{v} {k}" for k, v in summary.items() if v) or "not checked"
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{e(mous)} run {e(run)}</title>
-<style>body{{font-family:sans-serif}} td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}</style></head>
-<body><h1>{e(mous)}</h1><p>run {e(run)}: imaging engine {e(engine)}, CASA {e(casa)};
+<html lang="en"><head><meta charset="utf-8"><title>{e(mous)} run {e(run)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font:14px/1.5 Inter,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:16px 24px;color:#111}}
+h1{{font-size:20px;margin:0 0 4px}}h2{{font-size:15px;margin:0 0 8px}}section.image{{border-top:1px solid #e4e4e7;
+padding:16px 0}}figure{{margin:0 0 8px}}figure img{{max-width:100%;height:auto}}
+table.numbers th{{text-align:left;font-weight:500;color:#52525b;padding:2px 16px 2px 0}}
+.verdict{{border-radius:999px;padding:1px 10px;font-size:12px;color:#fff;background:#71717a}}
+.verdict.pass{{background:#16a34a}}.verdict.fail{{background:#dc2626}}.notes{{color:#b91c1c}}</style></head>
+<body><h1>{e(mous)}</h1><p>run {e(run)}: imaging engine {e(engine)}, CASA {e(casa)}; fidelity: {e(verdict)};
 <a href="manifest.json">manifest.json</a>, <a href="fidelity.json">fidelity.json</a></p>
-<table><tr><th></th><th>image</th><th>peak (Jy/beam)</th><th>rms (Jy/beam)</th><th>beam (arcsec)</th>
-<th>fidelity</th><th>notes</th></tr>
-{chr(10).join(rows)}
-</table></body></html>
+<p>Each image: the regenerated one, the delivered one on the same colour scale, and their difference in
+units of the delivered rms; the ellipse in a corner is the restoring beam.</p>
+{chr(10).join(sections)}
+</body></html>
 """
 
 
@@ -492,12 +529,16 @@ def new_run_id() -> str:
 
 
 def publish(member_dir, to: str, *, run: str | None = None, client=None, include_ms: bool = False,
-            part_size: int = PART_SIZE, workers: int = WORKERS, progress=None) -> dict:
+            part_size: int = PART_SIZE, workers: int = WORKERS, progress=None, requested: dict | None = None,
+            owner: str | None = None) -> dict:
     """Upload and verify everything, then manifest.json, then latest.json. Returns the manifest.
+
+    requested: what the operator asked for ({"calibration": "auto", "imaging": "auto"}), when known.
 
     run: the run id (default: a new unique one); a run whose manifest exists is refused.
     client: a boto3 S3 client (default: `s3_client()` from the environment).
     progress: called as progress(key, bytes_done, total_or_None) while uploading.
+    owner: who publishes (default host:pid); a claim of the same owner is resumed (publish_claim).
     """
     t0 = time.monotonic()
     member = Path(member_dir)
@@ -515,10 +556,14 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
     what = collect(member, include_ms)
     client = client or s3_client(workers=workers)
     up = Uploader(client, bucket, part_size=part_size, workers=workers, progress=progress)
+    claim = None
     try:
         if up.head(base + "manifest.json") is not None:
             raise PermanentError(f"{location} is already published (its manifest.json exists); a rerun never "
                                  "overwrites a published run: publish under a new run id")
+        # One publisher per run id, decided by the store (a conditional PUT): before any upload.
+        claim = claim_run(client, bucket, base, owner or default_owner(), location,
+                          lambda: up.head(base + "manifest.json") is not None)
         imaging_doc = _load(member / "imaging" / "imaging.json")
         fidelity_doc = _load(member / "imaging" / "fidelity.json")
         outputs = []
@@ -527,7 +572,10 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
                  f" and {len(what['streams'])} streamed MS tar(s)" if what["streams"] else "", location)
         # Small files in parallel; each large one spreads its parts over the same workers.
         with ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="s3-file") as pool:
-            futures = [pool.submit(up.upload_file, path, base + key) for key, path in files.items()]
+            # CASA logs go up scrubbed of anything that looks like a credential (second line of defence).
+            futures = [pool.submit(_upload_bytes, up, base + key, scrub_bytes(path.read_bytes()))
+                       if key.startswith("logs/") else pool.submit(up.upload_file, path, base + key)
+                       for key, path in files.items()]
             for f in futures:
                 outputs.append(f.result())
         for key, folder in what["streams"].items():
@@ -541,7 +589,7 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
             "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "alma_regen": __version__,
             "inputs": inputs_of(member),
-            "engines": _engines(member, imaging_doc),
+            "engines": _engines(member, imaging_doc, requested),
             "timings_s": {"imaging": (imaging_doc or {}).get("seconds"),
                           "calibration": (_load(_calibration_json(member)) or {}).get("elapsed_s"),
                           "publish": round(time.monotonic() - t0, 3)},
@@ -555,6 +603,8 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
                   "manifest_sha256": hashlib.sha256(body).hexdigest(), "published_at": manifest["published_at"]}
         _upload_bytes(up, latest_key, json.dumps(latest, indent=1).encode())
     finally:
+        if claim is not None:
+            claim.release()
         up.close()
     log.info("published %s: %d objects, manifest written last, latest.json moved (%.1f s)", location,
              len(manifest["outputs"]), time.monotonic() - t0)
@@ -569,12 +619,30 @@ def _upload_bytes(up: Uploader, key: str, data: bytes) -> dict:
         return up.upload_file(Path(tmp.name), key)
 
 
-def _engines(member: Path, imaging_doc) -> dict:
+def _engines(member: Path, imaging_doc, requested: dict | None = None) -> dict:
     cal = _load(_calibration_json(member)) or {}
-    return {
+    engines = {
         "imaging": {k: (imaging_doc or {}).get(k) for k in ("engine", "reason", "casa", "casa_choice")},
         "calibration": _calibration_engine(cal),
     }
+    for step, doc in engines.items():
+        asked = (requested or {}).get(step)
+        if asked is None:
+            continue
+        doc["requested"] = asked
+        # An engine that `auto` chose and that then ran whole records itself as
+        # "requested": say what the delivery asked for instead of a request nobody made.
+        if asked == "auto" and doc["reason"] == f"engine {doc['engine']} requested":
+            doc["reason"] = f"auto: {_delivery_reason(member, step)}"
+    return engines
+
+
+def _delivery_reason(member: Path, step: str) -> str:
+    try:
+        kind = Delivery(member).imaging_kind() if step == "imaging" else Delivery(member).calibration_kind()
+        return kind["reason"] or "as the delivery says"
+    except DeliveryError:
+        return "as the delivery says"
 
 
 def _calibration_engine(cal: dict) -> dict:

@@ -39,6 +39,9 @@ def task_defaults(s: Settings) -> dict:
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(seconds=s.max_retry_delay_s),
         "retry_policy": retry_policy(),
+        # No execution_timeout here: it would be fixed at parse time, before the size of
+        # the MOUS is known. The staging and CASA operators set theirs in pre_execute from
+        # the data size and stage/casa_timeout_s_per_gb, min_timeout_s (operators/timeouts.py).
         # Registered by the plugin; named by path so DAG files need not import it.
         "weight_rule": "alma_regen.priority.OperatorRunsFirst",
     }

@@ -13,7 +13,12 @@ tar's first header, so one folder can hold several MOUSs).
 Only plain file names directly inside ARCHIVE_DIR are served (no '/', no '..', no hidden
 files, no symlink leading elsewhere). Faults exist for tests of the stager: a connection
 dropped after N body bytes, 503 for the first K requests, a slow body, a wrong
-Content-Length header, a file replaced by another between requests.
+Content-Length header, a file replaced by another between requests, a redirect, and
+DataLink answers shaped as the real archive gives them (error rows, readable=false,
+bad sizes, duplicate rows, access URLs on another origin). The counters record the
+Authorization and Cookie headers each request brought (credential-scoping tests).
+A name longer than NAME_MAX is answered 414 and an oversized Range position is
+capped: the server answers every request, it never drops the connection on them.
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ from .staging.datalink import votable
 
 log = logging.getLogger(__name__)
 
+NAME_MAX = 255  # bytes of a file name: a longer name is answered 414, never looked up
+RANGE_DIGITS = 19  # a byte position with more digits is past any file (and past what int() parses)
 _MEMBER_RE = re.compile(r"/member\.(uid___A\d{3}_X[0-9a-fA-F]+_X[0-9a-fA-F]+)(?:/|$)")
 
 
@@ -54,6 +61,14 @@ class Faults:
     wrong_length_count: int = 1  # ... in this many responses
     change_to: str = ""  # after `change_after` requests, serve this file's bytes as `file`
     change_after: int = 1
+    # DataLink answers as the real archive gives them: per file name, columns to override
+    # (e.g. {"readable": "false"}, {"error_message": "..."}, {"content_length": "-1"}), rows to
+    # add (each a dict of COLUMNS), and the base of access_url (another origin).
+    rows: dict = field(default_factory=dict)
+    extra_rows: list = field(default_factory=list)
+    access_base: str = ""
+    redirect_to: str = ""  # answer dataPortal requests with 302 to this ({name}: the file name),
+    #                        unless it names this server under the Host the request used
 
 
 @dataclass
@@ -61,6 +76,8 @@ class Counters:
     requests: dict = field(default_factory=dict)  # file -> dataPortal requests
     bytes: dict = field(default_factory=dict)  # file -> body bytes sent
     ranges: list = field(default_factory=list)  # (file, status, first byte) per response
+    # (path, Host, Authorization, Cookie) of every request: what a client sent this server
+    headers: list = field(default_factory=list)
 
 
 class ArchiveServer(ThreadingHTTPServer):
@@ -90,9 +107,14 @@ class ArchiveServer(ThreadingHTTPServer):
         """The file for a dataPortal name, or None: never anything outside the archive folder."""
         if not name or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
             return None
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            return None
         path = self.archive / name
-        real = Path(os.path.realpath(path))
-        if real.parent != self.archive or not real.is_file():
+        try:
+            real = Path(os.path.realpath(path))
+            if real.parent != self.archive or not real.is_file():
+                return None
+        except (OSError, ValueError):  # ENAMETOOLONG, undecodable names: not one of ours
             return None
         return real
 
@@ -146,6 +168,11 @@ class ArchiveServer(ThreadingHTTPServer):
             return {"faults": asdict(self.faults), **asdict(self.counters)}
 
 
+def _position(digits: str) -> int:
+    """A Range byte position; one too long for int() (and for any file) is capped past every file."""
+    return int(digits) if len(digits) <= RANGE_DIGITS else 10 ** RANGE_DIGITS
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ArchiveServer
     protocol_version = "HTTP/1.1"
@@ -179,6 +206,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(self.server.stats())
 
     def _route(self, head: bool):
+        with self.server.lock:
+            self.server.counters.headers.append((self.path[:300], self.headers.get("Host"),
+                                                 self.headers.get("Authorization"), self.headers.get("Cookie")))
+        self._answered = False
+        try:
+            self._dispatch(head)
+        except ConnectionError:
+            raise  # the client went away (handle_one_request): nothing to answer
+        except Exception:  # a bug must cost one request a 500, never a dropped connection
+            log.exception("serve-archive: %s %s", self.command, self.path[:200])
+            if self._answered:
+                raise
+            self._plain(500, "internal error")
+            self.close_connection = True
+
+    def send_response(self, code, message=None):
+        self._answered = True
+        super().send_response(code, message)
+
+    def _dispatch(self, head: bool):
         u = urlsplit(self.path)
         if u.path == "/datalink/sync":
             return self._datalink(parse_qs(u.query).get("ID", [""])[0], head)
@@ -214,12 +261,18 @@ class _Handler(BaseHTTPRequestHandler):
             files = self.server.mous_files(mous)
         except PermanentError:
             files = None
+        with self.server.lock:
+            f = self.server.faults
+            overrides, extra, base = dict(f.rows), list(f.extra_rows), f.access_base
+        base = base or f"http://{host}"
         if not files:
             rows = [{"ID": mous, "error_message": f"NotFoundFault: no files for {mous!r} in this archive"}]
         else:
-            rows = [{"ID": mous, "access_url": f"http://{host}/dataPortal/{quote(p.name)}",
-                     "semantics": sem, "description": desc, "content_type": ctype,
-                     "content_length": p.stat().st_size} for p, sem, ctype, desc in files]
+            rows = [dict({"ID": mous, "access_url": f"{base}/dataPortal/{quote(p.name)}",
+                          "semantics": sem, "description": desc, "content_type": ctype,
+                          "content_length": p.stat().st_size, "readable": "true"}, **overrides.get(p.name, {}))
+                    for p, sem, ctype, desc in files]
+        rows += extra
         data = votable(mous, rows)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-votable+xml;content=datalink")
@@ -231,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
     # --------------------------------------------------------------- files
     def _file(self, name: str, head: bool):
         srv = self.server
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            return self._plain(414, f"file name longer than {NAME_MAX} bytes")
         path = srv.resolve(name)
         with srv.lock:
             f = srv.faults
@@ -252,6 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if f.wrong_length_count > 0:
                     f.wrong_length_count -= 1
             slow = f.slow_bps if applies else 0
+            redirect = f.redirect_to if applies else ""
+        if redirect and urlsplit(redirect).netloc != self.headers.get("Host", ""):  # not to itself
+            return self._plain(302, "moved", {"Location": redirect.replace("{name}", quote(name))})
         if path is None:
             return self._plain(404, f"no such file: {name}")
         if fail:
@@ -267,10 +325,10 @@ class _Handler(BaseHTTPRequestHandler):
             m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
             if m and (m[1] or m[2]):
                 if m[1]:
-                    start = int(m[1])
-                    end = min(int(m[2]) + 1, size) if m[2] else size
+                    start = _position(m[1])
+                    end = min(_position(m[2]) + 1, size) if m[2] else size
                 else:  # suffix range: the last N bytes
-                    start = max(size - int(m[2]), 0)
+                    start = max(size - _position(m[2]), 0)
                 if start >= size or start >= end:
                     return self._plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
                 status = 206

@@ -1,9 +1,13 @@
 """UI monitoring: operator extra links and the "Reprocessing" view.
 
 Links (computed in the task's process when it ends, stored by Airflow as XCom):
-  SummaryPageLink  -> <base>/alma-regen/products/<MOUS>/<run>/index.html
-  ManifestLink     -> <base>/alma-regen/products/<MOUS>/<run>/manifest.json
-where <run> is the publish run id of the DAG run (what PublishOperator uses).
+  SummaryPageLink  -> <path>/alma-regen/products/<MOUS>/<run>/index.html
+  ManifestLink     -> <path>/alma-regen/products/<MOUS>/<run>/manifest.json
+where <run> is the publish run id of the DAG run (what PublishOperator uses) and
+<path> the path of `api.base_url` (empty when the UI is served at the root).
+The links carry no scheme or host: the browser resolves them against the host
+the UI was opened on (localhost, 127.0.0.1, a proxy's name), where the UI's
+login cookie is; an absolute URL from `api.base_url` worked on that host only.
 The view's /products/ route streams those objects from the products bucket
 (connection `alma_products_s3`), so the bucket needs no public access.
 
@@ -30,7 +34,9 @@ def publish_run_id(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(run_id or "")).strip("_.-")
 
 
-def view_base() -> str:
+def ui_path() -> str:
+    """The path part of `api.base_url` ("" at the root, "/airflow" behind a proxy's subpath)."""
+    from urllib.parse import urlsplit
     base = os.environ.get("AIRFLOW__API__BASE_URL", "")
     if not base:
         try:
@@ -38,7 +44,12 @@ def view_base() -> str:
             base = conf.get("api", "base_url", fallback="") or ""
         except Exception:  # noqa: BLE001
             base = ""
-    return base.rstrip("/") + VIEW_PREFIX
+    return urlsplit(base).path.rstrip("/")
+
+
+def view_base() -> str:
+    """Where the view is, relative to the host the UI is opened on (no scheme, no host)."""
+    return ui_path() + VIEW_PREFIX
 
 
 def products_url(mous_uid: str, run: str, name: str) -> str:

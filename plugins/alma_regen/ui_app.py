@@ -1,7 +1,9 @@
 """The "Reprocessing" view: a FastAPI app the api-server mounts under /alma-regen.
 
-    GET /                 HTML: one row per MOUS (its latest alma_regenerate run)
-    GET /api/mous         the same rows as JSON
+    GET /                 HTML: every MOUS with its alma_regenerate runs (latest first),
+                          state, current step, durations; ?q= searches, ?state= filters
+    GET /api/mous         the same as JSON (one object per MOUS, its latest run's fields at
+                          the top and every run in "history")
     GET /products/<MOUS>/<run>/<path>   a published object, streamed from the products bucket
 
 Everything comes from Airflow's own database (DagRuns, TaskInstances and the
@@ -9,6 +11,17 @@ small XComs of alma_regenerate, through the api-server's ORM session) and from
 the manifests in S3 (`<MOUS>/latest.json` -> `manifest.json`): no second
 database. Every route needs the caller to be allowed to read alma_regenerate's
 runs (the api-server's auth manager, the UI's session cookie or a bearer token).
+
+Links carry no host: they are built from the request's mount point, so they work
+on whatever host the UI was opened on. Airflow shows the page in an iframe
+sandboxed without popups or top navigation; a click on a link is handed to the
+top window (same origin), which opens it in a new tab, never inside the frame.
+
+Stable hooks for the browser tests: table#mous-runs, input#search,
+select#state-filter; one tbody.mous[data-mous] per MOUS, tr.run[data-run-id]
+[data-state] per run (tr.history for earlier runs, shown by button.history-toggle);
+td.step, td.casa, span.state-badge, span.why; links a.run-link, a.rerun,
+a.products-summary, a.products-manifest.
 """
 from __future__ import annotations
 
@@ -18,17 +31,40 @@ import logging
 import re
 from datetime import datetime
 from types import SimpleNamespace
+from urllib.parse import quote
 
-from .ui import DAG_ID, VIEW_PREFIX, publish_run_id
+# At module level: with postponed annotations FastAPI resolves `request: Request` in the
+# module's globals (imported inside create_app it reads it as a query parameter: a 422).
+from fastapi import Request
+
+from .ui import DAG_ID, VIEW_PREFIX, publish_run_id, ui_path
 
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 2000
 MAX_MOUS = 200
+HISTORY = 10  # runs shown per MOUS (the latest first)
 _MOUS_F = re.compile(r"^uid___[A-Za-z0-9]+_[A-Za-z0-9]+_[A-Za-z0-9]+$")
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PATH = re.compile(r"^[A-Za-z0-9._/-]{1,512}$")
 ACTIVE = ("running", "queued", "up_for_retry", "up_for_reschedule", "deferred", "scheduled", "restarting")
+# States of a task that did not run: no duration, never "the step" of a run.
+NOT_RUN = ("skipped", "upstream_failed", "removed", "none")
+# The teardown that frees the MOUS runs last in every run: it is never the run's step.
+TEARDOWN = "release_mous"
+# A task that ran CASA records its version in its XCom (only those: a skipped run ran none).
+CASA_TASKS = ("finish_calibration",)
+STATES = ("running", "queued", "success", "skipped", "failed")
+# The phases of the DAG's task groups, for the colours of the duration bar.
+PHASES = {"stage": ("stage_auxiliary", "inspect", "stage_asdm", "check_staged"),
+          "calibrate": ("prepare_calibration", "restore_eb", "finish_calibration"),
+          "image": ("plan_imaging", "image_unit", "finish_imaging", "fidelity"),
+          "publish": ("publish",)}
+
+
+def phase_of(task_id: str) -> str:
+    return next((p for p, tasks in PHASES.items() if task_id in tasks), "other")
+SKIPPED_WHY = "already published with the same inputs and CASA (trigger with force=true to regenerate)"
 
 
 # ------------------------------------------------------------------ data
@@ -45,19 +81,27 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat(timespec="seconds") if dt else None
 
 
-def _xcom_values(session, run_id: str, task_ids) -> dict:
+def _state(v) -> str:
+    return str(v.value if hasattr(v, "value") else v or "none")
+
+
+def _xcoms(session, run_ids, task_ids) -> dict:
+    """{run_id: {task_id: value}} of the return values of `task_ids`, one query per 100 runs."""
     from sqlalchemy import select
 
     from airflow.models.xcom import XComModel
-    rows = session.execute(select(XComModel.task_id, XComModel.value).where(
-        XComModel.dag_id == DAG_ID, XComModel.run_id == run_id, XComModel.key == "return_value",
-        XComModel.map_index < 0, XComModel.task_id.in_(list(task_ids)))).all()
-    out = {}
-    for task_id, value in rows:
-        try:
-            out[task_id] = XComModel.deserialize_value(SimpleNamespace(value=value))
-        except Exception:  # noqa: BLE001
-            out[task_id] = value if not isinstance(value, str) else _maybe_json(value)
+    out: dict = {}
+    for i in range(0, len(run_ids), 100):
+        rows = session.execute(select(XComModel.run_id, XComModel.task_id, XComModel.value).where(
+            XComModel.dag_id == DAG_ID, XComModel.run_id.in_(run_ids[i:i + 100]),
+            XComModel.key == "return_value", XComModel.map_index < 0,
+            XComModel.task_id.in_(list(task_ids)))).all()
+        for run_id, task_id, value in rows:
+            try:
+                v = XComModel.deserialize_value(SimpleNamespace(value=value))
+            except Exception:  # noqa: BLE001
+                v = value if not isinstance(value, str) else _maybe_json(value)
+            out.setdefault(run_id, {})[task_id] = v
     return out
 
 
@@ -68,69 +112,110 @@ def _maybe_json(v):
         return v
 
 
+def _note(obj) -> str | None:
+    try:
+        n = obj.note
+    except Exception:  # noqa: BLE001 - a detached row: no note
+        return None
+    return str(n) if n else None
+
+
+def _run_entry(r, tis: list, xcoms: dict) -> dict:
+    """One run as the view shows it: what ran, for how long, where it is, and why it stopped."""
+    steps, by_task = {}, {}
+    for ti in tis:
+        state = _state(ti.state)
+        by_task.setdefault(ti.task_id, []).append((state, ti))
+        if state in NOT_RUN:
+            continue  # a skipped step ran nothing: no "0 s" for it
+        s = steps.setdefault(ti.task_id, {"states": {}, "start": None, "end": None, "instances": 0})
+        s["states"][state] = s["states"].get(state, 0) + 1
+        s["instances"] += 1
+        if ti.start_date and (s["start"] is None or ti.start_date < s["start"]):
+            s["start"] = ti.start_date
+        if ti.end_date and (s["end"] is None or ti.end_date > s["end"]):
+            s["end"] = ti.end_date
+    run_state = _state(r.state)
+    running = sorted(t for t, s in steps.items() if "running" in s["states"] and t != TEARDOWN)
+    failed = sorted(t for t, s in steps.items() if "failed" in s["states"])
+    done = sorted((t for t, s in steps.items() if s["end"] and t != TEARDOWN), key=lambda t: steps[t]["end"])
+    check = [st for st, _ in by_task.get("check_published", [])]
+    skipped = run_state == "success" and "skipped" in check
+    status, why = run_state, None
+    if skipped:
+        status = "skipped"
+        ti = by_task["check_published"][0][1]
+        why = _note(ti) or SKIPPED_WHY
+    elif run_state == "success" and [st for st, _ in by_task.get("publish", [])] == ["skipped"]:
+        why = "not published: Publish was off or no products bucket is configured"
+    if run_state in ("success", "failed") and not failed:
+        step = "check_published" if skipped else None  # a finished run is at no step
+    else:
+        step = ",".join(running) or ",".join(failed) or None
+    cal = xcoms.get("finish_calibration") if isinstance(xcoms.get("finish_calibration"), dict) else {}
+    pub = xcoms.get("publish") if isinstance(xcoms.get("publish"), dict) else {}
+    order = r.queued_at or r.run_after
+    return {
+        "run_id": r.run_id, "state": run_state, "status": status, "why": why, "note": _note(r),
+        "step": step, "last_step": done[-1] if done else None,
+        "queued_at": _iso(r.queued_at), "start_date": _iso(r.start_date), "end_date": _iso(r.end_date),
+        "duration_s": _seconds(r.start_date, r.end_date),
+        # Only a task that ran CASA says which: none for a run that stopped before calibrating.
+        "casa_version": cal.get("casa") or None, "calibration": cal.get("engine") or None,
+        "steps": {t: {"duration_s": _seconds(s["start"], s["end"]) if s["start"] else None,
+                      "instances": s["instances"], "states": s["states"]}
+                  for t, s in sorted(steps.items(), key=lambda kv: kv[1]["start"] or order)},
+        "published_run": pub.get("run"), "conf": r.conf or {},
+    }
+
+
 def run_rows(session) -> list:
-    """One row per MOUS: its latest run of alma_regenerate, from Airflow's database."""
+    """One row per MOUS (the latest run first): its runs of alma_regenerate, from Airflow's database."""
     from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
 
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
 
-    runs = session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID)
+    # Notes in one query per batch (selectin), not one lazy load per run.
+    runs = session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID).options(selectinload(DagRun.dag_run_note))
                            .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(MAX_RUNS)).all()
-    latest, counts = {}, {}
+    history, counts = {}, {}
     for r in runs:
         mous = (r.conf or {}).get("mous_uid")
         if not mous:
             continue
         counts[mous] = counts.get(mous, 0) + 1
-        if mous not in latest and len(latest) < MAX_MOUS:
-            latest[mous] = r
+        if mous in history or len(history) < MAX_MOUS:
+            if len(history.setdefault(mous, [])) < HISTORY:
+                history[mous].append(r)
+    run_ids = [r.run_id for rs in history.values() for r in rs]
     by_run = {}
-    run_ids = [r.run_id for r in latest.values()]
-    for i in range(0, len(run_ids), 100):  # one query per 100 runs, not one per MOUS
-        for ti in session.scalars(select(TaskInstance).where(TaskInstance.dag_id == DAG_ID,
-                                                             TaskInstance.run_id.in_(run_ids[i:i + 100]))):
+    for i in range(0, len(run_ids), 100):  # one query per 100 runs, not one per run
+        for ti in session.scalars(select(TaskInstance).options(selectinload(TaskInstance.task_instance_note))
+                                  .where(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id.in_(run_ids[i:i + 100]))):
             by_run.setdefault(ti.run_id, []).append(ti)
+    xcoms = _xcoms(session, run_ids, CASA_TASKS + ("publish",))
     rows = []
-    for mous, r in latest.items():
-        tis = by_run.get(r.run_id, [])
-        steps = {}
-        for ti in tis:
-            s = steps.setdefault(ti.task_id, {"task_id": ti.task_id, "states": {}, "start": None, "end": None,
-                                              "instances": 0})
-            state = str(ti.state.value if hasattr(ti.state, "value") else ti.state or "none")
-            s["states"][state] = s["states"].get(state, 0) + 1
-            s["instances"] += 1
-            if ti.start_date and (s["start"] is None or ti.start_date < s["start"]):
-                s["start"] = ti.start_date
-            if ti.end_date and (s["end"] is None or ti.end_date > s["end"]):
-                s["end"] = ti.end_date
-        active = [t for t, s in steps.items() if any(st in ACTIVE[:1] for st in s["states"])]
-        failed = [t for t, s in steps.items() if "failed" in s["states"]]
-        done = sorted((s for s in steps.values() if s["end"]), key=lambda s: s["end"])
-        step = (",".join(sorted(active)) or ",".join(sorted(failed)) or (done[-1]["task_id"] if done else None))
-        xcoms = _xcom_values(session, r.run_id, ("inspect", "finish_calibration", "finish_imaging", "publish"))
-        inspect = xcoms.get("inspect") if isinstance(xcoms.get("inspect"), dict) else {}
-        cal = xcoms.get("finish_calibration") if isinstance(xcoms.get("finish_calibration"), dict) else {}
-        pub = xcoms.get("publish") if isinstance(xcoms.get("publish"), dict) else {}
-        state = str(r.state.value if hasattr(r.state, "value") else r.state)
-        rows.append({
-            "mous_uid": mous, "runs": counts[mous], "run_id": r.run_id, "state": state,
-            "step": step, "queued_at": _iso(r.queued_at), "start_date": _iso(r.start_date),
-            "end_date": _iso(r.end_date), "duration_s": _seconds(r.start_date, r.end_date),
-            "casa_version": cal.get("casa") or inspect.get("casa_version"),
-            "calibration": cal.get("engine") or inspect.get("calibration"),
-            "steps": {t: {"duration_s": _seconds(s["start"], s["end"]) if s["start"] else None,
-                          "instances": s["instances"], "states": s["states"]}
-                      for t, s in sorted(steps.items(), key=lambda kv: kv[1]["start"] or r.queued_at or r.run_after)},
-            "published_run": pub.get("run"), "run_url": _run_url(r.run_id),
-        })
+    for mous, rs in history.items():
+        entries = [_run_entry(r, by_run.get(r.run_id, []), xcoms.get(r.run_id, {})) for r in rs]
+        rows.append({"mous_uid": mous, "runs": counts[mous], **entries[0], "history": entries})
     return rows
 
 
-def _run_url(run_id: str) -> str:
-    from .notify import run_url
-    return run_url(DAG_ID, run_id) if run_id else ""
+def add_links(rows: list, ui: str) -> None:
+    """Links relative to the host the UI is on: `ui` is the UI's path ("" at the root)."""
+    for row in rows:
+        for run in row["history"]:
+            run["run_url"] = f"{ui}/dags/{DAG_ID}/runs/{quote(run['run_id'], safe='')}"
+            # Airflow 3.3's trigger form cannot be prefilled from a URL; on a run's page its
+            # Trigger menu has "Trigger again with this config", the form filled with this run's.
+            run["rerun_url"] = run["run_url"]
+        row["run_url"], row["rerun_url"] = row["history"][0]["run_url"], row["history"][0]["rerun_url"]
+        pub = row.get("published")
+        if pub:
+            base = f"{ui}{VIEW_PREFIX}/products/{pub['mous_f']}/{pub['run']}"
+            pub["summary_url"], pub["manifest_url"] = f"{base}/index.html", f"{base}/manifest.json"
 
 
 def _products_client():
@@ -189,51 +274,221 @@ def _manifest_of(client, bucket: str, prefix: str, r: dict) -> None:
             r["published_error"] = str(exc)[:200]
         return
     engines = m.get("engines") or {}
-    base = f"{VIEW_PREFIX}/products/{mous_f}/{m['run']}"
     r["published"] = {
-        "run": m["run"], "published_at": m.get("published_at"), "location": m.get("location"),
+        "run": m["run"], "mous_f": mous_f, "published_at": m.get("published_at"), "location": m.get("location"),
         "casa_calibration": (engines.get("calibration") or {}).get("casa"),
         "casa_imaging": (engines.get("imaging") or {}).get("casa"),
         "timings_s": m.get("timings_s"), "outputs": len(m.get("outputs") or []),
         "fidelity_ok": (m.get("fidelity") or {}).get("ok"),
-        "summary_url": f"{base}/index.html", "manifest_url": f"{base}/manifest.json",
     }
-    if not r.get("casa_version"):
-        r["casa_version"] = r["published"]["casa_calibration"]
+    for run in r["history"]:
+        if run["status"] == "skipped" and run["why"] == SKIPPED_WHY:
+            run["why"] = f"already published as run {m['run']} with the same inputs and CASA"
+    r["why"] = r["history"][0]["why"]
+
+
+def select_rows(rows: list, q: str = "", state: str = "") -> list:
+    """The MOUSs whose uid or a run id holds `q` (any case) and whose latest run is in `state`."""
+    q = (q or "").strip().lower()
+    out = []
+    for r in rows:
+        if state and r["status"] != state:
+            continue
+        if q and q not in r["mous_uid"].lower() and not any(q in h["run_id"].lower() for h in r["history"]):
+            continue
+        out.append(r)
+    return out
 
 
 # ------------------------------------------------------------------ page
-def _page(rows: list) -> str:
-    def cell(v):
-        return html.escape("" if v is None else str(v))
+def _fmt_s(v) -> str:
+    if v is None:
+        return ""
+    v = float(v)
+    if v < 60:
+        return f"{v:.0f}s"
+    if v < 3600:
+        return f"{int(v // 60)}m {int(v % 60):02d}s"
+    return f"{int(v // 3600)}h {int(v % 3600 // 60):02d}m"
 
+
+def _when(iso: str | None) -> str:
+    return (iso or "").replace("T", " ")[:19]
+
+
+def _run_row(row: dict, run: dict, latest: bool) -> str:
+    e = html.escape
+    pub = row.get("published") or {}
+    status = run["status"]
+    why = f'<span class="why">{e(run["why"])}</span>' if run.get("why") else ""
+    total = sum(s["duration_s"] or 0 for s in run["steps"].values()) or 1
+    bar = "".join(
+        f'<span class="seg {phase_of(t)}" style="flex-grow:{max(s["duration_s"] or 0, total / 200):.1f}" '
+        f'title="{e(t)}: {_fmt_s(s["duration_s"])}{" x" + str(s["instances"]) if s["instances"] > 1 else ""}">'
+        f'</span>' for t, s in run["steps"].items() if s["duration_s"] is not None and t != TEARDOWN)
+    steps = ", ".join(f"{e(t)} {_fmt_s(s['duration_s'])}" for t, s in run["steps"].items()
+                      if s["duration_s"] is not None)
+    durations = (f'<div class="bar">{bar}</div><details><summary>{len(run["steps"])} step{"s" if len(run["steps"]) != 1 else ""}</summary>'
+                 f'<div class="steps">{steps}</div></details>') if bar else '<span class="muted">no step ran</span>'
+    step = e(run["step"]) if run["step"] else '<span class="muted">—</span>'
+    casa = e(run["casa_version"]) if run["casa_version"] else '<span class="muted" title="no CASA ran">—</span>'
+    products = ""
+    if latest and pub.get("summary_url"):
+        fid = ' <span class="ok" title="fidelity check passed">✓ fidelity</span>' if pub.get("fidelity_ok") else ""
+        products = (f'<a class="products-summary ext" href="{e(pub["summary_url"])}" target="_blank" '
+                    f'rel="noopener">summary</a> · <a class="products-manifest ext" href="{e(pub["manifest_url"])}" '
+                    f'target="_blank" rel="noopener">manifest</a><div class="muted small">run {e(pub["run"])}{fid}</div>')
+    elif run.get("published_run"):
+        products = f'<span class="muted small">published as {e(run["published_run"])}</span>'
+    first = ""
+    if latest:
+        more = len(row["history"]) - 1
+        toggle = (f'<button type="button" class="history-toggle" aria-expanded="false">{more} earlier '
+                  f'run{"s" if more != 1 else ""}</button>') if more else ""
+        first = f'<td class="mous" rowspan="1"><code>{e(row["mous_uid"])}</code>{toggle}</td>'
+    else:
+        first = '<td class="mous"></td>'
+    cls = "run" + ("" if latest else " history")
+    return (f'<tr class="{cls}" data-run-id="{e(run["run_id"])}" data-state="{e(status)}">{first}'
+            f'<td><span class="state-badge state-{e(status)}">{e(status)}</span>{why}</td>'
+            f'<td class="step">{step}</td>'
+            f'<td class="when">{e(_when(run["start_date"] or run["queued_at"]))}</td>'
+            f'<td class="num">{_fmt_s(run["duration_s"])}</td>'
+            f'<td class="durations">{durations}</td>'
+            f'<td class="casa">{casa}</td><td class="products">{products}</td>'
+            f'<td class="actions"><a class="run-link ext" href="{e(run["run_url"])}" target="_blank" rel="noopener" '
+            f'title="this run in Airflow ({e(run["run_id"])})">run</a>'
+            f'<a class="rerun ext" href="{e(run["rerun_url"])}" target="_blank" rel="noopener" '
+            f'title="opens this run in Airflow: Trigger ▸ Trigger again with this config opens the form '
+            f'filled with this MOUS">rerun</a></td></tr>')
+
+
+def _page(rows: list, all_rows: list, q: str = "", state: str = "") -> str:
+    e = html.escape
+    counts = {s: sum(r["status"] == s for r in all_rows) for s in STATES}
+    chips = "".join(f'<span class="chip state-{s}" data-count="{s}">{s} {counts[s]}</span>'
+                    for s in STATES if counts[s])
+    options = "".join(f'<option value="{s}"{" selected" if s == state else ""}>{s}</option>' for s in STATES)
     body = []
     for r in rows:
-        pub = r.get("published") or {}
-        links = " ".join(f'<a href="{cell(u)}">{n}</a>' for n, u in
-                         (("summary", pub.get("summary_url")), ("manifest", pub.get("manifest_url"))) if u)
-        steps = ", ".join(f"{cell(t)} {s['duration_s']:.0f}s" for t, s in r["steps"].items()
-                          if s.get("duration_s") is not None)
-        body.append(
-            f'<tr class="state-{cell(r["state"])}"><td><code>{cell(r["mous_uid"])}</code></td>'
-            f'<td><a href="{cell(r["run_url"])}">{cell(r["state"])}</a></td><td>{cell(r["step"])}</td>'
-            f'<td>{cell(r.get("casa_version"))}</td><td>{cell(r["queued_at"])}</td>'
-            f'<td>{cell(r["duration_s"])}</td><td class="steps">{steps}</td>'
-            f'<td>{cell(pub.get("run"))}{" (fidelity ok)" if pub.get("fidelity_ok") else ""}</td>'
-            f'<td>{links}</td><td>{cell(r["runs"])}</td></tr>')
-    rows_html = "\n".join(body) or '<tr><td colspan="10">No alma_regenerate runs yet.</td></tr>'
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ALMA reprocessing</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
-.state-success td:nth-child(2){{background:#d5f5e3}}.state-failed td:nth-child(2){{background:#fadbd8}}
-.state-running td:nth-child(2){{background:#d6eaf8}}.steps{{font-size:11px;max-width:28em}}</style></head>
-<body><h1>ALMA reprocessing</h1>
-<p>Latest <code>{DAG_ID}</code> run per MOUS (from Airflow's database) and its published products
-(from the manifests in S3). <a href="{VIEW_PREFIX}/api/mous">JSON</a></p>
-<table><tr><th>MOUS</th><th>State</th><th>Step</th><th>CASA</th><th>Queued</th><th>Duration (s)</th>
-<th>Step durations</th><th>Published run</th><th>Products</th><th>Runs</th></tr>
-{rows_html}
-</table></body></html>"""
+        trs = [_run_row(r, r["history"][0], True)] + [_run_row(r, h, False) for h in r["history"][1:]]
+        body.append(f'<tbody class="mous" data-mous="{e(r["mous_uid"])}" data-state="{e(r["status"])}">'
+                    + "".join(trs) + "</tbody>")
+    empty = ("No alma_regenerate run yet: trigger one from the DAG's page." if not all_rows
+             else "No MOUS matches.")
+    page = _PAGE.replace("%CHIPS%", chips).replace("%OPTIONS%", options).replace("%Q%", e(q))
+    page = page.replace("%EMPTY%", e(empty)).replace("%EMPTY_HIDDEN%", "" if not rows else " hidden")
+    return page.replace("%DAG%", DAG_ID).replace("%ROWS%", "\n".join(body))
+
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Reprocessing</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+:root{--bg:#fff;--fg:#000;--muted:#52525b;--border:#e4e4e7;--subtle:#fafafa;--accent:#2563eb;
+ --success:#16a34a;--failed:#dc2626;--running:#0891b2;--queued:#78716c;--skipped:#db2777;--seg:#60a5fa}
+html.dark{--bg:#09090b;--fg:#fafafa;--muted:#a1a1aa;--border:#27272a;--subtle:#18181b;--accent:#60a5fa;
+ --success:#4ade80;--failed:#f87171;--running:#22d3ee;--queued:#a8a29e;--skipped:#f472b6;--seg:#3b82f6}
+body{margin:0;padding:16px 20px;background:var(--bg);color:var(--fg);font:14px/1.5 Inter,-apple-system,
+ BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif}
+h1{font-size:20px;font-weight:600;margin:0 0 4px}
+p.lead{color:var(--muted);margin:0 0 16px}
+.toolbar{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-bottom:12px}
+input,select,button{font:inherit;color:var(--fg);background:var(--bg);border:1px solid var(--border);
+ border-radius:6px;padding:6px 10px}
+input#search{min-width:22em}
+button.history-toggle{display:block;margin-top:4px;padding:1px 8px;font-size:12px;cursor:pointer;color:var(--muted)}
+.chip{font-size:12px;border-radius:999px;padding:2px 10px;border:1px solid var(--border)}
+table{border-collapse:collapse;width:100%}
+th{font-weight:600;text-align:left;color:var(--muted);font-size:12px;border-bottom:1px solid var(--border);
+ padding:8px 10px;white-space:nowrap}
+td{border-bottom:1px solid var(--border);padding:8px 10px;vertical-align:top}
+tbody.mous:hover{background:var(--subtle)}
+tbody.mous:not(.open) tr.history{display:none}
+tr.history td{font-size:13px}
+td.mous code{font-size:13px}
+td.num,td.when,td.casa,td.products{white-space:nowrap}
+.state-badge{display:inline-block;border-radius:999px;padding:1px 10px;font-size:12px;font-weight:500;color:#fff}
+.state-success{background:var(--success)}.state-failed{background:var(--failed)}
+.state-running{background:var(--running)}.state-queued{background:var(--queued)}
+.state-skipped{background:var(--skipped)}
+.chip.state-success,.chip.state-failed,.chip.state-running,.chip.state-queued,.chip.state-skipped{color:#fff;border:0}
+.why{display:block;color:var(--muted);font-size:12px;max-width:22em}
+.muted{color:var(--muted)}.small{font-size:12px}.ok{color:var(--success)}
+.bar{display:flex;height:8px;width:14em;border-radius:4px;overflow:hidden;gap:1px;background:var(--border)}
+.bar .seg{background:var(--queued);min-width:2px}.bar .stage{background:#3b82f6}.bar .calibrate{background:#8b5cf6}
+.bar .image{background:#f59e0b}.bar .publish{background:#10b981}
+.legend i{display:inline-block;width:8px;height:8px;border-radius:2px;margin:0 3px 0 8px}
+details summary{cursor:pointer;color:var(--muted);font-size:12px}
+.steps{font-size:12px;max-width:30em;color:var(--muted)}
+a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
+.actions a{margin-right:10px;white-space:nowrap}
+[hidden]{display:none!important}
+</style></head>
+<body><h1>Reprocessing</h1>
+<p class="lead">Every MOUS with its <code>%DAG%</code> runs (latest first), from Airflow's database,
+and its published products, from the manifests in S3. Links open in a new tab.</p>
+<form class="toolbar" method="get" role="search">
+<input id="search" name="q" type="search" value="%Q%" placeholder="Search MOUS uid or run id"
+ aria-label="Search MOUS uid or run id">
+<select id="state-filter" name="state" aria-label="Latest run state"><option value="">All states</option>%OPTIONS%</select>
+<noscript><button type="submit">Filter</button></noscript>
+%CHIPS%</form>
+<table id="mous-runs"><thead><tr><th>MOUS</th><th>State</th><th>Step</th><th>Started</th><th>Duration</th>
+<th>Step durations <span class="legend small muted"><i class="seg stage" style="background:#3b82f6"></i>stage<i
+ style="background:#8b5cf6"></i>calibrate<i style="background:#f59e0b"></i>image<i style="background:#10b981"></i>publish</span></th><th>CASA</th><th>Products</th><th></th></tr></thead>
+%ROWS%
+</table>
+<p id="empty" class="muted"%EMPTY_HIDDEN%>%EMPTY%</p>
+<script>
+(function () {
+  // The colour mode of the Airflow UI around us (same origin), else the system's.
+  var dark = window.matchMedia && matchMedia("(prefers-color-scheme: dark)").matches;
+  try { if (window.top !== window) dark = top.document.documentElement.classList.contains("dark"); } catch (e) {}
+  if (dark) document.documentElement.classList.add("dark");
+  // Airflow's iframe has no allow-popups: a link opens from the top window, in a new tab.
+  document.addEventListener("click", function (ev) {
+    var a = ev.target.closest && ev.target.closest("a.ext");
+    if (!a || window.top === window) return;
+    try {
+      var d = top.document, t = d.createElement("a");
+      t.href = new URL(a.getAttribute("href"), location.href).href;
+      t.target = "_blank"; t.rel = "noopener"; t.style.display = "none";
+      d.body.appendChild(t); t.click(); t.remove(); ev.preventDefault();
+    } catch (e) { /* another origin: the link's own target */ }
+  });
+  document.querySelectorAll("button.history-toggle").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var open = b.closest("tbody").classList.toggle("open");
+      b.setAttribute("aria-expanded", open ? "true" : "false");
+    });
+  });
+  var q = document.getElementById("search"), st = document.getElementById("state-filter");
+  function apply() {
+    var text = q.value.trim().toLowerCase(), want = st.value, shown = 0;
+    document.querySelectorAll("#mous-runs tbody.mous").forEach(function (tb) {
+      var ids = [tb.dataset.mous].concat([].map.call(tb.querySelectorAll("tr.run"), function (r) { return r.dataset.runId; }));
+      var ok = (!want || tb.dataset.state === want) && (!text || ids.some(function (x) { return x.toLowerCase().indexOf(text) >= 0; }));
+      tb.hidden = !ok; if (ok) shown++;
+    });
+    var empty = document.getElementById("empty");
+    empty.hidden = shown > 0; if (!shown) empty.textContent = "No MOUS matches.";
+    var u = new URL(location.href);
+    text ? u.searchParams.set("q", q.value.trim()) : u.searchParams.delete("q");
+    want ? u.searchParams.set("state", want) : u.searchParams.delete("state");
+    history.replaceState(null, "", u);
+  }
+  q.addEventListener("input", apply); st.addEventListener("change", apply);
+  q.form.addEventListener("submit", function (ev) { ev.preventDefault(); apply(); });
+})();
+</script></body></html>"""
+
+
+def ui_root(scope: dict) -> str:
+    """The UI's path for this request: the mount point of this app less /alma-regen."""
+    root = (scope.get("root_path") or "").rstrip("/")
+    if root.endswith(VIEW_PREFIX):
+        return root[: -len(VIEW_PREFIX)]
+    return ui_path()
 
 
 # ------------------------------------------------------------------ app
@@ -248,19 +503,21 @@ def create_app():
     can_read = [Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))]
     app = FastAPI(title="ALMA reprocessing", dependencies=can_read)
 
-    def collect() -> list:
+    def collect(request) -> list:
         with create_session() as session:
             rows = run_rows(session)
         manifests(rows)
+        add_links(rows, ui_root(request.scope))
         return rows
 
     @app.get("/api/mous")
-    def list_mous():
-        return collect()
+    def list_mous(request: Request, q: str = "", state: str = ""):
+        return select_rows(collect(request), q, state)
 
     @app.get("/", response_class=HTMLResponse)
-    def page():
-        return HTMLResponse(_page(collect()))
+    def page(request: Request, q: str = "", state: str = ""):
+        rows = collect(request)
+        return HTMLResponse(_page(select_rows(rows, q, state), rows, q, state if state in STATES else ""))
 
     @app.get("/products/{mous_f}/{run}/{path:path}")
     def product(mous_f: str, run: str, path: str):

@@ -60,6 +60,15 @@ KINDS = ("casa", "modular")
 # the runner streams it into the task log line by line.
 _HEADLESS = ["--nologger", "--log2term", "--nogui", "--agg"]
 
+_MAX_PART_DIGITS = 9
+
+
+def _short(text, limit: int = 40) -> str:
+    """repr(text), cut to a readable length (an error message stays one short line)."""
+    r = repr(text)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(str(text))} characters)"
+
+
 # 6.5.4-9 (CASA's notation), 6.5.4.9 (PyPI's), inside any text ("CASA 6.5.4-9").
 _VERSION_RE = re.compile(r"(?<![\d.])(\d+)\.(\d+)\.(\d+)(?:[.-](\d+))?(?!\.?\d)")
 # casa-6.5.4-9-pipeline-2023.1.0.124-py3.8.el8: what a monolithic tarball is called.
@@ -82,8 +91,12 @@ class CasaVersion:
             return text
         m = _VERSION_RE.search(str(text or ""))
         if not m:
-            raise CasaError(f"not a CASA version: {text!r} (expected e.g. 6.5.4-9)")
+            raise CasaError(f"not a CASA version: {_short(text)} (expected e.g. 6.5.4-9)")
         major, minor, patch, build = m.groups()
+        # No CASA part is longer than a few digits; a huge one would also exceed
+        # Python's int() limit (4300 digits) with a ValueError and a traceback.
+        if any(g is not None and len(g) > _MAX_PART_DIGITS for g in m.groups()):
+            raise CasaError(f"not a CASA version: {_short(text)} (a part longer than {_MAX_PART_DIGITS} digits)")
         return cls(int(major), int(minor), int(patch), int(build) if build is not None else None)
 
     def key(self):

@@ -7,7 +7,8 @@ Airflow task log shows CASA as it works (the registry's launchers pass
 `--log2term`, so that output holds the whole CASA log; the casa-*.log files
 written in the working directory are recorded for publishing). A step fails when the child exits
 non-zero, dies of a signal, prints a Python traceback, or logs a CASA SEVERE
-line (except the stale-measures one, reported once as a warning). A pipeline
+line (except the stale-measures one, reported once at info). CASA's WARN lines
+are logged at warning and SEVERE ones at error, so Airflow's level filter shows them. A pipeline
 run is the exception: its weblog prints tracebacks and SEVERE lines while the
 tasks succeed, so it is judged by its own task results (`strict=False`: the
 output is still recorded, and a non-zero exit still fails).
@@ -25,11 +26,12 @@ from pathlib import Path
 
 from ..errors import AlmaRegenError, CasaError, CasaKilled, CasaTimeout
 from .env import child_env
+from .sandbox import sandbox_for
 
 log = logging.getLogger(__name__)
 
-# SEVERE lines CASA logs although the step did not fail, each reported once as
-# a warning. casadata's measures (2025-09) make CASA log the stale leap-second
+# SEVERE lines CASA logs although the step did not fail, each reported once per
+# run at info. casadata's measures (2025-09) make CASA log the stale leap-second
 # table (a message continued over several lines, all from MeasTable::dUTC) on
 # almost every task; importasdm leaves an empty WEIGHT_SPECTRUM column that
 # tclean reports as SEVERE before falling back to WEIGHT.
@@ -89,8 +91,10 @@ class CasaRunner:
           that judges itself (its exit status and a result file still count).
         """
         command = [str(c) for c in command]
-        environment = child_env(env)
-        recorded = set(_RECORDED_ENV) | set(env or ())
+        box = sandbox_for(cwd, command)  # SandboxUnavailable (one line) rather than a run without it
+        environment = child_env(env, home=box.home, sandbox=box.mode)
+        self.log.info("CASA runs in %s", box.describe())
+        recorded = set(_RECORDED_ENV) | set(env or ()) | {"ALMA_REGEN_SANDBOX"}
         rec = CasaRun(command=command, cwd=str(cwd),
                       env={k: environment[k] for k in sorted(recorded) if k in environment})
         label = label or _script_name(command)
@@ -101,7 +105,7 @@ class CasaRunner:
             self._killed_by_us = False
             try:
                 self._proc = proc = subprocess.Popen(
-                    command, cwd=cwd, env=environment, stdin=subprocess.DEVNULL,
+                    box.wrap(command), cwd=cwd, env=environment, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             except OSError as exc:
@@ -130,7 +134,7 @@ class CasaRunner:
                 timer.cancel()
             with self._lock:
                 self._proc = None
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.returncode = box.exit_code(os.waitstatus_to_exitcode(status))
         # Whatever the child left behind in its group (helpers, a stray
         # grandchild) ends with it, and is gone when run() returns.
         _signal_group(pgid, signal.SIGKILL)
@@ -144,6 +148,9 @@ class CasaRunner:
         rec.duration_s = round(time.monotonic() - t0, 3)
         rec.max_rss_mb = round(usage.ru_maxrss / 1024, 1)
         rec.casa_logs = _casa_logs_since(cwd, started_wall)
+        for denied in box.denials([*pump.tail, *rec.traceback]):  # what the sandbox refused, said once
+            rec.warnings.append(denied)
+            self.log.warning("%s", denied)
         try:
             self._judge(rec, timeout, label, list(pump.tail), strict)
         except AlmaRegenError as exc:
@@ -211,13 +218,18 @@ class _Pump(threading.Thread):
             self.tail.append(line)
             benign = next((msg for pattern, msg in KNOWN_BENIGN if pattern.search(line)), None)
             if benign:
+                # Known and harmless: said once per run, at info (not an operator's concern).
                 if benign not in rec.warnings:
                     rec.warnings.append(benign)
-                    self.log.warning("%s", benign)
+                    self.log.info("CASA (known, harmless): %s", benign)
                 continue
-            self.log.info("%s", line)
-            if SEVERE.search(line) and not any(a.search(line) for a in self.allow):
+            level = _level(line)
+            if level == logging.ERROR and any(a.search(line) for a in self.allow):
+                level = logging.WARNING  # a SEVERE line the caller expects: not a failure
+            elif level == logging.ERROR:
                 rec.severe.append(line.strip())
+            # Airflow's log view filters by these levels: WARN and SEVERE must not hide in info.
+            self.log.log(level, "%s", line)
             if TRACEBACK in line:
                 in_tb = True
             if in_tb:
@@ -225,6 +237,19 @@ class _Pump(threading.Thread):
                 # The exception line itself is the first one not indented.
                 if line and not line.startswith((" ", "\t", TRACEBACK)):
                     in_tb = False
+
+
+# CASA's log lines (--log2term and casa-*.log): "date time<TAB>PRIORITY<TAB>origin<TAB>message".
+_PRIORITY = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+(SEVERE|WARN)\s")
+
+
+def _level(line: str) -> int:
+    """The Python log level of one line of CASA output: WARN -> warning, SEVERE -> error."""
+    m = _PRIORITY.match(line)
+    if m:
+        return logging.ERROR if m.group(1) == "SEVERE" else logging.WARNING
+    # A SEVERE not in CASA's log format (a script's own message) still counts as one.
+    return logging.ERROR if SEVERE.search(line) else logging.INFO
 
 
 def _wait4(pid):

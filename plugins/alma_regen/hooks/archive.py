@@ -14,7 +14,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseHook
 
 from ..errors import PermanentError
-from ..staging.sources import HttpSource, S3Source
+from ..staging.sources import HttpSource, S3Source, origin
 
 
 class AlmaRequestHandlerHook(BaseHook):
@@ -39,12 +39,27 @@ class AlmaRequestHandlerHook(BaseHook):
         return url
 
     def get_source(self, root: str | None = None) -> HttpSource:
-        """The request handler at the connection's host, or at `root` with the connection's credentials."""
+        """The request handler at the connection's host, or at `root`.
+
+        The connection's credentials (login/password, cookie) go only to the connection's
+        own origin (scheme, host, port): a `root` elsewhere (a DAG param anyone triggering
+        the DAG can set) is accessed anonymously, so it cannot collect them.
+        """
         conn = self.get_connection(self.http_conn_id)
         extra = conn.extra_dejson
         auth = (conn.login, conn.password or "") if conn.login else None
+        cookie = extra.get("cookie", "")
         timeout = self.timeout or float(extra.get("timeout", 60))
-        return HttpSource(root or self.base_url(), auth=auth, cookie=extra.get("cookie", ""), timeout=timeout)
+        if root and (auth or cookie):
+            try:
+                home = origin(self.base_url())
+            except PermanentError:
+                home = None  # a connection without a host scopes its credentials nowhere
+            if origin(root) != home:
+                self.log.warning("source %s is not the origin of connection %r: staging it without the "
+                                 "connection's credentials", root, self.http_conn_id)
+                auth, cookie = None, ""
+        return HttpSource(root or self.base_url(), auth=auth, cookie=cookie, timeout=timeout)
 
     def get_conn(self) -> HttpSource:
         return self.get_source()
@@ -73,7 +88,8 @@ def archive_source(source: str, http_conn_id: str = AlmaRequestHandlerHook.defau
 
     `request_handler` -> the HTTP connection; `s3` -> the S3 connection's archive_url;
     an explicit `s3://bucket/prefix` -> that place with the S3 connection's credentials;
-    an explicit `http(s)://...` -> that root with the HTTP connection's credentials, if any.
+    an explicit `http(s)://...` -> that root, with the HTTP connection's credentials only when
+    it is the connection's own origin (scheme, host, port).
     """
     if source == "request_handler":
         return AlmaRequestHandlerHook(http_conn_id).get_source()

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-import re
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
@@ -27,7 +27,7 @@ class BulkPlanOperator(BaseOperator):
         from ..bulk import plan_bulk
         from ..config import runtime_settings
         from ..hooks.archive import archive_source
-        from ..naming import uid_to_file
+        from ..naming import run_id
         from ..publish import s3_client
         from ..reuse import current_casa
         s = runtime_settings()
@@ -41,10 +41,12 @@ class BulkPlanOperator(BaseOperator):
             casa_version=current_casa(), force_all=str(self.force).lower() in ("true", "1", "yes"),
             workdir=s.workdir, max_runs=s.bulk_max_runs, min_free_gb=s.bulk_min_free_gb)
         context["ti"].xcom_push(key="summary", value=result)
-        stamp = re.sub(r"[^0-9A-Za-z]", "", str(context["run_id"]))[-14:]
-        return [{"conf": {"mous_uid": e["mous_uid"], "source": self.source, "bulk": True,
-                          "force": str(self.force).lower() in ("true", "1", "yes")},
-                 "trigger_run_id": f"bulk__{uid_to_file(e['mous_uid'])}__{stamp}"} for e in result["start"]]
+        # Named as every alma_regenerate run (alma_regen.naming.run_id), `bulk__` first; the
+        # time is this bulk run's, so a retry of the triggers names the same runs.
+        when = getattr(context.get("dag_run"), "run_after", None) or datetime.now(timezone.utc)
+        force = str(self.force).lower() in ("true", "1", "yes")
+        return [{"conf": {"mous_uid": e["mous_uid"], "source": self.source, "bulk": True, "force": force},
+                 "trigger_run_id": run_id(e["mous_uid"], when, prefix="bulk")} for e in result["start"]]
 
 
 class BulkSummaryOperator(BaseOperator):

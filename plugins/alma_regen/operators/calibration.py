@@ -15,10 +15,12 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
+from .timeouts import CasaTimeouts
+
 CAL_FIELDS = ("member_dir", "engine", "casa_version", "dosplit", "spacesaving", "docontsub")
 
 
-class _CalibrationBase(BaseOperator):
+class _CalibrationBase(CasaTimeouts, BaseOperator):
     template_fields: Sequence[str] = CAL_FIELDS
     ui_color = "#fdebd0"
 
@@ -34,7 +36,7 @@ class _CalibrationBase(BaseOperator):
         from ..calibration import Options
         return Options(engine=self.engine, casa_version=self.casa_version or None,
                        dosplit=_bool(self.dosplit), spacesaving=self.spacesaving,
-                       docontsub=_bool(self.docontsub), timeout_s=self.casa_timeout_s)
+                       docontsub=_bool(self.docontsub), timeout_s=self.casa_limit())
 
     def _casa_runner(self):
         from ..casa.runner import CasaRunner
@@ -64,6 +66,8 @@ class PrepareCalibrationOperator(_CalibrationBase):
         self.log.info("calibration plan: engine %s (%s); CASA %s (%s)", p.engine, p.reason,
                       p.resolution.launcher.describe(), p.resolution.reason)
         context["ti"].xcom_push(key="plan", value=p.as_dict())
+        if p.engine != "native":  # restore_eb maps over nothing and shows "skipped": say why here
+            self.log.info("restore_eb will be skipped: engine %s runs whole, in finish_calibration", p.engine)
         return p.ebs if p.engine == "native" else []
 
 
@@ -80,7 +84,7 @@ class RestoreEbOperator(_CalibrationBase):
         from ..calibration import plan, restore_eb
         p = plan(self.member_dir, self._options())
         rec = restore_eb(self.member_dir, self.eb_uid, split=p.split, resolution=p.resolution,
-                         runner=self._casa_runner(), timeout_s=self.casa_timeout_s)
+                         runner=self._casa_runner(), timeout_s=self.casa_limit())
         return {k: rec[k] for k in ("eb", "output", "flag_fraction", "duration_s", "max_rss_mb")}
 
 

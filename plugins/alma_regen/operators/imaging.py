@@ -18,9 +18,10 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 
 from ..ui import ManifestLink, SummaryPageLink
+from .timeouts import CasaTimeouts
 
 
-class _CasaTask(BaseOperator):
+class _CasaTask(CasaTimeouts, BaseOperator):
     template_fields: Sequence[str] = ("member_dir",)
     ui_color = "#e8daef"
 
@@ -56,7 +57,7 @@ class ImagingOperator(_CasaTask):
     def execute(self, context: Any) -> dict:
         from ..imaging import image
         record = image(self.member_dir, self.engine, workers=self.workers, runner_factory=self._runner,
-                       timeout=self.timeout_s)
+                       timeout=self.casa_limit())
         self.log.info("imaging engine %s (%s): %d FITS", record["engine"], record["reason"], len(record["products"]))
         return {"engine": record["engine"], "reason": record["reason"], "products": record["products"]}
 
@@ -66,7 +67,7 @@ class NativeImagingUnitsOperator(_CasaTask):
 
     def execute(self, context: Any) -> list:
         from ..imaging import native_units
-        return native_units(self.member_dir, runner=self._runner(), timeout=self.timeout_s)
+        return native_units(self.member_dir, runner=self._runner(), timeout=self.casa_limit())
 
 
 class NativeImagingUnitOperator(_CasaTask):
@@ -80,7 +81,7 @@ class NativeImagingUnitOperator(_CasaTask):
 
     def execute(self, context: Any) -> dict:
         from ..imaging import run_native_unit
-        result = run_native_unit(self.member_dir, self.unit, runner=self._runner(), timeout=self.timeout_s)
+        result = run_native_unit(self.member_dir, self.unit, runner=self._runner(), timeout=self.casa_limit())
         return {"unit": result["unit"], "fits": [f for i in result["images"] for f in i["fits"].values()]}
 
 
@@ -95,7 +96,7 @@ class FidelityOperator(_CasaTask):
 
     def execute(self, context: Any) -> dict:
         from ..fidelity import check_fidelity
-        doc = check_fidelity(self.member_dir, self.tolerances, runner=self._runner(), timeout=self.timeout_s)
+        doc = check_fidelity(self.member_dir, self.tolerances, runner=self._runner(), timeout=self.casa_limit())
         return {"ok": doc["ok"], "summary": doc["summary"]}
 
 
@@ -111,7 +112,11 @@ class PlanImagingOperator(_CasaTask):
 
     def execute(self, context: Any) -> list:
         from ..imaging import plan_mapped
-        return plan_mapped(self.member_dir, self.engine, runner=self._runner(), timeout=self.timeout_s)
+        units = plan_mapped(self.member_dir, self.engine, runner=self._runner(), timeout=self.casa_limit())
+        if not units:  # image_unit maps over nothing and shows "skipped": say why here
+            self.log.info("image_unit will be skipped: %s", "imaging=none, no images asked for"
+                          if self.engine == "none" else "this engine runs whole, in finish_imaging")
+        return units
 
 
 class FinishImagingOperator(PlanImagingOperator):
@@ -123,7 +128,7 @@ class FinishImagingOperator(PlanImagingOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from ..imaging import finish_mapped
-        record = finish_mapped(self.member_dir, self.engine, runner_factory=self._runner, timeout=self.timeout_s)
+        record = finish_mapped(self.member_dir, self.engine, runner_factory=self._runner, timeout=self.casa_limit())
         if record is None:
-            raise AirflowSkipException("imaging=none: no images asked for")
+            raise AirflowSkipException("imaging=none: no images asked for (the calibrated MSs are the products)")
         return {"engine": record["engine"], "products": record["products"]}

@@ -47,11 +47,19 @@ class PublishOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from ..publish import publish, s3_client
-        if str(self.enabled).strip().lower() in ("false", "0", "no", "off") or not self.to:
-            raise AirflowSkipException("publishing is off (publish=False or no products_url configured)")
+        if str(self.enabled).strip().lower() in ("false", "0", "no", "off"):
+            raise AirflowSkipException("not published: the run was triggered with publish=false; "
+                                       "the products stay in the working folder")
+        if not self.to:
+            raise AirflowSkipException("not published: no products bucket is configured (products_url)")
         run = self.run or re.sub(r"[^A-Za-z0-9._-]", "_", str(context.get("run_id") or "")).strip("_.-") or None
+        # What the operator asked for goes into the manifest with what ran (the DAG's params).
+        params = context.get("params") or {}
+        requested = {k: params[k] for k in ("calibration", "imaging") if params.get(k)}
         manifest = publish(self.member_dir, self.to, run=run, include_ms=self.include_ms, workers=self.workers,
-                           client=s3_client(self.aws_conn_id))
+                           client=s3_client(self.aws_conn_id), requested=requested or None,
+                           # the DAG run owns its run id: a retry of this task resumes its own claim
+                           owner=f"airflow:{getattr(context.get('dag_run'), 'dag_id', '?')}/{context.get('run_id')}")
         asset = mous_asset(self.to, manifest["mous_uid"])
         extra = {"mous_uid": manifest["mous_uid"], "run": manifest["run"],
                  "manifest": manifest["location"] + "manifest.json",

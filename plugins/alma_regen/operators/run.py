@@ -1,7 +1,9 @@
 """The run's bookkeeping tasks: the per-MOUS lock and the plan.
 
     LockMousOperator      first: takes the MOUS for this run (another live run -> retry later)
-    InspectDeliveryOperator  the plan in the log and as a small XCom (never bulky data)
+    CheckPublishedOperator   skips the run (saying why) when the MOUS is published as it would be again
+    InspectDeliveryOperator  before the raw data: what will be staged, and the plan (log, small XCom)
+    CheckStagedOperator   after staging: the plan again; fails on what is missing or broken
     ReleaseMousOperator   teardown: always runs, drops the lock of this run
 """
 from __future__ import annotations
@@ -57,26 +59,64 @@ class ReleaseMousOperator(_MousBase):
 
 
 class InspectDeliveryOperator(_MousBase):
-    """The plan of the staged auxiliary files. raw/ is staged after this step, so a
-    missing ASDM is not an error yet; every other problem is (permanent)."""
+    """The plan before the raw data come: what will be staged (each EB and its size in
+    the archive), the CASA version, the engines, the disk it will need. A missing
+    ASDM is what staging is for, not an error; every other problem is (permanent)."""
+
+    template_fields: Sequence[str] = ("mous_uid", "workdir", "source")
+
+    def __init__(self, *, source: str = "request_handler", http_conn_id: str = "alma_request_handler",
+                 aws_conn_id: str = "alma_archive_s3", **kwargs):
+        super().__init__(**kwargs)
+        self.source, self.http_conn_id, self.aws_conn_id = source, http_conn_id, aws_conn_id
+
+    def _archive_sizes(self) -> dict | None:
+        """{EB uid: bytes of its ASDM tar} as the archive lists them; None if it cannot say."""
+        try:
+            from ..hooks.archive import archive_source
+            from ..staging import list_mous
+            listing = list_mous(archive_source(self.source, self.http_conn_id, self.aws_conn_id), self.mous_uid)
+            return {eb: f.size for eb, f in listing.asdms.items()}
+        except Exception as exc:  # noqa: BLE001 - the sizes only inform; staging reports real faults
+            self.log.info("the archive's sizes of the ASDMs are not known (%s): the disk is estimated after staging",
+                          exc)
+            return None
 
     def execute(self, context: Any) -> dict:
         from ..delivery import Delivery, format_plan
         from ..notify import record_step
         record_step(self.member_dir, self.task_id, context["dag_run"].run_id)
+        plan = Delivery(self.member_dir).plan(staged=False, archive_sizes=self._archive_sizes())
+        self.log.info("regeneration plan, before staging the raw data:\n%s", format_plan(plan))
+        _fail_on_errors(plan)
+        return _summary(plan)
+
+
+class CheckStagedOperator(_MousBase):
+    """After staging: the plan again, now with raw/ as staged; fails on any error (permanent)."""
+
+    def execute(self, context: Any) -> dict:
+        from ..delivery import Delivery, format_plan
         plan = Delivery(self.member_dir).plan()
-        self.log.info("regeneration plan:\n%s", format_plan(plan))
-        errors = [p for p in plan["problems"] if p["severity"] == "error"
-                  and not p["message"].startswith("missing: the PPR lists this EB")]
-        if errors:
-            raise DeliveryError(errors[0]["path"], errors[0]["message"] +
-                                (f" (+{len(errors) - 1} more, see the log)" if len(errors) > 1 else ""))
-        return {
-            "mous_uid": plan["mous_uid"], "project": plan["project"],
-            "casa_version": plan["casa_version"]["version"],
-            "calibration": plan["calibration"]["kind"], "imaging": plan["imaging"]["kind"],
-            "split": plan["split"]["needed"], "ebs": plan["ppr"]["ebs"],
-        }
+        self.log.info("staged; the plan as it now stands:\n%s", format_plan(plan))
+        _fail_on_errors(plan)
+        return _summary(plan)
+
+
+def _fail_on_errors(plan: dict):
+    errors = [p for p in plan["problems"] if p["severity"] == "error"]
+    if errors:
+        raise DeliveryError(errors[0]["path"], errors[0]["message"] +
+                            (f" (+{len(errors) - 1} more, see the log)" if len(errors) > 1 else ""))
+
+
+def _summary(plan: dict) -> dict:
+    return {
+        "mous_uid": plan["mous_uid"], "project": plan["project"],
+        "casa_version": plan["casa_version"]["version"],
+        "calibration": plan["calibration"]["kind"], "imaging": plan["imaging"]["kind"],
+        "split": plan["split"]["needed"], "ebs": plan["ppr"]["ebs"],
+    }
 
 
 class CheckPublishedOperator(_MousBase):
@@ -99,14 +139,21 @@ class CheckPublishedOperator(_MousBase):
         from ..reuse import current_casa, latest_manifest, same_as_published
         from ..staging import list_mous
         if str(self.force).strip().lower() in ("true", "1", "yes", "on"):
+            self.log.info("%s: force=true: regenerating without looking at what is published", self.mous_uid)
             return {"reuse": False, "why": "force=True"}
         if not self.products_url:
+            self.log.info("%s: no products_url is configured: nothing is published to compare with",
+                          self.mous_uid)
             return {"reuse": False, "why": "no products_url: nothing is published"}
         listing = list_mous(archive_source(self.source, self.http_conn_id, self.aws_conn_id), self.mous_uid)
         files = {f.name: f.size for f in listing.all_files()}
         manifest = latest_manifest(s3_client(self.products_conn_id), self.products_url, self.mous_uid)
         same, why = same_as_published(manifest, files, current_casa())
-        self.log.info("%s: %s", self.mous_uid, why)
         if same:
-            raise AirflowSkipException(f"{why}; set force=True to regenerate anyway")
+            msg = (f"{self.mous_uid}: {why}: every later step is skipped; "
+                   "trigger again with force=true to regenerate it anyway")
+            self.log.info("%s", msg)
+            raise AirflowSkipException(msg)
+        self.log.info("%s: regenerating: %s (force=true would regenerate even an unchanged MOUS)",
+                      self.mous_uid, why)
         return {"reuse": False, "why": why}

@@ -15,8 +15,10 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
+from .timeouts import StagingTimeouts
 
-class _StagingBase(BaseOperator):
+
+class _StagingBase(StagingTimeouts, BaseOperator):
     template_fields: Sequence[str] = ("mous_uid", "workdir", "source")
     ui_color = "#d6eaf8"
 
@@ -33,16 +35,24 @@ class _StagingBase(BaseOperator):
         return archive_source(self.source, self.http_conn_id, self.aws_conn_id)
 
     def _options(self):
+        from ..config import runtime_settings
         from ..staging import StageOptions
-        return StageOptions(parallel=self.parallel, lock_timeout=self.lock_timeout)
+        s = runtime_settings()
+        return StageOptions(parallel=self.parallel, lock_timeout=self.lock_timeout,
+                            min_rate_bps=max(s.stage_min_rate_bps, 0.0),
+                            min_rate_window_s=max(s.stage_min_rate_window_s, 1.0))
 
 
 class StageAuxiliaryOperator(_StagingBase):
     """README + auxiliary + product tars into the member folder; returns the EB uids to stage."""
 
+    def _files(self, listing) -> list:  # the size its time limit follows (operators/timeouts.py)
+        return [listing.readme, listing.auxiliary, *listing.products]
+
     def execute(self, context: Any) -> list:
         from ..staging import stage_auxiliary
-        summary = stage_auxiliary(self.mous_uid, self._source(), self.workdir, self._options())
+        summary = stage_auxiliary(self.mous_uid, self._source(), self.workdir, self._options(),
+                                  listing=getattr(self, "_listing", None))
         for f in summary["files"]:
             self.log.info("%s: %s (%d bytes, sha256 %s)", f["file"], f["status"], f["size"], f["sha256"])
         return summary["ebs"]
@@ -59,4 +69,8 @@ class StageAsdmOperator(_StagingBase):
 
     def execute(self, context: Any) -> dict:
         from ..staging import stage_eb
-        return stage_eb(self.mous_uid, self.eb_uid, self._source(), self.workdir, self._options())
+        return stage_eb(self.mous_uid, self.eb_uid, self._source(), self.workdir, self._options(),
+                        listing=getattr(self, "_listing", None))
+
+    def _files(self, listing) -> list:  # the size its time limit follows (operators/timeouts.py)
+        return [listing.asdms.get(self.eb_uid)]

@@ -2,6 +2,15 @@
 from __future__ import annotations
 
 import os
+import signal
+
+from ..config import settings
+
+# A stage gives up on a source trickling below this (bytes/s over the window; the settings
+# stage_min_rate_bps / stage_min_rate_window_s): about 10 KB/s for two minutes is a dead
+# link, not a slow one (the request handler serves MB/s).
+MIN_RATE_BPS = settings().stage_min_rate_bps
+MIN_RATE_WINDOW_S = settings().stage_min_rate_window_s
 
 
 def register(sub) -> None:
@@ -18,6 +27,11 @@ def register(sub) -> None:
     s.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
     s.add_argument("--s3-workers", type=int, default=4,
                    help="parallel ranged GETs per file from S3 (default 4; 1 = one stream)")
+    s.add_argument("--min-rate", type=float, default=MIN_RATE_BPS, metavar="BYTES_PER_S",
+                   help=f"give up on a file whose source sends less than this over --min-rate-window "
+                        f"(a transient error; run again to resume; 0: never; default {MIN_RATE_BPS:.0f})")
+    s.add_argument("--min-rate-window", type=float, default=MIN_RATE_WINDOW_S, metavar="SECONDS",
+                   help=f"the window of --min-rate (default {MIN_RATE_WINDOW_S:.0f})")
     s.set_defaults(func=_cmd_stage)
 
     from ..serve_archive import register_cli
@@ -33,5 +47,12 @@ def _cmd_stage(a) -> None:
         source = open_source(a.source, workers=a.s3_workers)
     else:
         source = open_source(a.source, cookie=os.environ.get("ALMA_REQUEST_HANDLER_COOKIE", ""))
-    opts = StageOptions(parallel=a.parallel, lock_timeout=a.lock_timeout, progress_interval=a.progress_interval)
+    opts = StageOptions(parallel=a.parallel, lock_timeout=a.lock_timeout, progress_interval=a.progress_interval,
+                        min_rate_bps=max(a.min_rate, 0.0), min_rate_window_s=max(a.min_rate_window, 1.0))
+    # SIGTERM (a scheduler or `kill`) stops like Ctrl-C: transfers stop, partial data stay for a resume.
+    signal.signal(signal.SIGTERM, _interrupt)
     _print_json(stage_mous(a.mous, source, a.workdir, opts))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -3,7 +3,7 @@
 The DAG's retry policy only looks at TransientError vs PermanentError; the
 subclasses exist so tests and logs can tell the causes apart.
 """
-from ..errors import PermanentError, TransientError
+from ..errors import DeliveryError, PermanentError, TransientError
 
 
 class HostileTarError(PermanentError):
@@ -28,3 +28,23 @@ class SourceChangedError(TransientError):
 
 class LockBusyError(TransientError):
     """Another process is staging the same file."""
+
+
+class DataLinkError(DeliveryError):
+    """The archive's DataLink answer cannot be used (malformed, bad sizes, duplicate or unsafe rows)."""
+
+
+class LoginNeededError(DataLinkError, AccessDeniedError):
+    """The DataLink answer marks files `readable=false`: proprietary data, a login is needed."""
+
+
+class UnsafeUrlError(PermanentError):
+    """A listing or a redirect names a URL staging must not follow (file://, ftp://, no host...)."""
+
+
+class Interrupted(TransientError):
+    """Staging was asked to stop (Ctrl-C, task kill); the partial state is kept for a resume."""
+
+
+class TooSlowError(TransientError):
+    """The source sent less than the floor rate for the whole window: give up, resume later."""

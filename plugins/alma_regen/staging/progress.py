@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import time
 
+from .errors import TooSlowError
+
 log = logging.getLogger("alma_regen.staging")
 
 
@@ -34,3 +36,34 @@ class Progress:
 
     def rate(self, offset: int) -> float:
         return (offset - self.start) / max(time.monotonic() - self.t0, 1e-9)
+
+
+class RateFloor:
+    """Give up on a source that sends less than `min_bps` over a whole `window_s` (0: never).
+
+    Windows follow each other (not sliding): a trickle is caught within two windows.
+    The time of reconnects and retries counts, so a server that keeps dropping after a
+    few bytes is caught as well as one that trickles.
+    """
+
+    def __init__(self, name: str, min_bps: float, window_s: float):
+        self.name, self.min_bps, self.window = name, min_bps, max(window_s, 1e-3)
+        self.total = 0
+        self.t_mark, self.b_mark = time.monotonic(), 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        self.check()
+
+    def check(self) -> None:
+        if self.min_bps <= 0:
+            return
+        now = time.monotonic()
+        elapsed = now - self.t_mark
+        if elapsed < self.window:
+            return
+        got = self.total - self.b_mark
+        if got < self.min_bps * elapsed:
+            raise TooSlowError(f"{self.name}: the source sent {human(got)} in {elapsed:.0f} s, below the floor "
+                               f"of {human(self.min_bps)}/s; giving up (partial data kept for a resume)")
+        self.t_mark, self.b_mark = now, self.total

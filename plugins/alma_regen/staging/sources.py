@@ -22,15 +22,29 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from ..errors import PermanentError, TransientError
-from .datalink import RemoteFile, parse_votable
+from .datalink import RemoteFile, check_url, parse_votable
 from .errors import AccessDeniedError, NotFoundError, SourceChangedError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # read size: large enough for disk-speed streaming, small for memory
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple:
+    """(scheme, host, port) of a URL, the default port filled in: what credentials are scoped to."""
+    u = urlsplit(url)
+    scheme = u.scheme.lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    return scheme, (u.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
 
 
 class Body:
@@ -93,10 +107,13 @@ class HttpSource:
         if u.scheme not in ("http", "https") or not u.hostname:
             raise PermanentError(f"not a request handler URL: {root!r}")
         if u.username and not auth:
-            auth = (u.username, u.password or "")
+            auth = (unquote(u.username), unquote(u.password or ""))
         netloc = u.hostname + (f":{u.port}" if u.port else "")
         self.root = f"{u.scheme}://{netloc}{u.path.rstrip('/')}"
-        self._host = u.hostname
+        # Credentials belong to the root's origin (scheme, host, port) only, as browsers and
+        # requests/urllib3 scope them: a listing or a redirect naming another origin (another
+        # port of the same host, http instead of https) gets neither the password nor the cookie.
+        self._origin = origin(self.root)
         self.timeout, self.chunk = timeout, chunk
         self._headers = {"User-Agent": "alma-regen-staging"}
         if auth:
@@ -110,14 +127,22 @@ class HttpSource:
     def describe(self) -> str:
         return self.root
 
+    def _headers_for(self, url: str, extra: dict) -> dict:
+        h = dict(self._headers, **extra)
+        if origin(url) == self._origin:
+            if self._auth_header:
+                h["Authorization"] = self._auth_header
+        else:
+            h.pop("Cookie", None)
+        return h
+
     def _request(self, method: str, url: str, headers: dict, what: str):
         for _ in range(6):
+            check_url(url, what)  # a listing's access_url or a redirect's Location: http(s) only
             u = urlsplit(url)
-            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+            cls = http.client.HTTPSConnection if u.scheme.lower() == "https" else http.client.HTTPConnection
             conn = cls(u.hostname, u.port, timeout=self.timeout)
-            h = dict(self._headers, **headers)
-            if self._auth_header and u.hostname == self._host:  # never send credentials elsewhere
-                h["Authorization"] = self._auth_header
+            h = self._headers_for(url, headers)
             try:
                 conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), headers=h)
                 resp = conn.getresponse()
@@ -127,7 +152,7 @@ class HttpSource:
             location = resp.getheader("Location")
             if resp.status in (301, 302, 303, 307, 308) and location:
                 conn.close()
-                url = urljoin(url, location)
+                url = urljoin(url, location.strip())
                 continue
             return conn, resp
         raise PermanentError(f"{what}: too many redirects")
@@ -224,7 +249,34 @@ def _read_body(resp, f: RemoteFile, want: int, served: int, chunk: int) -> Itera
         if not data:
             raise TransientError(f"{f.name}: response ended at byte {served + got} of {f.size}")
         got += len(data)
+        if got >= want:
+            _check_no_more(resp, f, served + got)
         yield data
+
+
+def _check_no_more(resp, f: RemoteFile, offset: int) -> None:
+    """Refuse a body longer than the listing said (checked before the last chunk is handed on).
+
+    Reading exactly the listing's size would otherwise keep the first bytes of a longer
+    file, e.g. a README cut short without a word. A Content-Length header that merely
+    overstates (the body ends where the listing says) is not an error: the probe then
+    finds the end of the response or a closed connection.
+    """
+    if resp.length == 0 or resp.isclosed():
+        return
+    sock = getattr(getattr(resp, "fp", None), "raw", None)
+    try:
+        # A server that keeps the connection open without sending more must not hold us for
+        # the whole read timeout: a short wait is enough to see bytes that were sent.
+        sock = getattr(sock, "_sock", None)
+        if sock is not None:
+            sock.settimeout(2.0)
+        extra = resp.read1(1)
+    except (OSError, http.client.HTTPException, ValueError):
+        return
+    if extra:
+        raise SourceChangedError(f"{f.name}: the server sent more than the listing's {f.size} bytes "
+                                 f"(content_length); the file changed or the listing is wrong")
 
 
 def _s3_error(exc: Exception, what: str) -> Exception:

@@ -30,8 +30,8 @@ import re
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional
@@ -39,10 +39,10 @@ from typing import Iterable, Optional
 from .. import naming
 from ..errors import AlmaRegenError, DeliveryError, NoSpaceError, PermanentError, TransientError
 from .datalink import RemoteFile
-from .errors import NotFoundError, SourceChangedError
+from .errors import Interrupted, NotFoundError, SourceChangedError, TooSlowError
 from .layout import ASDM, AUXILIARY, PRODUCT, README, MemberLayout, member_path
 from .lock import file_lock
-from .progress import Progress, human
+from .progress import Progress, RateFloor, human
 from .tarstream import ResumeError, TarStreamExtractor
 
 log = logging.getLogger("alma_regen.staging")
@@ -61,6 +61,14 @@ class StageOptions:
     max_attempts: int = 6  # in-process retries in a row without any progress
     backoff: float = 0.5
     pipeline_depth: int = 4  # chunks between the network thread and the disk/hash thread
+    # Give up on a source sending less than `min_rate_bps` over `min_rate_window_s` (0: never):
+    # a trickling server must not hold a worker forever; the partial state is kept for a resume.
+    min_rate_bps: float = 0.0
+    min_rate_window_s: float = 120.0
+    # Set to stop: every transfer checks it at least every `poll_s` and stops, keeping its
+    # partial state (the CLI sets it on Ctrl-C; stage_mous makes one when none is given).
+    cancel: Optional[threading.Event] = None
+    poll_s: float = 0.2
 
 
 # ------------------------------------------------------------------ listing
@@ -72,6 +80,7 @@ class MousFiles:
     auxiliary: Optional[RemoteFile] = None
     products: list = field(default_factory=list)
     asdms: dict = field(default_factory=dict)  # EB uid -> RemoteFile
+    errors: list = field(default_factory=list)  # (ID, error_message) of DataLink rows the archive refused
 
     def all_files(self) -> list:
         """Every file of the MOUS in the listing (what a manifest's inputs name)."""
@@ -96,17 +105,35 @@ def classify(files: Iterable[RemoteFile], mous: str) -> MousFiles:
             if f.semantics in ("", "#progenitor"):
                 asdms.setdefault(r[1], {})[naming.file_to_uid(r[2])] = f
     if aux is None:
-        raise NotFoundError(f"{mous}: the source lists no {naming.auxiliary_tar('<project>', mous)}")
+        raise NotFoundError(f"{mous}: the source lists no {naming.auxiliary_tar('<project>', mous)}"
+                            + _archive_said(getattr(files, "errors", [])))
     if len(projects) != 1:
         raise PermanentError(f"{mous}: the listing names several projects: {sorted(projects)}")
     project = projects.pop()
     return MousFiles(mous, project, readme, aux, sorted(products, key=lambda f: f.name),
-                     asdms.get(project, {}))
+                     asdms.get(project, {}), list(getattr(files, "errors", [])))
+
+
+def check_uid(uid: str, what: str = "MOUS") -> str:
+    """The uid as given, or a one-line error: the whole string must be a uid (no trailing newline,
+    which naming's `$` would let through and the archive would then be asked for)."""
+    if not isinstance(uid, str) or not (naming.UID_RE.fullmatch(uid) or naming.FILE_UID_RE.fullmatch(uid)):
+        raise PermanentError(f"not an ALMA {what} uid: {str(uid)[:120]!r} (expected uid://A001/X.../X..., "
+                             "nothing before or after it)")
+    return uid
 
 
 def list_mous(source, mous: str) -> MousFiles:
-    naming.uid_to_file(mous)  # a clear error for a malformed uid
+    check_uid(mous)  # a clear error for a malformed uid
     return classify(source.list_files(mous), mous)
+
+
+def _archive_said(errors: list) -> str:
+    """What the DataLink answer's error rows said (rows dropped by the parser), for a 'missing' error."""
+    if not errors:
+        return ""
+    return " (the archive answered errors for: " + "; ".join(f"{i}: {m}" for i, m in errors[:3]) + \
+        (f"; {len(errors) - 3} more" if len(errors) > 3 else "") + ")"
 
 
 def ppr_ebs(member: Path) -> Optional[list]:
@@ -290,8 +317,17 @@ def _new_sink(slot: Slot, project: str, mous: str, resume: bool):
 
 
 # ------------------------------------------------------------------ transfer
-def _pipelined(body, depth: int):
-    """Read the body in a thread, so the network and the disk/hash work overlap (two cores)."""
+def _check_cancel(opts: StageOptions, name: str) -> None:
+    if opts.cancel is not None and opts.cancel.is_set():
+        raise Interrupted(f"{name}: interrupted; the partial download is kept for a resume")
+
+
+def _pipelined(body, depth: int, tick=None, poll_s: float = 0.2):
+    """Read the body in a thread, so the network and the disk/hash work overlap (two cores).
+
+    `tick(n)` is called with each chunk's size, and with 0 every `poll_s` while nothing
+    arrives, so a stop request or a rate floor is seen even on a silent connection.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     END = object()
@@ -325,11 +361,18 @@ def _pipelined(body, depth: int):
     t.start()
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=poll_s)
+            except queue.Empty:
+                if tick:
+                    tick(0)
+                continue
             if item is END:
                 return
             if isinstance(item, BaseException):
                 raise item
+            if tick:
+                tick(len(item))
             yield item
     finally:
         stop.set()
@@ -357,12 +400,19 @@ def _transfer(slot: Slot, source, project: str, mous: str, opts: StageOptions) -
         shutil.rmtree(slot.partial, ignore_errors=True)
         sink = _new_sink(slot, project, mous, resume=False)
     progress = Progress(f.name, f.size, sink.offset, opts.progress_interval)
+    floor = RateFloor(f.name, opts.min_rate_bps, opts.min_rate_window_s)
+
+    def tick(n: int) -> None:
+        _check_cancel(opts, f.name)
+        floor.add(n)
+
     fetched = 0  # bytes received in this run (for the summary)
     attempts = 0
     try:
         while sink.offset < f.size:
             before = sink.offset
             try:
+                tick(0)
                 body = source.open(f, sink.offset, identity["etag"], identity["last_modified"])
                 if body.start != sink.offset:
                     log.warning("%s: the source changed since byte 0 was fetched (ETag/Last-Modified); "
@@ -375,7 +425,7 @@ def _transfer(slot: Slot, source, project: str, mous: str, opts: StageOptions) -
                                 last_modified=body.last_modified or identity["last_modified"])
                 sink.checkpoint(identity)
                 last_ck, last_t = sink.offset, time.monotonic()
-                for chunk in _pipelined(body, opts.pipeline_depth):
+                for chunk in _pipelined(body, opts.pipeline_depth, tick, opts.poll_s):
                     sink.feed(chunk)
                     fetched += len(chunk)
                     progress.update(sink.offset)
@@ -383,8 +433,8 @@ def _transfer(slot: Slot, source, project: str, mous: str, opts: StageOptions) -
                             time.monotonic() - last_t >= opts.checkpoint_seconds:
                         if sink.checkpoint(identity):
                             last_ck, last_t = sink.offset, time.monotonic()
-            except SourceChangedError:
-                raise  # a fresh listing must resolve it: the DAG's retry re-lists
+            except (SourceChangedError, Interrupted, TooSlowError):
+                raise  # a fresh listing must resolve it (the DAG's retry re-lists), or stop now
             except TransientError as exc:
                 sink.checkpoint(identity)
                 attempts = 0 if sink.offset > before else attempts + 1
@@ -393,7 +443,10 @@ def _transfer(slot: Slot, source, project: str, mous: str, opts: StageOptions) -
                                          f"at byte {sink.offset} of {f.size}: {exc}") from None
                 delay = max(getattr(exc, "retry_after", 0.0), min(opts.backoff * 2 ** max(attempts - 1, 0), 30.0))
                 log.warning("%s: %s; resuming at byte %d in %.1f s", f.name, exc, sink.offset, delay)
-                time.sleep(delay)
+                if opts.cancel is not None:
+                    opts.cancel.wait(delay)
+                else:
+                    time.sleep(delay)
         sha = sink.finish()
     except OSError as exc:
         sink.close()
@@ -431,10 +484,43 @@ def _check_space(where: Path, need: int, what: str) -> None:
         raise NoSpaceError(f"{what}: needs {human(need)} in {where}, only {human(free)} free")
 
 
+def _disk_error(exc: OSError, what: str) -> PermanentError:
+    """An OS error of the member folder as one line (read-only, a file in the way, no space)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f"{what}: no space left ({exc.filename or ''})")
+    where = f" {exc.filename}" if exc.filename else ""
+    return PermanentError(f"{what}: cannot write{where}: {exc.strerror or type(exc).__name__}")
+
+
+def prepare_member(workdir, mous: str) -> Path:
+    """The member folder, created; a one-line error when the workdir cannot hold it."""
+    work = Path(workdir)
+    if work.exists() and not work.is_dir():
+        raise PermanentError(f"workdir {work} is a file, not a folder")
+    member = member_path(work, mous)
+    try:
+        member.mkdir(parents=True, exist_ok=True)
+        # Writable? (mkdir of an existing folder says nothing; a read-only mount or mode
+        # would otherwise surface later as a traceback from deep inside a transfer.)
+        probe = member / f".write-test-{os.getpid()}-{threading.get_ident()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise _disk_error(exc, f"workdir {work}") from None
+    return member
+
+
 def stage_file(slot: Slot, source, project: str, mous: str, opts: Optional[StageOptions] = None) -> dict:
     """Stage one archive file into its slot (idempotent, resumable, locked)."""
-    opts = opts or StageOptions()
+    try:
+        return _stage_file(slot, source, project, mous, opts or StageOptions())
+    except OSError as exc:  # the disk side: read-only, a file where a folder should be...
+        raise _disk_error(exc, slot.rfile.name) from None
+
+
+def _stage_file(slot: Slot, source, project: str, mous: str, opts: StageOptions) -> dict:
     f = slot.rfile
+    _check_cancel(opts, f.name)
     slot.partial.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with file_lock(slot.lock, opts.lock_timeout, f.name):
@@ -450,7 +536,9 @@ def stage_file(slot: Slot, source, project: str, mous: str, opts: Optional[Stage
                 info = _validate(tree, slot)
             news = sorted(tree.iterdir()) if slot.kind != ASDM else [tree]
             targets = slot.targets(tree) if slot.kind != ASDM else slot.targets()
-        except (PermanentError, ResumeError):
+        except (PermanentError, ResumeError, SourceChangedError):
+            # SourceChangedError: the bytes so far belong to another version of the file (or
+            # the server sent more than listed): a resume from them would be wrong.
             shutil.rmtree(slot.partial, ignore_errors=True)
             raise
         slot.stamp.unlink(missing_ok=True)  # no stamp while the swap is under way
@@ -495,8 +583,7 @@ def stage_auxiliary(mous: str, source, workdir, opts: Optional[StageOptions] = N
     """Stage README, auxiliary tar and product tars; return a summary with the EBs to stage."""
     opts = opts or StageOptions()
     listing = listing or list_mous(source, mous)
-    member = member_path(workdir, mous)
-    member.mkdir(parents=True, exist_ok=True)
+    member = prepare_member(workdir, mous)
     results = []
     if listing.readme is None:
         log.warning("%s: the source lists no README", mous)
@@ -517,29 +604,34 @@ def ebs_to_stage(member: Path, listing: MousFiles) -> list:
     missing = [eb for eb in ebs if eb not in listing.asdms]
     if missing:
         raise NotFoundError(f"{listing.mous}: the PPR lists EB(s) the source does not have: "
-                            + ", ".join(naming.asdm_tar(listing.project, e) for e in missing))
+                            + ", ".join(naming.asdm_tar(listing.project, e) for e in missing)
+                            + _archive_said(listing.errors))
     return ebs
 
 
 def stage_eb(mous: str, eb: str, source, workdir, opts: Optional[StageOptions] = None,
              listing: Optional[MousFiles] = None) -> dict:
     """Stage one EB's raw ASDM into raw/ (the per-EB mapped task)."""
-    eb = naming.file_to_uid(naming.uid_to_file(eb))
+    eb = naming.file_to_uid(naming.uid_to_file(check_uid(eb, "EB")))
+    check_uid(mous)
     listing = listing or list_mous(source, mous)
     rfile = listing.asdms.get(eb)
     if rfile is None:
-        raise NotFoundError(f"{naming.asdm_tar(listing.project, eb)}: not listed by {source.describe()}")
-    member = member_path(workdir, mous)
+        raise NotFoundError(f"{naming.asdm_tar(listing.project, eb)}: not listed by {source.describe()}"
+                            + _archive_said(listing.errors))
+    member = prepare_member(workdir, mous)
     return _summary(stage_file(Slot(ASDM, rfile, member, eb), source, listing.project, mous, opts))
 
 
 def stage_mous(mous: str, source, workdir, opts: Optional[StageOptions] = None) -> dict:
     """`alma-regen stage`: the whole MOUS, EBs in parallel (bounded by opts.parallel)."""
     opts = opts or StageOptions()
+    if opts.cancel is None:
+        opts = replace(opts, cancel=threading.Event())
     t0 = time.monotonic()
+    check_uid(mous)
+    member = prepare_member(workdir, mous)  # before the listing: a bad workdir is the user's first error
     listing = list_mous(source, mous)
-    member = member_path(workdir, mous)
-    member.mkdir(parents=True, exist_ok=True)
     summary = stage_auxiliary(mous, source, workdir, opts, listing)
     ebs = summary["ebs"]
     pending = [Slot(ASDM, listing.asdms[eb], member, eb) for eb in ebs]
@@ -547,17 +639,30 @@ def stage_mous(mous: str, source, workdir, opts: Optional[StageOptions] = None) 
     if need:
         _check_space(member, need, f"{mous} raw ASDMs")
     results, errors = [], []
-    with ThreadPoolExecutor(max(1, opts.parallel), thread_name_prefix="stage-eb") as pool:
-        futures = [(s, pool.submit(stage_file, s, source, listing.project, mous, opts)) for s in pending]
+    pool = ThreadPoolExecutor(max(1, opts.parallel), thread_name_prefix="stage-eb")
+    futures = [(s, pool.submit(stage_file, s, source, listing.project, mous, opts)) for s in pending]
+    try:
         for slot, fut in futures:
             try:
                 results.append(_summary(fut.result()))
             except AlmaRegenError as exc:
-                errors.append(exc)
-                log.error("%s: %s", slot.rfile.name, exc)
+                errors.append((slot, exc))
+    except BaseException:
+        # Ctrl-C (KeyboardInterrupt) or any other exit of this thread: queued EBs never start,
+        # running ones stop at their next chunk or poll and keep their partial state.
+        opts.cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        # (a cancelled future never counts as done for wait(): leave those out)
+        wait([fut for _, fut in futures if not fut.cancelled()], timeout=30)
+        raise
+    pool.shutdown(wait=True)
     if errors:
-        # Report a permanent fault first: retrying would not clear it.
-        raise next((e for e in errors if isinstance(e, PermanentError)), errors[0])
+        # Report a permanent fault first: retrying would not clear it. The others are logged.
+        chosen = next((e for _, e in errors if isinstance(e, PermanentError)), errors[0][1])
+        for slot, exc in errors:
+            if exc is not chosen:
+                log.warning("%s also failed: %s", slot.rfile.name, exc)
+        raise chosen
     summary["files"] += results
     summary["source"] = source.describe()
     summary["fetched_bytes"] = sum(r.get("fetched", 0) for r in summary["files"])

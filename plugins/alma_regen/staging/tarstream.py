@@ -9,10 +9,24 @@ spool and memory stays at one chunk.
 Safety: every member name goes through `mapper` (which strips the
 `<project>/science_goal../group../member../` prefix and refuses names outside
 the expected subtree) and through our own checks (absolute paths, `..`,
-devices, FIFOs, setuid/setgid, duplicates, writing through a symlink), then
-tarfile's `data_filter` as a second opinion (links resolving outside `dest`).
-Files are created with O_EXCL|O_NOFOLLOW, so nothing already on disk is
-overwritten or followed.
+devices, FIFOs, setuid/setgid, names longer than the file system takes,
+members colliding with an earlier one of the same path, writing through a
+symlink), then tarfile's `data_filter` as a second opinion (links resolving
+outside `dest`). Files are created with O_EXCL|O_NOFOLLOW, so nothing already
+on disk is overwritten or followed. Every refusal is a HostileTarError of one line.
+
+Links. A symlink is checked when it is made, but a later link can re-aim it:
+`L0 -> L1/..` is inside while L1 does not exist, and `L1 -> .` then makes L0
+climb a level (a chain of 14 such links reached `/`); links of two archive
+tars of one MOUS land in the same member folder and can do the same to each
+other. ALMA's archive tars (ASDMs, auxiliary, products) hold no symlinks at
+all, so only the one kind of symlink that no other link can re-aim is kept: a
+relative target without `..` (it can only point down into its own folder, and
+a chain of such links only goes further down). Absolute targets and targets
+with `..` are refused, whatever they resolve to today. Hard links must name a
+regular file extracted before, reached without going through a symlink. When
+the stream ends, every link under `dest` is resolved once more and must stay
+inside (the invariant, checked on disk whatever the order of the members).
 
 The end of the stream is checked: GNU tar and Python's tarfile both accept a
 tar cut at a member boundary, so `finish()` requires the two zero blocks of
@@ -39,6 +53,7 @@ replay catch truncated files, and a doubtful partial state is simply restarted.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -52,6 +67,11 @@ from .errors import BadArchiveError, HostileTarError
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 MAX_EXT_HEADER = 1 << 20  # a longer pax/long-name header is an attack, not a file name
+# Errors of the file system that a member's own name or type causes (a collision with
+# an earlier member, a name too long): reported as a refusal of that member. Other
+# OSErrors (ENOSPC, EIO) are the host's and propagate as they are.
+_MEMBER_ERRNOS = frozenset((errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP,
+                            errno.EINVAL, errno.EILSEQ))
 STATE_VERSION = 1
 
 # Parser modes.
@@ -62,6 +82,10 @@ HEADER, EXT, DATA, PAD, END = "header", "ext", "data", "pad", "end"
 Mapper = Callable[[str, bool], Optional[str]]
 
 
+def _inside(real: str, root: Path) -> bool:
+    return real == str(root) or real.startswith(str(root) + os.sep)
+
+
 class ResumeError(Exception):
     """The partial state on disk cannot be trusted: start again from byte 0."""
 
@@ -70,10 +94,24 @@ def _pad(n: int) -> int:
     return -n % BLOCK
 
 
+def _short(name: str, n: int = 160) -> str:
+    """A member name for a one-line message: a 5000-character name is cut in the middle."""
+    return name if len(name) <= n else f"{name[:n // 2]}...({len(name)} characters)...{name[-n // 4:]}"
+
+
+def _fs_limit(path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+
+
 class TarStreamExtractor:
     def __init__(self, dest, mapper: Mapper, where: str, state_dir=None, hasher=None):
         self.dest = Path(os.path.realpath(dest))
         self.dest.mkdir(parents=True, exist_ok=True)
+        self.name_max = _fs_limit(self.dest, "PC_NAME_MAX", 255)
+        self.path_max = _fs_limit(self.dest, "PC_PATH_MAX", 4096)
         self.mapper = mapper
         self.where = where  # the archive file name, for messages
         self.state_dir = Path(state_dir) if state_dir else None
@@ -157,7 +195,18 @@ class TarStreamExtractor:
         if self.offset - self._zeros_at < 2 * BLOCK:
             raise BadArchiveError(f"{self.where}: the tar has only one end-of-archive block (truncated)")
         self.close()
+        self.check_links()
         return self.sha.hexdigest()
+
+    def check_links(self) -> None:
+        """Every symlink under dest resolves inside it, with every link of the tree in place."""
+        for root, dirs, files in os.walk(self.dest):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                if os.path.islink(path) and not _inside(os.path.realpath(path), self.dest):
+                    rel = os.path.relpath(path, self.dest)
+                    raise HostileTarError(f"{self.where}: the symlink {_short(rel)!r} resolves outside "
+                                          f"the extraction folder")
 
     def close(self) -> None:
         getattr(self.sha, "close", lambda: None)()
@@ -234,7 +283,18 @@ class TarStreamExtractor:
 
     # ---------------------------------------------------------------- members
     def _refuse(self, name: str, why: str):
-        raise HostileTarError(f"{self.where}: refused member {name!r}: {why}")
+        raise HostileTarError(f"{self.where}: refused member {_short(name)!r}: {why}")
+
+    def _check_length(self, shown: str, path: str, what: str) -> None:
+        """ENAMETOOLONG as a refusal before anything is made (bytes, as the kernel counts)."""
+        raw = os.fsencode(path)
+        longest = max((len(p) for p in raw.split(b"/")), default=0)
+        if longest > self.name_max:
+            self._refuse(shown, f"{what} has a component of {longest} bytes: too long for the file system "
+                                f"(at most {self.name_max})")
+        if len(raw) >= self.path_max:
+            self._refuse(shown, f"{what} is {len(raw)} bytes: too long for the file system "
+                                f"(at most {self.path_max - 1})")
 
     def _member(self, info: tarfile.TarInfo, name: str, linkname: str, size: int) -> None:
         shown = name
@@ -242,9 +302,12 @@ class TarStreamExtractor:
             self._refuse(shown, "NUL in its name")
         if name.startswith("/"):
             self._refuse(shown, "absolute path")
-        name = name.rstrip("/")
-        if ".." in name.split("/"):
+        # One spelling per path: `a//b` and `a/./b` are `a/b` (so a duplicate cannot hide).
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
             self._refuse(shown, "'..' in its path")
+        name = "/".join(parts)
+        self._check_length(shown, name, "its name")
         if info.ischr() or info.isblk():
             self._refuse(shown, "device file")
         if info.isfifo():
@@ -268,15 +331,17 @@ class TarStreamExtractor:
             self._start(None, 0)
             return
         link_rel = None
+        if info.issym():
+            self._check_symlink(shown, linkname)
         if info.islnk():
-            if linkname.startswith("/") or ".." in linkname.split("/"):
-                self._refuse(shown, f"hard link to {linkname!r} outside the archive")
+            if "\0" in linkname or linkname.startswith("/") or ".." in linkname.split("/"):
+                self._refuse(shown, f"hard link to {_short(linkname)!r} outside the archive")
             try:
-                link_rel = self.mapper(linkname.rstrip("/"), False)
+                link_rel = self.mapper("/".join(p for p in linkname.split("/") if p not in ("", ".")), False)
             except ValueError:
                 link_rel = None
             if not link_rel:
-                self._refuse(shown, f"hard link to {linkname!r} outside the expected prefix")
+                self._refuse(shown, f"hard link to {_short(linkname)!r} outside the expected prefix")
         # tarfile's own 'data' filter as a second opinion on the mapped names.
         check = tarfile.TarInfo(rel or ".")
         check.type, check.mode = info.type, info.mode
@@ -291,19 +356,50 @@ class TarStreamExtractor:
             self._seen.add(rel)
 
         path = self.dest / rel if rel else self.dest
+        self._check_length(shown, str(path), "its path in the extraction folder")
+        try:
+            self._create(info, path, rel, shown, linkname, link_rel, size)
+        except OSError as exc:
+            if exc.errno not in _MEMBER_ERRNOS:
+                raise
+            self._refuse(shown, f"cannot be made here: {exc.strerror}")
+
+    def _check_symlink(self, shown: str, target: str) -> None:
+        # See "Links" in the module docstring: only targets that point down are kept.
+        if not target or "\0" in target:
+            self._refuse(shown, "symlink with an empty target or a NUL in it")
+        if target.startswith("/"):
+            self._refuse(shown, f"symlink to the absolute path {_short(target)!r}")
+        if ".." in target.split("/"):
+            self._refuse(shown, f"symlink to {_short(target)!r} climbs with '..' (only symlinks that point "
+                                "down into their own folder are kept: another link could re-aim it outside)")
+        self._check_length(shown, target, "its symlink target")
+
+    def _create(self, info, path: Path, rel, shown: str, linkname: str, link_rel, size: int) -> None:
         self._make_parents(path, shown)
+        exists = os.path.lexists(path)
         if info.isdir():
             if path.is_symlink():
-                self._refuse(shown, "a directory where a symlink was created")
+                self._refuse(shown, "collides with a symlink of the same name made by an earlier member")
+            if exists and not path.is_dir():
+                self._refuse(shown, "a folder that collides with an earlier member (a file) of the same name")
             path.mkdir(exist_ok=True)
             self._start(rel, 0)
-        elif info.issym():
+            return
+        if exists:
+            self._refuse(shown, "collides with an earlier member (a folder or link) of the same name")
+        if info.issym():
             os.symlink(linkname, path)
+            if not _inside(os.path.realpath(path), self.dest):
+                os.unlink(path)
+                self._refuse(shown, f"symlink to {_short(linkname)!r} resolves outside the extraction folder")
             self._start(rel, 0)
         elif info.islnk():
             target = self.dest / link_rel
             if target.is_symlink() or not target.is_file():
-                self._refuse(shown, f"hard link to {linkname!r}, which is not a file extracted before")
+                self._refuse(shown, f"hard link to {_short(linkname)!r}, which is not a file extracted before")
+            if os.path.realpath(target) != str(target):
+                self._refuse(shown, f"hard link to {_short(linkname)!r} goes through a symlink")
             os.link(target, path, follow_symlinks=False)
             self._start(rel, 0)
         else:
@@ -321,7 +417,9 @@ class TarStreamExtractor:
         for part in path.relative_to(self.dest).parts[:-1]:
             cur = cur / part
             if cur.is_symlink():
-                self._refuse(shown, f"would be written through the symlink {part!r}")
+                self._refuse(shown, f"would be written through the symlink {_short(part)!r}")
+            if os.path.lexists(cur) and not cur.is_dir():
+                self._refuse(shown, f"collides with an earlier member: {_short(part)!r} is a file, not a folder")
             cur.mkdir(exist_ok=True)
 
     def _start(self, rel, size: int) -> None:
