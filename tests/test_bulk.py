@@ -1,6 +1,8 @@
 """alma_bulk_reprocess: a worklist in, a bounded number of alma_regenerate runs out."""
 import json
 import sqlite3
+import subprocess
+import sys
 
 
 import pytest
@@ -58,6 +60,23 @@ def test_bulk_run_starts_exactly_the_unpublished(tmp_path, archive_server, seawe
     assert started == sorted(MOUSS[2:]), rows
     assert all(json.loads(conf)["bulk"] is True for _, conf in rows)
     assert all(run_id.startswith("bulk__uid___A001_") for run_id, _ in rows)
+    # The Reprocessing view's campaign panel, read from this Airflow's database by the view's
+    # own query: the whole worklist (the duplicate once), two done as published, three
+    # started and not yet run (`dags test` runs only the bulk DAG), nothing finished: no ETA.
+    r = subprocess.run([sys.executable, "-c", CAMPAIGN], env=home.env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (c["total"], c["done"], c["running"], c["waiting"], c["failed"]) == (5, 2, 3, 0, 0), c
+    assert c["bulk_runs"] == 1 and c["eta_s"] is None and c["throughput_per_h"] is None
+
+
+CAMPAIGN = """
+import json
+from airflow.utils.session import create_session
+from alma_regen.ui_app import campaign_of
+with create_session() as session:
+    print(json.dumps(campaign_of(session)))
+"""
 
 
 def test_worklist_forms_and_bad_entries():

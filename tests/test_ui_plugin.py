@@ -5,7 +5,8 @@ plugin loads in every component, the "Reprocessing" view lists both MOUSs from
 Airflow's database and the manifests in S3 (with run history, search and state
 filter), the operator extra links of the publish and image tasks point at the
 published summary page and manifest as host-less paths that open from another
-host name than api.base_url's, the view's links are built from the request, a
+host name than api.base_url's, the view's links are built from the request, no
+bulk campaign panel shows without a bulk run (its numbers: test_campaign), a
 run skipped as already published shows as skipped with why and no CASA, and the
 listener recorded per-step durations as StatsD timings.
 """
@@ -73,6 +74,9 @@ def test_reprocessing_view_lists_runs_and_products(alerting_airflow):
     for hook in ('id="mous-runs"', 'id="search"', 'id="state-filter"', 'class="rerun ext"',
                  f'data-run-id="{af.late_run}"', 'class="products-summary ext"'):
         assert hook in text, hook
+    # No alma_bulk_reprocess run in this Airflow: no campaign, on the page or in the API.
+    assert 'id="campaign"' not in text
+    assert af.cluster.get("/alma-regen/api/campaign") == (200, b"null")
 
     # The product links work: the summary page and the manifest, streamed from S3.
     status, summary = af.cluster.get(pub["summary_url"])
@@ -174,6 +178,7 @@ def test_view_requires_a_login(tmp_path):
             time.sleep(0.5)
         assert cluster.get("/alma-regen/api/mous")[0] in (401, 403)
         assert cluster.get("/alma-regen/")[0] in (401, 403)
+        assert cluster.get("/alma-regen/api/campaign")[0] in (401, 403)
         assert cluster.get("/alma-regen/products/uid___A001_X1_X2/r1/index.html")[0] in (401, 403)
 
         req = urllib.request.Request(cluster.base_url + "/auth/token", method="POST",

@@ -4,6 +4,9 @@
                           state, current step, durations; ?q= searches, ?state= filters
     GET /api/mous         the same as JSON (one object per MOUS, its latest run's fields at
                           the top and every run in "history")
+    GET /api/campaign     the latest bulk campaign's progress (alma_regen.campaign), null
+                          when there was no alma_bulk_reprocess run; the page shows it above
+                          the table
     GET /products/<MOUS>/<run>/<path>   a published object, streamed from the products bucket
 
 Everything comes from Airflow's own database (DagRuns, TaskInstances and the
@@ -21,7 +24,8 @@ Stable hooks for the browser tests: table#mous-runs, input#search,
 select#state-filter; one tbody.mous[data-mous] per MOUS, tr.run[data-run-id]
 [data-state] per run (tr.history for earlier runs, shown by button.history-toggle);
 td.step, td.casa, span.state-badge, span.why; links a.run-link, a.rerun,
-a.products-summary, a.products-manifest.
+a.products-summary, a.products-manifest; section#campaign[data-total][data-done]
+[data-running][data-waiting][data-failed] with its div.progress (only after a bulk run).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import html
 import json
 import logging
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from urllib.parse import quote
 
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_RUNS = 2000
 MAX_MOUS = 200
 HISTORY = 10  # runs shown per MOUS (the latest first)
+MAX_BULK_RUNS = 500  # bulk runs looked back through for the start of the latest campaign
 _MOUS_F = re.compile(r"^uid___[A-Za-z0-9]+_[A-Za-z0-9]+_[A-Za-z0-9]+$")
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PATH = re.compile(r"^[A-Za-z0-9._/-]{1,512}$")
@@ -85,16 +90,16 @@ def _state(v) -> str:
     return str(v.value if hasattr(v, "value") else v or "none")
 
 
-def _xcoms(session, run_ids, task_ids) -> dict:
-    """{run_id: {task_id: value}} of the return values of `task_ids`, one query per 100 runs."""
+def _xcoms(session, run_ids, task_ids, dag_id: str = DAG_ID, key: str = "return_value") -> dict:
+    """{run_id: {task_id: value}} of the XComs `key` of `task_ids`, one query per 100 runs."""
     from sqlalchemy import select
 
     from airflow.models.xcom import XComModel
     out: dict = {}
     for i in range(0, len(run_ids), 100):
         rows = session.execute(select(XComModel.run_id, XComModel.task_id, XComModel.value).where(
-            XComModel.dag_id == DAG_ID, XComModel.run_id.in_(run_ids[i:i + 100]),
-            XComModel.key == "return_value", XComModel.map_index < 0,
+            XComModel.dag_id == dag_id, XComModel.run_id.in_(run_ids[i:i + 100]),
+            XComModel.key == key, XComModel.map_index < 0,
             XComModel.task_id.in_(list(task_ids)))).all()
         for run_id, task_id, value in rows:
             try:
@@ -201,6 +206,49 @@ def run_rows(session) -> list:
         entries = [_run_entry(r, by_run.get(r.run_id, []), xcoms.get(r.run_id, {})) for r in rs]
         rows.append({"mous_uid": mous, "runs": counts[mous], **entries[0], "history": entries})
     return rows
+
+
+def campaign_of(session, now=None) -> dict | None:
+    """The latest bulk campaign's progress (alma_regen.campaign), or None when no bulk run decided yet."""
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+
+    from .campaign import BULK_DAG_ID, campaign_runs, summarize
+    bulk = session.execute(select(DagRun.run_id, DagRun.start_date, DagRun.queued_at, DagRun.run_after)
+                           .where(DagRun.dag_id == BULK_DAG_ID)
+                           .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(MAX_BULK_RUNS)).all()
+    seen: list = []
+    # A summary lists the whole worklist (a large one is big): read them a few runs at a
+    # time, latest first, and stop where the line of runs of the latest worklist breaks.
+    for i in range(0, len(bulk), 20):
+        part = bulk[i:i + 20]
+        xc = _xcoms(session, [b.run_id for b in part], ("plan",), dag_id=BULK_DAG_ID, key="summary")
+        for b in part:
+            summary = xc.get(b.run_id, {}).get("plan")
+            seen.append({"run_id": b.run_id, "began": b.start_date or b.queued_at or b.run_after,
+                         "summary": summary if isinstance(summary, dict) else None})
+        chain = {b["run_id"] for b in campaign_runs(seen)}
+        if chain and any(b["summary"] and b["run_id"] not in chain for b in seen):
+            break
+    chain = campaign_runs(seen)
+    if not chain:
+        return None
+    began = min(b["began"] for b in chain)
+    # Its own light query, not run_rows: a worklist can hold more MOUSs than the table shows.
+    runs = session.execute(select(DagRun.conf, DagRun.state, DagRun.run_after, DagRun.queued_at, DagRun.start_date,
+                                  DagRun.end_date).where(DagRun.dag_id == DAG_ID, DagRun.run_after >= began)).all()
+    by_mous: dict = {}
+    for r in runs:
+        mous = (r.conf or {}).get("mous_uid")
+        if mous:
+            # Datetimes, not _iso's whole seconds: a run triggered in the bulk run's first
+            # second would read as older than the campaign.
+            by_mous.setdefault(mous, []).append(
+                {"state": _state(r.state), "run_after": r.run_after, "queued_at": r.queued_at,
+                 "start_date": r.start_date, "end_date": r.end_date})
+    rows = [{"mous_uid": m, "history": h} for m, h in by_mous.items()]
+    return summarize(chain, rows, now or datetime.now(tz=UTC))
 
 
 def add_links(rows: list, ui: str) -> None:
@@ -363,7 +411,42 @@ def _run_row(row: dict, run: dict, latest: bool) -> str:
             f'filled with this MOUS">rerun</a></td></tr>')
 
 
-def _page(rows: list, all_rows: list, q: str = "", state: str = "") -> str:
+def _rate(v) -> str:
+    return "—" if v is None else f"{v:.1f} MOUS/h" if v >= 0.1 else f"{v:.2f} MOUS/h"
+
+
+def _campaign_panel(c: dict | None) -> str:
+    """The latest bulk campaign above the table; nothing when there was no bulk run."""
+    if not c:
+        return ""
+    e, total = html.escape, c["total"] or 1
+    eta = "complete" if c["complete"] else (_fmt_s(c["eta_s"]) if c["eta_s"] is not None else "—")
+    segs = "".join(f'<span class="seg {k}" style="width:{100 * c[k] / total:.2f}%"></span>'
+                   for k in ("done", "failed", "running") if c[k])
+    stats = "".join(f'<span class="stat" data-stat="{k}"><i class="dot {k}"></i>{label} <b>{c[k]}</b></span>'
+                    for k, label in (("done", "done"), ("running", "running/queued"), ("waiting", "waiting"),
+                                     ("failed", "failed")))
+    runs = f'{c["bulk_runs"]} bulk run{"s" if c["bulk_runs"] != 1 else ""}, latest '
+    failed = ""
+    if c["failed_mous"]:
+        failed = ('<details class="failed-mous"><summary>failed MOUSs</summary><div class="steps">'
+                  + ", ".join(f"<code>{e(m)}</code>" for m in c["failed_mous"]) + "</div></details>")
+    return (f'<section id="campaign" class="campaign" aria-label="Bulk reprocessing campaign" '
+            f'data-total="{c["total"]}" data-done="{c["done"]}" data-running="{c["running"]}" '
+            f'data-waiting="{c["waiting"]}" data-failed="{c["failed"]}">'
+            f'<div class="campaign-head"><h2>Bulk reprocessing</h2>'
+            f'<span class="muted small">worklist of {c["total"]} MOUS{"s" if c["total"] != 1 else ""} · since '
+            f'{e(_when(c["began"]))} UTC · {runs}<a class="bulk-run ext" href="{e(c.get("bulk_run_url") or "")}" '
+            f'target="_blank" rel="noopener">{e(c["bulk_run_id"])}</a></span>'
+            f'<span class="pct">{c["percent_done"]:g}% done</span></div>'
+            f'<div class="progress" role="progressbar" aria-label="MOUSs done" aria-valuemin="0" '
+            f'aria-valuemax="{c["total"]}" aria-valuenow="{c["done"]}" title="{c["done"]} of {c["total"]} done">'
+            f'{segs}</div><div class="stats">{stats}'
+            f'<span class="stat" data-stat="throughput">throughput <b>{_rate(c["throughput_per_h"])}</b></span>'
+            f'<span class="stat" data-stat="eta">ETA <b>{e(eta)}</b></span></div>{failed}</section>')
+
+
+def _page(rows: list, all_rows: list, q: str = "", state: str = "", campaign: dict | None = None) -> str:
     e = html.escape
     counts = {s: sum(r["status"] == s for r in all_rows) for s in STATES}
     chips = "".join(f'<span class="chip state-{s}" data-count="{s}">{s} {counts[s]}</span>'
@@ -376,9 +459,11 @@ def _page(rows: list, all_rows: list, q: str = "", state: str = "") -> str:
                     + "".join(trs) + "</tbody>")
     empty = ("No alma_regenerate run yet: trigger one from the DAG's page." if not all_rows
              else "No MOUS matches.")
-    page = _PAGE.replace("%CHIPS%", chips).replace("%OPTIONS%", options).replace("%Q%", e(q))
-    page = page.replace("%EMPTY%", e(empty)).replace("%EMPTY_HIDDEN%", "" if not rows else " hidden")
-    return page.replace("%DAG%", DAG_ID).replace("%ROWS%", "\n".join(body))
+    parts = {"CHIPS": chips, "OPTIONS": options, "Q": e(q), "EMPTY": e(empty),
+             "EMPTY_HIDDEN": "" if not rows else " hidden", "DAG": DAG_ID,
+             "CAMPAIGN": _campaign_panel(campaign), "ROWS": "\n".join(body)}
+    # In one pass: a search, run id or note that reads "%ROWS%" stays text, not a second table.
+    return re.sub(r"%([A-Z_]+)%", lambda m: parts.get(m.group(1), m.group(0)), _PAGE)
 
 
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Reprocessing</title>
@@ -423,10 +508,22 @@ details summary{cursor:pointer;color:var(--muted);font-size:12px}
 a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
 .actions a{margin-right:10px;white-space:nowrap}
 [hidden]{display:none!important}
+section.campaign{border:1px solid var(--border);border-radius:8px;padding:12px 16px;margin:0 0 16px}
+.campaign-head{display:flex;gap:12px;align-items:baseline;flex-wrap:wrap;margin-bottom:8px}
+.campaign-head h2{font-size:16px;font-weight:600;margin:0}.campaign-head .pct{margin-left:auto;font-weight:600}
+.progress{display:flex;height:10px;border-radius:5px;overflow:hidden;background:var(--border)}
+.progress .seg{height:100%}.progress .done{background:var(--success)}.progress .failed{background:var(--failed)}
+.progress .running{background:var(--running)}
+.stats{display:flex;gap:20px;flex-wrap:wrap;margin-top:8px;font-size:13px;color:var(--muted)}
+.stats b{color:var(--fg);font-weight:600}
+.dot{display:inline-block;width:8px;height:8px;border-radius:50%;margin-right:5px;background:var(--queued)}
+.dot.done{background:var(--success)}.dot.running{background:var(--running)}.dot.failed{background:var(--failed)}
+.dot.waiting{background:var(--border);box-shadow:inset 0 0 0 1px var(--muted)}
 </style></head>
 <body><h1>Reprocessing</h1>
 <p class="lead">Every MOUS with its <code>%DAG%</code> runs (latest first), from Airflow's database,
 and its published products, from the manifests in S3. Links open in a new tab.</p>
+%CAMPAIGN%
 <form class="toolbar" method="get" role="search">
 <input id="search" name="q" type="search" value="%Q%" placeholder="Search MOUS uid or run id"
  aria-label="Search MOUS uid or run id">
@@ -510,14 +607,32 @@ def create_app():
         add_links(rows, ui_root(request.scope))
         return rows
 
+    def campaign(request) -> dict | None:
+        from .campaign import BULK_DAG_ID
+        with create_session() as session:
+            c = campaign_of(session)
+        if c:
+            c["bulk_run_url"] = f"{ui_root(request.scope)}/dags/{BULK_DAG_ID}/runs/{quote(c['bulk_run_id'], safe='')}"
+        return c
+
     @app.get("/api/mous")
     def list_mous(request: Request, q: str = "", state: str = ""):
         return select_rows(collect(request), q, state)
 
+    @app.get("/api/campaign")
+    def get_campaign(request: Request):
+        """The latest bulk campaign's progress; null when there was no bulk run."""
+        return campaign(request)
+
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, q: str = "", state: str = ""):
         rows = collect(request)
-        return HTMLResponse(_page(select_rows(rows, q, state), rows, q, state if state in STATES else ""))
+        try:
+            c = campaign(request)
+        except Exception as exc:  # noqa: BLE001 - the page still shows the runs
+            log.warning("bulk campaign not readable: %s", exc)
+            c = None
+        return HTMLResponse(_page(select_rows(rows, q, state), rows, q, state if state in STATES else "", c))
 
     @app.get("/products/{mous_f}/{run}/{path:path}")
     def product(mous_f: str, run: str, path: str):
