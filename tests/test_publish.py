@@ -66,7 +66,7 @@ def test_publish_verifies_everything_and_writes_the_manifest_last(member, seawee
     assert any(k.startswith("thumbnails/") for k in keys) and any(k.startswith("logs/") for k in keys)
     assert all(o.get("verified") for o in manifest["outputs"])
     # SeaweedFS takes S3 additional checksums: every object carries one.
-    assert all(o["checksum_sha256"] for o in manifest["outputs"])
+    assert all(o["checksum_crc32"] for o in manifest["outputs"])
     assert_manifest_matches_store(client, bucket, manifest)
     assert manifest["fidelity"]["ok"] and manifest["engines"]["imaging"]["engine"] == "native"
     assert manifest["inputs"] and all(i.get("sha256") or i.get("sha256_tree") for i in manifest["inputs"])
@@ -184,8 +184,33 @@ def test_an_interrupted_publish_leaves_no_manifest_and_a_rerun_completes(member,
     manifest = publish.publish(m, f"s3://{bucket}/alma", run="r1", client=client)
     assert any(o.get("reused") for o in manifest["outputs"])
     big_out = next(o for o in manifest["outputs"] if o["key"].endswith(big.name))
-    assert big_out["parts"] == 6 and big_out["checksum_sha256"].endswith("-6")
+    assert big_out["parts"] == 6 and big_out["checksum_crc32"].endswith("-6")
     assert_manifest_matches_store(client, bucket, manifest)
+
+
+def test_a_file_goes_up_in_one_read_and_only_the_same_bytes_are_reused(seaweedfs, tmp_path):
+    """One pass: the parts are hashed as they go up (no sha256 metadata is known when a
+    multipart upload starts), so a resumed publish recognises its object by the server's
+    CRC32 checksum, and a file of the same size with other bytes goes up again."""
+    client, bucket = seaweedfs.client(), seaweedfs.bucket("onepass")
+    up = publish.Uploader(client, bucket, part_size=publish.MIN_PART, workers=3)
+    f = tmp_path / "cube.fits"
+    f.write_bytes(os.urandom(3 * publish.MIN_PART + 1234))
+    first = up.upload_file(f, "k/cube.fits")
+    assert first["verified"] and first["parts"] == 4 and not first.get("reused")
+    assert first["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert first["checksum_crc32"].endswith("-4")
+    again = up.upload_file(f, "k/cube.fits")
+    assert again["reused"] and again["sha256"] == first["sha256"]
+    data = bytearray(f.read_bytes())
+    data[2 * publish.MIN_PART + 7] ^= 0xFF  # same size, one byte of the third part differs
+    f.write_bytes(bytes(data))
+    changed = up.upload_file(f, "k/cube.fits")
+    up.close()
+    assert not changed.get("reused") and changed["verified"]
+    assert changed["sha256"] == hashlib.sha256(bytes(data)).hexdigest() != first["sha256"]
+    stored = client.get_object(Bucket=bucket, Key="k/cube.fits")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == changed["sha256"]
 
 
 # ------------------------------------------------------------------ command line

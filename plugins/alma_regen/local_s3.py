@@ -58,7 +58,8 @@ class S3Server:
         from botocore.config import Config
         return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, region_name=self.region,
-                            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"},
+                            config=Config(s3={"addressing_style": "path", **config.pop("s3", {})},
+                                          retries={"mode": "standard"},
                                           max_pool_connections=32, **config))
 
     def bucket(self, prefix: str = "test") -> str:
