@@ -25,7 +25,7 @@ Every run's note names its MOUS and its deadline (how long it may take, and why)
 | staging | `stage_auxiliary`, `inspect`, `stage_asdm` (one per EB), `check_staged` | README, scripts and calibration tables; the plan (what will be staged, which CASA, which engines); the raw ASDMs; whether everything is there to calibrate |
 | calibration | `prepare_calibration`, `restore_eb` (one per EB), `finish_calibration` | the calibrated measurement sets |
 | imaging | `plan_imaging`, `image_unit` (one per target and spw), `finish_imaging`, `fidelity` | the images, and how close they are to the delivered ones |
-| publishing | `publish` | products, summary page and manifest to the products bucket |
+| publishing | `publish` | products, summary page and manifest to the products bucket; then the working folder is cleaned as *Working space* says (kept by default) |
 | | `release_mous` | always runs: frees the MOUS for the next run |
 
 **Skipped steps** say why in their log, and here:
@@ -107,6 +107,12 @@ PARAMS = {
     "publish": Param(True, type="boolean", title="Publish",
                      description="Upload the products, a summary page and a manifest to the products bucket. "
                                  "Off: the products stay in the working folder only.", section="Products"),
+    "keep": Param("setting", enum=["setting", "all", "raw", "nothing"], title="Working space",
+                  description="What stays of the MOUS's working folder once its products are published and "
+                              "verified. setting: as the site's workspace_keep setting says. all: everything. "
+                              "raw: what a rerun needs (raw/, script/, calibration/, qa/, log/, product/, "
+                              "README); the calibrated data and images go. nothing: the whole folder goes. "
+                              "Nothing is removed when the run does not publish.", section="Products"),
     "force": Param(False, type="boolean", title="Force",
                    description="Regenerate even a MOUS whose products are already published with the same "
                                "inputs and CASA. Off: such a run stops at check_published and skips the rest.",
@@ -206,8 +212,10 @@ with DAG(
     with TaskGroup("publishing", prefix_group_id=False, tooltip="Products and manifest to S3") as products:
         publish = PublishOperator(task_id="publish", member_dir=member, to=S.products_url,
                                   enabled="{{ params.publish }}", aws_conn_id=S.products_s3_conn,
-                                  doc_md="Uploads the products with a summary page and a manifest; skipped "
-                                         "when Publish is off or no products bucket is configured.")
+                                  doc_md="Uploads the products with a summary page and a manifest, then "
+                                         "frees the working space as Working space says; skipped (and "
+                                         "nothing removed) when Publish is off or no products bucket is "
+                                         "configured.")
     release = ReleaseMousOperator(task_id="release_mous", mous_uid=mous, workdir=S.workdir,
                                   doc_md="Always runs: frees the MOUS for the next run.").as_teardown(setups=lock)
 

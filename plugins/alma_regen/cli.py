@@ -202,6 +202,14 @@ def _register_products(sub):
 _EXTRA.append(_register_products)
 
 
+def _register_workspace(sub):
+    from .workspace import register  # clean
+    register(sub)
+
+
+_EXTRA.append(_register_workspace)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(

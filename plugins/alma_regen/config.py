@@ -10,7 +10,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 
+from .errors import PermanentError
+
 VARIABLE = "alma_regen"
+WORKSPACE_KEEP = ("all", "raw", "nothing")  # what a published MOUS keeps of its member folder
+
+
+class InvalidSetting(PermanentError, ValueError):
+    """A setting with a value it cannot have (one line)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,12 @@ class Settings:
     bulk_min_free_gb: float = 50.0             # no new runs below this free disk in workdir
     sandbox: str = "bwrap"                     # CASA children: bwrap | bwrap-strict | none (casa/sandbox.py; env only)
     sandbox_ro_paths: str = ""                 # extra read-only paths in the sandbox, ':'-separated
+    workspace_keep: str = "all"                # after a verified publish: all | raw | nothing (workspace.py)
+
+    def __post_init__(self):
+        if self.workspace_keep not in WORKSPACE_KEEP:
+            raise InvalidSetting(f"setting workspace_keep must be one of {', '.join(WORKSPACE_KEEP)}, "
+                                 f"not {self.workspace_keep!r}")
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":

@@ -7,6 +7,13 @@ the same DAG run resumes the same, unpublished set; once its manifest exists
 the run is never written again. On success the task emits an Asset event
 through the `alma_regen_products` alias: one Asset per MOUS,
 `s3://<bucket>/<prefix>/<MOUS>/`, with the run and manifest as the event's extra.
+
+Then the working space: with keep `raw` or `nothing` (the DAG param `keep`, else
+the setting `workspace_keep`; alma_regen.workspace) the member folder is cleaned
+once the manifest shows every object verified, while this DAG run still holds
+the MOUS lock (release_mous comes after). What was removed and the bytes freed
+are logged in one line and returned under "workspace". A failed cleaning never
+fails the task: the products are published, and a retry would be refused.
 """
 from __future__ import annotations
 
@@ -51,7 +58,9 @@ class PublishOperator(BaseOperator):
             raise AirflowSkipException("not published: the run was triggered with publish=false; "
                                        "the products stay in the working folder")
         if not self.to:
-            raise AirflowSkipException("not published: no products bucket is configured (products_url)")
+            raise AirflowSkipException("not published: no products bucket is configured (products_url); "
+                                       "the working space is kept")
+        keep = self._keep(context)  # before any upload: a bad setting fails here, not after publishing
         run = self.run or re.sub(r"[^A-Za-z0-9._-]", "_", str(context.get("run_id") or "")).strip("_.-") or None
         # What the operator asked for goes into the manifest with what ran (the DAG's params).
         params = context.get("params") or {}
@@ -69,4 +78,32 @@ class PublishOperator(BaseOperator):
             events[AssetAlias(PRODUCTS_ALIAS)].add(asset, extra=extra)
         self.log.info("published %s (%d objects); asset event for %s", manifest["location"],
                       len(manifest["outputs"]), asset.uri)
+        extra["workspace"] = self._clean(context, keep, manifest)
         return extra
+
+    @staticmethod
+    def _keep(context) -> str:
+        """The DAG param `keep`, else (`setting`, empty) the runtime setting workspace_keep."""
+        from ..workspace import check_keep
+        chosen = (context.get("params") or {}).get("keep")
+        if chosen in (None, "", "setting"):
+            from ..config import runtime_settings
+            chosen = runtime_settings().workspace_keep
+        return check_keep(chosen)
+
+    def _clean(self, context, keep: str, manifest: dict) -> dict:
+        from ..errors import AlmaRegenError
+        from ..workspace import clean, plan_clean, summary
+        if keep == "all":
+            self.log.info("working space kept (keep=all): %s", self.member_dir)
+            return {"keep": "all", "removed": [], "bytes_freed": 0}
+        run = context.get("dag_run")
+        try:
+            if run is None:
+                raise AlmaRegenError("no DAG run in the context: cannot tell whether this run holds the MOUS lock")
+            result = clean(plan_clean(self.member_dir, keep), manifest=manifest, holder=(run.dag_id, run.run_id))
+        except (AlmaRegenError, OSError) as exc:
+            self.log.warning("working space NOT cleaned (keep=%s): %s", keep, exc)
+            return {"keep": keep, "removed": [], "bytes_freed": 0, "error": str(exc)}
+        self.log.info("%s", summary(result, self.member_dir))
+        return result

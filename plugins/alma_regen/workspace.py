@@ -1,0 +1,304 @@
+"""The working space of a MOUS after its products are published: what to keep of the member folder.
+
+`keep` says what stays in `<workdir>/member.<MOUS>/` once the run's products are
+published and verified:
+
+    all      everything (the default: a site opts in to cleaning)
+    raw      what a rerun needs without downloading anything again, that is what
+             staging brought from the archive:
+               raw/                     the ASDMs and their staging stamps
+               script/ calibration/ qa/ log/   the auxiliary tar (scripts, PPR, calibration
+                                        tables, pipeline manifest, QA2 report)
+               product/                 the delivered products (fidelity's reference)
+               README files             member.<MOUS>.README.txt (the CASA version)
+               .<archive file>.staged.json     the stamps of the README, auxiliary and product
+                                        tars (an untouched tar is not staged again)
+             everything else goes: calibrated/ (the MSs), imaging/ (images, fidelity work),
+             calibration.json, step notes, leftovers of interrupted steps.
+    nothing  the whole member folder.
+
+Rules: a symbolic link is removed, never followed (its target survives, also
+below a removed folder); nothing is removed unless the caller shows the run's
+manifest (the one `publish.publish` returned, or the one latest.json names)
+with every output verified or reused, for this MOUS, and holding the products
+now in imaging/products; nothing is removed unless the caller holds the MOUS
+lock (alma_regen.mous_lock) itself. This module does not import Airflow.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import naming
+from .config import WORKSPACE_KEEP
+from .errors import PermanentError
+
+log = logging.getLogger(__name__)
+
+KEEP = WORKSPACE_KEEP  # all | raw | nothing
+# What "raw" keeps: the folders staging fills (staging/layout.py: the ASDM, auxiliary and product tars).
+RAW_KEEPS = ("raw", "script", "calibration", "qa", "log", "product")
+
+
+class NotPublished(PermanentError):
+    """The run's products are not (verifiably) published: nothing may be removed."""
+
+
+class NotLocked(PermanentError):
+    """The caller does not hold the MOUS lock: nothing may be removed."""
+
+
+def check_keep(value) -> str:
+    """`value` as a keep choice, or a PermanentError of one line."""
+    if value not in KEEP:
+        raise PermanentError(f"keep must be one of {', '.join(KEEP)}, not {value!r}")
+    return value
+
+
+@dataclass
+class Entry:
+    name: str        # relative to the member folder (a top-level entry)
+    bytes: int       # regular files below it, each inode once, links not followed
+    kind: str        # dir | file | link
+
+
+@dataclass
+class Plan:
+    member: Path
+    mous: str
+    keep: str
+    remove: list = field(default_factory=list)   # [Entry], top-level entries
+    kept: list = field(default_factory=list)     # names kept
+
+    @property
+    def whole(self) -> bool:
+        return self.keep == "nothing"
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.bytes for e in self.remove)
+
+    def as_dict(self) -> dict:
+        return {"member_dir": str(self.member), "mous_uid": self.mous, "keep": self.keep,
+                "remove": [{"path": e.name, "bytes": e.bytes, "kind": e.kind} for e in self.remove],
+                "kept": self.kept, "whole_folder": self.whole, "bytes": self.total_bytes}
+
+
+def _member(member_dir) -> tuple[Path, str]:
+    member = Path(member_dir).absolute()
+    if member.is_symlink():
+        raise PermanentError(f"{member} is a symbolic link: give the member folder itself")
+    if not member.is_dir():
+        raise PermanentError(f"{member}: no such member folder")
+    mous = None
+    if member.name.startswith("member."):
+        try:
+            mous = naming.file_to_uid(member.name[len("member."):])
+        except PermanentError:
+            mous = None
+    if not mous:
+        raise PermanentError(f"{member} is not a member.<MOUS> folder: cannot tell which MOUS it holds")
+    return member, mous
+
+
+def _kept_for_rerun(name: str) -> bool:
+    return (name in RAW_KEEPS or name.lower().endswith("readme.txt") or name == "README"
+            or (name.startswith(".") and name.endswith(".staged.json")))
+
+
+def _size(path: Path, seen: set) -> int:
+    """Bytes of the regular files at or below `path`, symbolic links not followed, hard links once."""
+    def count(st) -> int:
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+            return 0
+        seen.add((st.st_dev, st.st_ino))
+        return st.st_size
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return count(st)
+    total = 0
+    for root, dirs, files in os.walk(path, followlinks=False):
+        for name in files:  # symbolic links to folders are in dirs: not followed, not counted
+            try:
+                total += count(os.lstat(os.path.join(root, name)))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def plan_clean(member_dir, keep: str) -> Plan:
+    """What cleaning `member_dir` with `keep` would remove (nothing is touched)."""
+    keep = check_keep(keep)
+    member, mous = _member(member_dir)
+    plan = Plan(member=member, mous=mous, keep=keep)
+    seen = set()
+    for p in sorted(member.iterdir(), key=lambda x: x.name):
+        if keep == "all" or (keep == "raw" and _kept_for_rerun(p.name)):
+            plan.kept.append(p.name)
+            continue
+        kind = "link" if p.is_symlink() else "dir" if p.is_dir() else "file"
+        plan.remove.append(Entry(p.name, _size(p, seen), kind))
+    return plan
+
+
+def verify_published(manifest, member_dir) -> dict:
+    """The manifest if it shows the member's products published and verified; NotPublished otherwise."""
+    member, mous = _member(member_dir)
+    if not isinstance(manifest, dict) or not str(manifest.get("schema", "")).startswith("alma-regen/manifest/"):
+        raise NotPublished(f"{mous}: no manifest of a published run: nothing removed")
+    where = manifest.get("location") or "the manifest"
+    if manifest.get("mous_uid") != mous:
+        raise NotPublished(f"{where} is of {manifest.get('mous_uid')}, not of {mous}: nothing removed")
+    outputs = manifest.get("outputs") or []
+    if not outputs:
+        raise NotPublished(f"{where} lists no outputs: nothing removed")
+    unverified = [o.get("key", "?") for o in outputs if not (o.get("verified") or o.get("reused"))]
+    if unverified:
+        raise NotPublished(f"{where}: {len(unverified)} output(s) not verified ({', '.join(unverified[:3])}): "
+                           "nothing removed")
+    # The images now in the folder must be the ones published (an image made after the
+    # publish would otherwise be lost): same names, same sizes.
+    published = {o.get("key"): o.get("size") for o in outputs}
+    products = member / "imaging" / "products"
+    local = sorted(products.glob("*.fits")) if products.is_dir() else []
+    differ = [p.name for p in local if published.get(f"products/{p.name}") != p.lstat().st_size]
+    if differ:
+        raise NotPublished(f"{where} does not hold the images now in {products} ({', '.join(differ[:3])}): "
+                           "publish them first; nothing removed")
+    return manifest
+
+
+def check_holder(member_dir, holder) -> None:
+    """NotLocked unless `holder` = (dag_id, run_id) holds the MOUS lock of this member folder."""
+    from .mous_lock import lock_path
+    member, mous = _member(member_dir)
+    path = lock_path(member.resolve().parent, mous)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or (doc.get("dag_id"), doc.get("run_id")) != tuple(holder or ()):
+        who = f"run {doc.get('run_id')} of {doc.get('dag_id')}" if isinstance(doc, dict) else "nobody"
+        raise NotLocked(f"{mous}: the MOUS lock is held by {who}, not by this run: nothing removed")
+
+
+def clean(plan: Plan, *, manifest, holder) -> dict:
+    """Remove what `plan` lists, once the manifest shows the products published and verified
+    and `holder` = (dag_id, run_id) holds the MOUS lock. Returns what was removed."""
+    if plan.keep == "all":
+        return {"keep": "all", "removed": [], "bytes_freed": 0}
+    verify_published(manifest, plan.member)
+    check_holder(plan.member, holder)
+    member = plan.member
+    if member.is_symlink():
+        raise PermanentError(f"{member} became a symbolic link: nothing removed")
+    if plan.whole:
+        # rmtree removes links below it without following them (fd-based walk).
+        shutil.rmtree(member)
+    else:
+        for e in plan.remove:
+            p = member / e.name
+            if p.parent != member or "/" in e.name:
+                raise PermanentError(f"{p} is not directly in {member}: nothing more removed")
+            if p.is_symlink() or not p.is_dir():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p)
+    out = {"keep": plan.keep, "removed": [e.name for e in plan.remove], "bytes_freed": plan.total_bytes,
+           "whole_folder": plan.whole}
+    return out
+
+
+def summary(result: dict, member) -> str:
+    """One line: what cleaning removed and the bytes it freed."""
+    if result.get("keep") == "all":
+        return f"working space kept (keep=all): {member}"
+    what = "the whole member folder" if result.get("whole_folder") else (", ".join(result["removed"]) or "nothing")
+    return f"working space cleaned (keep={result['keep']}): removed {what} from {member}, " \
+           f"{human(result['bytes_freed'])} freed"
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+# ------------------------------------------------------------------ the products' side
+
+def published_manifest(client, to: str, mous: str) -> dict | None:
+    """The manifest of the run latest.json names under `to` (`s3://bucket/prefix`), or None."""
+    from botocore.exceptions import ClientError
+
+    from . import publish
+    bucket, prefix = publish.parse_s3_url(to)
+    key = "/".join(x for x in (prefix, naming.uid_to_file(mous)) if x) + "/latest.json"
+    try:
+        latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+            return None
+        raise publish._classify(exc, f"GET s3://{bucket}/{key}") from None
+    except ValueError:
+        raise NotPublished(f"s3://{bucket}/{key} is not JSON: nothing removed") from None
+    run = latest.get("run") if isinstance(latest, dict) else None
+    if not run:
+        raise NotPublished(f"s3://{bucket}/{key} names no run: nothing removed")
+    manifest = publish.read_manifest(client, to, mous, run)
+    if manifest is not None and manifest.get("run") != run:
+        raise NotPublished(f"s3://{bucket}/{key} names run {run}, its manifest run {manifest.get('run')}: "
+                           "nothing removed")
+    return manifest
+
+
+# ------------------------------------------------------------------ command line
+
+def cmd_clean(a):
+    from . import publish
+    from .cli import member_step
+    from .config import Settings
+    from .mous_lock import CLI_DAG
+    member, mous = _member(a.member_dir)
+    to = a.products or Settings.from_env().products_url
+    if not to:
+        raise NotPublished("no products location: give --products s3://bucket/prefix (or set "
+                           "ALMA_REGEN_PRODUCTS_URL); nothing removed")
+    with member_step(member, "clean") as run_id:
+        manifest = published_manifest(publish.s3_client(), to, mous)
+        if manifest is None:
+            raise NotPublished(f"{mous} is not published under {to} (no latest.json with a manifest): "
+                               "nothing removed")
+        verify_published(manifest, member)
+        plan = plan_clean(member, a.keep)
+        verb = "remove" if a.yes else "would remove"
+        for e in plan.remove:
+            print(f"{verb:12} {human(e.bytes):>10}  {member / e.name}{'  (link only)' if e.kind == 'link' else ''}")
+        tail = " and the member folder itself" if plan.whole else ""
+        if not a.yes:
+            print(f"would free {human(plan.total_bytes)} in {len(plan.remove)} path(s){tail} (keep={plan.keep}, "
+                  f"published as {manifest['location']}); add --yes to remove them")
+            return 0
+        result = clean(plan, manifest=manifest, holder=(CLI_DAG, run_id))
+    print(f"freed {human(result['bytes_freed'])} in {len(result['removed'])} path(s){tail} (keep={plan.keep})")
+    sys.stdout.flush()
+    return 0
+
+
+def register(sub):
+    s = sub.add_parser("clean", help="free the working space of a published MOUS (dry run without --yes)")
+    s.add_argument("member_dir")
+    s.add_argument("--keep", required=True, choices=["raw", "nothing"],
+                   help="raw: keep what staging brought (raw/, script/, calibration/, qa/, log/, product/, README); "
+                        "nothing: remove the whole member folder")
+    s.add_argument("--products", default=None,
+                   help="s3://bucket/prefix the MOUS is published under (default: ALMA_REGEN_PRODUCTS_URL)")
+    s.add_argument("--yes", action="store_true", help="remove; without it, only list what would go")
+    s.set_defaults(func=cmd_clean)
