@@ -96,7 +96,8 @@ def states(airflow_home, run_id):
 def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archive_server, seaweedfs, tmp_path):
     archive = archive_server(synth_delivery["archive_dir"])
     bucket = seaweedfs.bucket("products")
-    r = airflow_home.dags_test("alma_regenerate", {"mous_uid": synth_delivery["mous_uid"]},
+    # keep=nothing: once published and verified, the working space goes (workspace.py).
+    r = airflow_home.dags_test("alma_regenerate", {"mous_uid": synth_delivery["mous_uid"], "keep": "nothing"},
                                env=run_env(tmp_path, archive, seaweedfs, bucket))
     (tmp_path / "dags_test.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, f"see {tmp_path / 'dags_test.log'}: " + (r.stdout + r.stderr)[-2000:]
@@ -124,8 +125,10 @@ def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archi
     assert manifest["fidelity"]["ok"] is True
     assert manifest["engines"]["calibration"]["engine"] == "native"
     assert {i["file"] for i in manifest["inputs"]} == {f["name"] for f in synth_delivery["files"]}
-    member = tmp_path / "work" / f"member.{mous_f}"
-    assert (member / "calibrated" / "calibration.json").is_file()
+    # Cleaned after the verified publish, and not brought back by a later step's note.
+    assert not (tmp_path / "work" / f"member.{mous_f}").exists(), "keep=nothing leaves no member folder"
+    assert "working space cleaned (keep=nothing): removed the whole member folder" in out, \
+        f"see {tmp_path / 'dags_test.log'}"
     assert not (tmp_path / "work" / ".locks" / f"{mous_f}.json").exists(), "the teardown releases the lock"
 
     # The same MOUS again, not forced: already published with the same inputs and CASA.

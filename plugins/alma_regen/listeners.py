@@ -43,7 +43,9 @@ def on_task_instance_running(previous_state, task_instance):
         if task_instance.dag_id != "alma_regenerate":
             return
         mous = _mous(task_instance)
-        if mous:
+        # The teardown is never where a run "is"; and after a publish that kept nothing
+        # (workspace.py) a note would bring back an empty member folder.
+        if mous and task_instance.task_id != "release_mous":
             from pathlib import Path
 
             from . import naming
