@@ -70,7 +70,7 @@ PARAMS = {
     "mous_uid": Param(None, type="string", pattern=MOUS_PARAM_PATTERN, minLength=16, title="MOUS uid",
                       description="The Member ObsUnitSet to regenerate, as the archive writes it: "
                                   "uid://A001/X<hex>/X<hex>, for example uid://A001/X1296/X133 "
-                                  "(not the file form uid___A001_X1296_X133).",
+                                  "(uid://A002/... for early cycles; not the file form uid___A001_X1296_X133).",
                       section="What"),
     "source": Param("request_handler", enum=["request_handler", "s3"], title="Raw data from",
                     description="request_handler: the ALMA archive's request handler over HTTP (the "

@@ -7,7 +7,8 @@ this model instead of globbing on its own. It reads, never writes.
 `alma-regen inspect --json` prints (schema "alma-regen/plan/1"):
 
     member_dir, mous_uid, project
-    casa_version   {version, pipeline_version, source}        (version null if unknown)
+    casa_version   {version, pipeline_version, source, decision} (version null if unknown;
+                   decision: what a pipeline delivery without any version runs with, else null)
     calibration    {kind: restore|pipeline|manual|null, reason, script}
     imaging        {kind: pipeline|script|none, reason, script}
     split          {needed, reasons}                            (what scriptForPI would do)
@@ -24,11 +25,25 @@ this model instead of globbing on its own. It reads, never writes.
 
 Rules (DOMAIN.md): scripts are matched by suffix, with or without the
 `member.<MOUS>.` and recipe prefixes, and two matches are an error; a
-casa_piperestorescript means restore, else a *cal*casa_pipescript means the
-full pipeline calibration, else per-EB *.ms.scriptForCalibration.py mean
-manual calibration; scriptForImaging.py with only comments means the
-pipeline imaged; a scriptForImagingPrep.py with a line that has no `#` is
-non-trivial and forces the split (the seed's option 1).
+casa_piperestorescript means restore, else a *cal*casa_pipescript (or one
+without a recipe word) means the full pipeline calibration, else per-EB
+*.ms.scriptForCalibration.py mean manual calibration; scriptForImaging.py with
+only comments means the pipeline imaged; a scriptForImagingPrep.py with a line
+that has no `#` is non-trivial and forces the split (the seed's option 1).
+
+scriptForPI's own rules, as read in real copies (v1.23 of 2017, v1.34 of 2022,
+v2.5 of 2023, the newest readable; where they differ v2.5 is followed unless a
+comment says why not):
+- PPR (`Delivery.ppr`): `*PPR*.xml` first (several: error), else `*pprequest.xml`,
+  of several the `*cal*` one; v2.5 looks only for `*cal*pprequest.xml`, v1.23 for
+  any: a single pprequest without `cal` is still taken (it is the only EB list).
+- calibration pipescript (`Delivery.script("pipescript")`): v1.34/v2.5 take
+  `*cal*casa_pipescript.py`, v1.23 any `*casa_pipescript.py`: a `*cal*` one first,
+  else one whose name has no recipe word (older deliveries); a non-cal recipe
+  (hifa_image) never calibrates.
+- versions (`Delivery.casa_version`): README or QA2 report line, else the pipeline
+  manifest; a pipeline delivery with none runs with the newest pipeline CASA
+  installed or the native engine (a warning says so); manual data need the line.
 """
 import re
 import shutil
@@ -52,6 +67,14 @@ _SCRIPT_SUFFIXES = {
     "imaging_prep": "scriptForImagingPrep.py",
 }
 MANUAL_SUFFIX = ".ms.scriptForCalibration.py"
+# What is left of a pipescript's name before its suffix when it names no recipe:
+# `member.<MOUS>.`, `<MOUS>.` (older pipelines exported `<MOUS>.casa_pipescript.py`) or nothing.
+_NO_RECIPE_PREFIX = re.compile(r"^(?:member\.)?(?:uid___A\d{3}_X[0-9a-fA-F]+_X[0-9a-fA-F]+\.)?\Z")
+# Said (a warning, and the plan's casa_version.decision) when a pipeline-calibrated
+# delivery records no version anywhere: calibration.plan then passes no version to the
+# CASA registry, which picks the newest pipeline CASA, and the native restore modular CASA.
+NO_VERSION_DECISION = ("no CASA version in README, QA2 report or manifest: the newest pipeline CASA installed "
+                       "is used, or the native engine on modular CASA")
 
 
 class Problems(list):
@@ -127,10 +150,13 @@ class Delivery:
         suffix = _SCRIPT_SUFFIXES[role]
         found = [p for p in self._script_files if p.name == suffix or p.name.endswith("." + suffix)]
         if role == "pipescript":
-            # Only a calibration pipeline script (hifa_cal*, hifa_calimage): an
-            # imaging-only recipe cannot calibrate.
+            # scriptForPI v1.34 and v2.5 glob `*cal*casa_pipescript.py` (hifa_cal*,
+            # hifa_calimage, hsd_calimage): an imaging-only recipe cannot calibrate.
+            # v1.23 took any `*casa_pipescript.py`, which the deliveries of its time
+            # named without a recipe word (`member.<MOUS>.casa_pipescript.py`,
+            # `<MOUS>.casa_pipescript.py`): those are taken when no `*cal*` one exists.
             found = [p for p in found if "cal" in p.name[: -len(suffix)]] or (
-                [p for p in found if p.name == suffix])
+                [p for p in found if _NO_RECIPE_PREFIX.match(p.name[: -len(suffix)])])
         if len(found) > 1:
             raise DeliveryError(self.path / "script",
                                 f"{len(found)} candidates for *{suffix}: "
@@ -156,14 +182,20 @@ class Delivery:
             if m:
                 pm = _PIPELINE_RE.search(text)
                 return {"version": m.group(1), "pipeline_version": pm.group(1) if pm else None,
-                        "source": str(src)}
+                        "source": str(src), "decision": None}
         manifest = find_pipeline_manifest(self.path)
         if manifest is not None:
             ous = safexml.parse_file(manifest)
             casa, pipe = safexml.find_all(ous, "casaversion"), safexml.find_all(ous, "pipeline_version")
             if casa and casa[0].get("name"):
                 return {"version": casa[0].get("name"), "source": str(manifest),
-                        "pipeline_version": pipe[0].get("name") if pipe else None}
+                        "pipeline_version": pipe[0].get("name") if pipe else None, "decision": None}
+        if self._pipeline_calibrated():
+            # Modern READMEs say "install the latest CASA" and some deliveries carry no
+            # manifest version: pipeline-calibrated data may use a newer pipeline CASA
+            # (DOMAIN.md), so this is a decision to state, not a stop. Manual data need
+            # the exact version: they still stop below.
+            return {"version": None, "pipeline_version": None, "source": None, "decision": NO_VERSION_DECISION}
         if not sources:
             raise DeliveryError(self.path, "no README (member.<MOUS>.README.txt), qa/*qa2_report.html or pipeline "
                                            "manifest with <casaversion> to read the CASA version from")
@@ -171,12 +203,32 @@ class Delivery:
                                         f"(nor does {', '.join(s.name for s in sources[1:]) or 'any QA2 report'}, "
                                         "and no pipeline manifest has a <casaversion>)")
 
+    def _pipeline_calibrated(self) -> bool:
+        """True when the pipeline calibrated this delivery (a restore or a calibration
+        pipescript); False for manual calibration or when it cannot be told."""
+        try:
+            return self.calibration_kind()["kind"] in ("restore", "pipeline")
+        except DeliveryError:
+            return False
+
     # ------------------------------------------------------------ PPR
     def ppr(self) -> Path | None:
-        found = [p for p in self._script_files
-                 if (p.name.startswith("PPR") and p.name.endswith(".xml")) or p.name.endswith("pprequest.xml")]
+        """The PPR as scriptForPI picks it: `*PPR*.xml` (the old naming) first, else the
+        `*pprequest.xml`, of several the one with `cal` in its name (v2.5's
+        `*cal*pprequest.xml`: a calibration and an imaging-only PPR side by side). v2.5
+        ignores a pprequest without `cal`; v1.23 took any: a single one is taken here,
+        as it is the only EB list the delivery has. Several left is an error."""
+        old = [p for p in self._script_files if "PPR" in p.name and p.name.endswith(".xml")]
+        if old:
+            found, what = old, "*PPR*.xml"
+        else:
+            found = [p for p in self._script_files if p.name.endswith("pprequest.xml")]
+            what = "*pprequest.xml"
+            cal = [p for p in found if "cal" in p.name[: -len("pprequest.xml")]]
+            if len(found) > 1 and cal:
+                found, what = cal, "*cal*pprequest.xml"
         if len(found) > 1:
-            raise DeliveryError(self.path / "script", f"{len(found)} PPR files: "
+            raise DeliveryError(self.path / "script", f"{len(found)} {what} files, scriptForPI needs one: "
                                 f"{', '.join(p.name for p in found)} (keep exactly one)")
         return found[0] if found else None
 
@@ -302,7 +354,10 @@ class Delivery:
                 p.error(exc.path, exc.detail)
                 return default
 
-        out["casa_version"] = attempt(self.casa_version, {"version": None, "pipeline_version": None, "source": None})
+        out["casa_version"] = attempt(self.casa_version, {"version": None, "pipeline_version": None, "source": None,
+                                                          "decision": None})
+        if out["casa_version"]["decision"]:
+            p.warning(self.path, out["casa_version"]["decision"])
         out["calibration"] = attempt(self.calibration_kind, {"kind": None, "script": None, "reason": None})
         out["imaging"] = attempt(self.imaging_kind, {"kind": None, "script": None, "reason": None})
         out["split"] = attempt(self.split_needed, {"needed": None, "reasons": []})
@@ -312,8 +367,13 @@ class Delivery:
             scripts[role] = s.name if s else None
         scripts["calibration"] = [s.name for s in self.manual_scripts()]
         out["scripts"] = scripts
-        ppr = attempt(self.ppr, None)
-        ebs = attempt(self.ppr_ebs, [])
+        try:
+            ppr = self.ppr()
+        except DeliveryError as exc:
+            p.error(exc.path, exc.detail)
+            ppr, ebs = None, []  # ppr_ebs would only say the same again
+        else:
+            ebs = attempt(self.ppr_ebs, [])
         out["ppr"] = {"path": str(ppr) if ppr else None, "ebs": ebs}
         if ppr is not None:
             try:
@@ -345,7 +405,8 @@ def format_plan(plan: dict) -> str:
     lines = [
         f"MOUS          {plan['mous_uid'] or '?'}   project {plan['project'] or '?'}",
         f"member        {plan['member_dir']}",
-        f"CASA          {cv['version'] or '?'}" + (f" (pipeline {cv['pipeline_version']})" if cv["pipeline_version"] else ""),
+        f"CASA          {cv['version'] or '?'}" + (f" (pipeline {cv['pipeline_version']})" if cv["pipeline_version"] else "")
+        + (f": {cv['decision']}" if cv.get("decision") else ""),
         f"calibration   {plan['calibration']['kind'] or '?'}: {plan['calibration']['reason'] or ''}",
         f"imaging       {plan['imaging']['kind'] or '?'}: {plan['imaging']['reason'] or ''}",
         f"split         {'yes: ' + '; '.join(plan['split']['reasons']) if plan['split']['needed'] else 'no'}",
