@@ -1,19 +1,26 @@
 """
 # Reprocess a worklist of ALMA MOUSs
 
-On its schedule (or when triggered), reads the **worklist** and starts one
-`alma_regenerate` run per MOUS that needs it:
+A feeder: on its frequent schedule (`bulk_schedule`, every 15 minutes by default, when
+a worklist is configured with `ALMA_REGEN_BULK_WORKLIST`; one pass at a time), or when
+triggered, it reads the **worklist** and starts one
+`alma_regenerate` run per MOUS that needs it and fits now, until the worklist is done:
 
 - a MOUS already published with the same inputs and CASA is **skipped** (unless
   *Force*, or `"force": true` on its worklist entry);
-- at most `bulk_max_runs` runs are started per bulk run, and none while the
-  working disk has less than `bulk_min_free_gb` free: the rest are **deferred**
-  to the next bulk run;
+- each run reserves its predicted peak disk (`footprint_factor` x the raw ASDMs the
+  archive lists, + the other files) in a ledger every run shares; a MOUS starts, in
+  worklist order, only while its reservation fits the disk budget
+  (`bulk_disk_budget_gb`; 0: the free disk plus what the runs use, less
+  `bulk_min_free_gb`) and fewer than `bulk_max_in_flight` runs are in flight; the rest
+  are **deferred** to a later pass, as is a MOUS whose run is in flight;
+- a MOUS larger than the whole budget is **too large**: reported, never started;
 - the runs it starts are named `bulk__<MOUS>__<time>` (the uid in file form) and
-  carry `bulk: true`, so an operator's own reruns go first.
+  carry `bulk: true`, so an operator's own reruns go first (they are not held back
+  by the budget; their reservations count).
 
-`plan` decides; `start` triggers the runs (one per MOUS); `summary` logs every
-MOUS of the worklist with what was done with it and why.
+`plan` decides and reserves; `start` triggers the runs (one per MOUS); `summary` logs
+every MOUS of the worklist with what was done with it and why.
 
 The worklist is a text file or S3 object with one MOUS uid per line (`#` starts
 a comment), or JSON: a list of uids, or of `{"mous_uid": ..., "force": true}`.
@@ -31,7 +38,8 @@ S = settings()
 with DAG(
     dag_id="alma_bulk_reprocess",
     description="Start alma_regenerate for a worklist of MOUSs, skipping what is already published",
-    schedule=S.bulk_schedule or None,
+    # Scheduled only where a worklist is configured: without one every pass would fail.
+    schedule=(S.bulk_schedule or None) if S.bulk_worklist else None,
     catchup=False,
     max_active_runs=1,
     default_args={**task_defaults(S), "owner": "alma-regen"},
@@ -53,13 +61,15 @@ with DAG(
 ) as dag:
     plan = BulkPlanOperator(task_id="plan", worklist="{{ params.worklist }}", force="{{ params.force }}",
                             source="{{ params.source }}",
-                            doc_md="Reads the worklist and decides, per MOUS: start, skip (published as it "
-                                   "would be again) or defer (run cap, disk); the log says why for each.")
+                            doc_md="Reads the worklist and decides, per MOUS: start (and reserve its disk), "
+                                   "skip (published as it would be again), defer (in flight, in-flight cap, "
+                                   "disk budget) or too large (never fits the budget); the log says why for each.")
     start = TriggerDagRunOperator.partial(task_id="start", trigger_dag_id="alma_regenerate",
                                           wait_for_completion=False, map_index_template="{{ task.trigger_run_id }}",
                                           doc_md="Starts one alma_regenerate run per MOUS to start; skipped when "
                                                  "there is none (every MOUS published or deferred: see summary)."
                                           ).expand_kwargs(plan.output)
     summary = BulkSummaryOperator(task_id="summary", trigger_rule="all_done",
-                                  doc_md="Every MOUS of the worklist: started, skipped or deferred, and why.")
+                                  doc_md="Every MOUS of the worklist: started, skipped, deferred or too large, "
+                                         "and why.")
     plan >> start >> summary

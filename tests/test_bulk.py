@@ -3,7 +3,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-
+import time
 
 import pytest
 
@@ -60,6 +60,10 @@ def test_bulk_run_starts_exactly_the_unpublished(tmp_path, archive_server, seawe
     assert started == sorted(MOUSS[2:]), rows
     assert all(json.loads(conf)["bulk"] is True for _, conf in rows)
     assert all(run_id.startswith("bulk__uid___A001_") for run_id, _ in rows)
+    # Each run started holds its disk reservation in the ledger, under the id it was triggered as
+    # (`dags test` runs none of them: nothing released them yet).
+    held = json.loads((tmp_path / "work" / ".ledger.json").read_text())["runs"]
+    assert {r: e["mous_uid"] for r, e in held.items()} == {r: json.loads(c)["mous_uid"] for r, c in rows}
     # The Reprocessing view's campaign panel, read from this Airflow's database by the view's
     # own query: the whole worklist (the duplicate once), two done as published, three
     # started and not yet run (`dags test` runs only the bulk DAG), nothing finished: no ETA.
@@ -68,6 +72,21 @@ def test_bulk_run_starts_exactly_the_unpublished(tmp_path, archive_server, seawe
     c = json.loads(r.stdout.strip().splitlines()[-1])
     assert (c["total"], c["done"], c["running"], c["waiting"], c["failed"]) == (5, 2, 3, 0, 0), c
     assert c["bulk_runs"] == 1 and c["eta_s"] is None and c["throughput_per_h"] is None
+    # The next feeder pass: the three runs are queued (Airflow says so through the Task SDK),
+    # so their reservations stay and their MOUSs are in flight: nothing is started twice. A
+    # reservation of a run Airflow never had (a trigger that failed an hour ago) is forgotten.
+    ledger = tmp_path / "work" / ".ledger.json"
+    doc = json.loads(ledger.read_text())
+    doc["runs"]["bulk__gone"] = {"mous_uid": MOUSS[2], "bytes": 10**12, "since": time.time() - 3600}
+    ledger.write_text(json.dumps(doc))
+    r = home.dags_test("alma_bulk_reprocess", {}, env=env)
+    (tmp_path / "dags_test_2.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, f"see {tmp_path / 'dags_test_2.log'}"
+    with sqlite3.connect(home.home / "airflow.db") as db:
+        assert db.execute("SELECT count(*) FROM dag_run WHERE dag_id = 'alma_regenerate'").fetchone()[0] == 3
+    assert json.loads(ledger.read_text())["runs"] == held
+    assert "forgot the reservation of bulk__gone" in r.stdout + r.stderr
+    assert r.stdout.count("in flight: run bulk__") + r.stderr.count("in flight: run bulk__") >= 3
 
 
 CAMPAIGN = """
@@ -90,21 +109,48 @@ def test_worklist_forms_and_bad_entries():
         parse_worklist("[1, 2", "w")
 
 
-def test_decide_bounds_runs_and_gates_on_disk(tmp_path):
+ASDM = "2019.1.00001.S_uid___A002_Xc1000_X1.asdm.sdm.tar"
+GB = 10**9
+
+
+def test_decide_skips_the_published_and_admits_the_rest_by_reservation(tmp_path):
     entries = [{"mous_uid": m, "force": False} for m in MOUSS]
-    kw = dict(list_files=lambda m: {"a": 1}, manifest_of=lambda m: None, casa_version="6.7.0-31",
-              force_all=False, workdir=tmp_path)
-    d = decide(entries, max_runs=2, min_free_gb=0, **kw)
-    assert [e["mous_uid"] for e in d["start"]] == MOUSS[:2] and len(d["deferred"]) == 3
-    d = decide(entries, max_runs=10, min_free_gb=1e9, **kw)  # a disk that is never big enough
-    assert d["start"] == [] and len(d["deferred"]) == 5 and "GB free" in d["deferred"][0]["why"]
-    published = {"run": "r1", "inputs": [{"file": "a", "size": 1}], "engines": {"calibration": {"casa": "6.7.0-31"}}}
-    d = decide(entries, max_runs=10, min_free_gb=0, **{**kw, "manifest_of": lambda m: published})
+    # Every MOUS: one 1 GB ASDM and a 1 MB auxiliary tar: a footprint of 11 x 1 GB + 1 MB.
+    files = {ASDM: GB, "aux.tar": 10**6}
+    kw = dict(list_files=lambda m: files, manifest_of=lambda m: None, casa_version="6.7.0-31",
+              force_all=False, workdir=tmp_path, ledger={}, footprint_factor=11)
+    need = 11 * GB + 10**6
+    # A budget for three of them and a cap of four: the first three start, the other two wait on the budget.
+    d = decide(entries, budget_bytes=3 * need, max_in_flight=4, **kw)
+    assert [e["mous_uid"] for e in d["start"]] == MOUSS[:3] and [e["bytes"] for e in d["start"]] == [need] * 3
+    assert [e["mous_uid"] for e in d["deferred"]] == MOUSS[3:] and "budget" in d["deferred"][0]["why"]
+    assert d["too_large"] == [] and d["skipped"] == []
+    # The cap, not the budget, holds them back: two start.
+    d = decide(entries, budget_bytes=100 * need, max_in_flight=2, **kw)
+    assert [e["mous_uid"] for e in d["start"]] == MOUSS[:2]
+    assert [e["why"] for e in d["deferred"]] == ["2 runs in flight, the cap is 2"] * 3
+    # A budget smaller than one MOUS: every one is too large, reported, none started or deferred.
+    d = decide(entries, budget_bytes=5 * GB, max_in_flight=4, **kw)
+    assert d["start"] == [] and d["deferred"] == [] and len(d["too_large"]) == 5
+    assert d["too_large"][0]["why"] == "needs 11.0 GB, the budget is 5.0 GB"
+    # Runs in flight count: one holds 2 x need and one slot (of MOUSS[0]: deferred as in
+    # flight, not started twice); of a budget of 3 x need one more fits.
+    ledger = {"bulk__a": {"mous_uid": MOUSS[0], "bytes": 2 * need, "since": 0}}
+    d = decide(entries, budget_bytes=3 * need, max_in_flight=4, **{**kw, "ledger": ledger})
+    assert [e["mous_uid"] for e in d["start"]] == [MOUSS[1]]
+    assert d["deferred"][0] == {"mous_uid": MOUSS[0], "why": "in flight: run bulk__a"}
+    assert [e["mous_uid"] for e in d["deferred"][1:]] == MOUSS[2:] and d["in_flight"] == 1
+    # The skip logic is as before: published with the same inputs and CASA -> skipped,
+    # unless forced; a newer CASA -> started again.
+    published = {"run": "r1", "inputs": [{"file": n, "size": s} for n, s in files.items()],
+                 "engines": {"calibration": {"casa": "6.7.0-31"}}}
+    d = decide(entries, budget_bytes=100 * need, max_in_flight=10, **{**kw, "manifest_of": lambda m: published})
     assert d["start"] == [] and len(d["skipped"]) == 5
-    d = decide(entries, max_runs=10, min_free_gb=0, **{**kw, "manifest_of": lambda m: published, "force_all": True})
-    assert len(d["start"]) == 5
+    d = decide(entries, budget_bytes=100 * need, max_in_flight=10,
+               **{**kw, "manifest_of": lambda m: published, "force_all": True})
+    assert len(d["start"]) == 5 and d["start"][0]["why"] == "forced"
     newer = dict(published, engines={"calibration": {"casa": "6.6.1-17"}})
-    d = decide(entries, max_runs=10, min_free_gb=0, **{**kw, "manifest_of": lambda m: newer})
+    d = decide(entries, budget_bytes=100 * need, max_in_flight=10, **{**kw, "manifest_of": lambda m: newer})
     assert len(d["start"]) == 5 and "now CASA 6.7.0-31" in d["start"][0]["why"]
 
 
@@ -119,3 +165,34 @@ def test_operator_runs_go_before_bulk_runs():
     operator = SimpleNamespace(task=task, dag_run=SimpleNamespace(conf={}), map_index=-1)
     rule = OperatorRunsFirst()
     assert rule.get_weight(operator) == rule.get_weight(bulk) + OPERATOR_BONUS
+
+
+def test_an_operators_run_reserves_at_lock_and_releases_at_teardown(tmp_path, archive_server, monkeypatch):
+    """A run not started by the feeder (an operator's rerun) is not held back, but it counts:
+    lock_mous reserves its footprint from the archive's listing, release_mous drops it. The
+    operators run on a stand-in for the task context (the dag_run and params they read)."""
+    from types import SimpleNamespace
+    from alma_regen import admission
+    from alma_regen.operators.run import LockMousOperator, ReleaseMousOperator
+    archive = tmp_path / "archive"
+    build_archive(archive, mous=MOUSS[0], ebs=ebs_of(1), n_binaries=1, binary_size=1024)
+    server = archive_server(archive)
+    for k, v in connection_env(server.url).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("ALMA_REGEN_FOOTPRINT_FACTOR", "7")
+    work = tmp_path / "work"
+    files = {p.name: p.stat().st_size for p in archive.iterdir() if p.is_file()}
+    asdm = sum(s for n, s in files.items() if n.endswith(".asdm.sdm.tar"))
+    assert asdm > 0
+    ctx = {"dag_run": SimpleNamespace(dag_id="alma_regenerate", run_id="manual__rerun"),
+           "params": {"source": "request_handler"}}
+    lock = LockMousOperator(task_id="lock_mous", mous_uid=MOUSS[0], workdir=str(work))
+    lock.execute(ctx)
+    held = admission.entries(work)
+    assert list(held) == ["manual__rerun"] and held["manual__rerun"]["mous_uid"] == MOUSS[0]
+    assert held["manual__rerun"]["bytes"] == 7 * asdm + sum(files.values()) - asdm
+    lock.execute(ctx)  # a retried lock keeps the one reservation
+    assert list(admission.entries(work)) == ["manual__rerun"]
+    release = ReleaseMousOperator(task_id="release_mous", mous_uid=MOUSS[0], workdir=str(work))
+    assert release.execute(ctx) is True and admission.entries(work) == {}
+    assert release.execute(ctx) is False  # a teardown retried: nothing left to release

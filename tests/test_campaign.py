@@ -17,10 +17,11 @@ def at(minutes: float) -> str:
     return (T0 + timedelta(minutes=minutes)).isoformat()
 
 
-def plan(start=(), skipped=(), deferred=()) -> dict:
+def plan(start=(), skipped=(), deferred=(), too_large=()) -> dict:
     return {"start": [{"mous_uid": m, "why": "changed"} for m in start],
             "skipped": [{"mous_uid": m, "why": "published"} for m in skipped],
             "deferred": [{"mous_uid": m, "why": "cap"} for m in deferred],
+            "too_large": [{"mous_uid": m, "why": "needs 99 GB, the budget is 50 GB"} for m in too_large],
             "attempted_before_unpublished": []}
 
 
@@ -79,6 +80,13 @@ CASES = [
      {"total": 5, "done": 2, "running": 1, "waiting": 1, "failed": 1, "finished": 3, "remaining": 2,
       "complete": False, "elapsed_s": 5400.0, "throughput_per_h": 2.0, "eta_s": 3600.0,
       "percent_done": 40.0, "failed_mous": [C]}),
+    ("too large for the budget",
+     plan(start=[A], too_large=[B, C]),
+     # B and C never fit the budget: in the worklist, never started, not in the ETA; A done in 1 h.
+     rows(A=[run("success", 0, 60)]),
+     60,
+     {"total": 3, "done": 1, "running": 0, "waiting": 0, "failed": 0, "too_large": 2, "finished": 1,
+      "remaining": 0, "complete": True, "eta_s": 0.0, "percent_done": 33.3, "too_large_mous": [B, C]}),
 ]
 
 
@@ -87,7 +95,7 @@ def test_progress(summary, history, now, expected):
     got = progress(summary, history, T0, T0 + timedelta(minutes=now))
     assert {k: got[k] for k in expected} == expected
     assert got["began"] == "2026-01-01T00:00:00+00:00"
-    assert got["done"] + got["running"] + got["waiting"] + got["failed"] == got["total"]
+    assert got["done"] + got["running"] + got["waiting"] + got["failed"] + got["too_large"] == got["total"]
 
 
 def test_progress_reads_iso_times_with_z_and_datetimes():

@@ -45,9 +45,22 @@ def regenerate_dag():
         sys.path.pop(0)
 
 
+@pytest.mark.parametrize("worklist,schedule", [("", "None"), ("/data/worklist.txt", "*/15 * * * *")])
+def test_the_bulk_feeder_is_scheduled_only_with_a_worklist(worklist, schedule):
+    # Without a worklist every pass would fail, every 15 minutes.
+    code = ("import runpy, sys; d = runpy.run_path(sys.argv[1])['dag']; "
+            "print(getattr(d.timetable, 'expression', None))")
+    env = {"AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "/usr/bin:/bin", "ALMA_REGEN_BULK_WORKLIST": worklist}
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "dags" / "alma_bulk_reprocess.py")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == schedule
+
+
 @pytest.mark.parametrize("conf,why", [
     ({}, "mous_uid"),
-    ({"mous_uid": "uid://A002/X1/X2"}, "does not match"),
+    ({"mous_uid": "uid://A003/X1/X2"}, "does not match"),  # MOUSs live in A001 (A002: early cycles)
+    ({"mous_uid": "uid://A001/X1/X2\n"}, "does not match"),
     ({"mous_uid": "uid___A001_X1_X2"}, "does not match"),
     ({"mous_uid": "uid://A001/X1/X2", "calibration": "guess"}, "is not one of"),
     ({"mous_uid": "uid://A001/X1/X2", "imaging": "fast"}, "is not one of"),

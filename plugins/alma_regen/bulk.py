@@ -3,9 +3,11 @@
 A worklist is a text file or S3 object: one MOUS uid per line (`#` comments
 allowed), or JSON (a list of uids, or of {"mous_uid": ..., "force": ...}).
 A MOUS already published with the same inputs and CASA is skipped unless
-forced; the rest are started, at most `max_runs` per bulk run and only while
-the working disk has `min_free_gb` free, so a 1,000-MOUS worklist trickles in
-instead of flooding the scheduler or the disk.
+forced; one whose run is in flight waits for it; the rest are admitted by disk
+reservation (admission.py): started, in worklist order, while their predicted footprint
+fits the disk budget and fewer than `max_in_flight` runs are in flight. Run on a frequent
+schedule, the bulk DAG is a feeder: each pass starts what now fits, until the worklist is
+done, and neither floods the scheduler nor the disk.
 """
 import json
 import logging
@@ -13,7 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
-from . import naming
+from . import admission, naming
+from .admission import admit, footprint
 from .errors import PermanentError
 from .notify import STEP_FILE
 from .reuse import latest_manifest, same_as_published
@@ -59,19 +62,24 @@ def read_worklist(location: str, s3_client=None) -> list:
     return parse_worklist(text, location)
 
 
-def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_all: bool,
-           workdir, max_runs: int, min_free_gb: float) -> dict:
-    """Split a worklist into start / skip / deferred, with the reason for each.
+def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_all: bool, workdir,
+           budget_bytes: int, ledger: dict, max_in_flight: int, footprint_factor: float) -> dict:
+    """Split a worklist into start / skipped / deferred / too_large, with the reason for each.
 
-    list_files(mous) -> {archive file name: size}; manifest_of(mous) -> the published manifest or None.
+    list_files(mous) -> {archive file name: size}; manifest_of(mous) -> the published manifest
+    or None; ledger: the reservations now held (admission.entries). A MOUS published as it
+    would be again is skipped; one whose run is in flight (in the ledger) is deferred, so a
+    frequent feeder never starts a MOUS twice; the rest go through admission.admit in
+    worklist order: started while their footprint fits the budget and the in-flight cap,
+    too_large when larger than the whole budget, deferred otherwise.
     """
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    free_gb = shutil.disk_usage(workdir).free / 1e9
-    start, skipped, deferred, attempted = [], [], [], []
+    flying = {e["mous_uid"]: run for run, e in ledger.items()}
+    skipped, candidates, waiting, attempted = [], [], [], []
     for e in entries:
         mous = e["mous_uid"]
+        files = list_files(mous)
         if not (force_all or e["force"]):
-            same, why = same_as_published(manifest_of(mous), list_files(mous), casa_version)
+            same, why = same_as_published(manifest_of(mous), files, casa_version)
             if same:
                 skipped.append({"mous_uid": mous, "why": why})
                 continue
@@ -79,20 +87,29 @@ def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_a
             why = "forced"
         if (Path(workdir) / naming.member_dir(mous) / STEP_FILE).exists():
             attempted.append(mous)  # worked on before and not published as it is now
-        if free_gb < min_free_gb:
-            deferred.append({"mous_uid": mous, "why": f"only {free_gb:.1f} GB free in {workdir} "
-                                                     f"(the gate is {min_free_gb} GB)"})
-        elif len(start) >= max_runs:
-            deferred.append({"mous_uid": mous, "why": f"at most {max_runs} runs per bulk run"})
-        else:
-            start.append({"mous_uid": mous, "why": why})
-    return {"start": start, "skipped": skipped, "deferred": deferred,
-            "attempted_before_unpublished": attempted, "free_gb": round(free_gb, 1)}
+        if mous in flying:
+            waiting.append({"mous_uid": mous, "why": f"in flight: run {flying[mous]}"})
+            continue
+        candidates.append({"mous_uid": mous, "why": why, "bytes": footprint(files, footprint_factor)})
+    reserved_bytes = sum(e["bytes"] for e in ledger.values())
+    start, deferred, too_large = admit(candidates, budget_bytes=budget_bytes, reserved_bytes=reserved_bytes,
+                                       in_flight=len(ledger), max_in_flight=max_in_flight)
+    return {"start": start, "skipped": skipped, "deferred": waiting + deferred, "too_large": too_large,
+            "attempted_before_unpublished": attempted, "budget_gb": round(budget_bytes / 1e9, 1),
+            "reserved_gb": round(reserved_bytes / 1e9, 1), "in_flight": len(ledger)}
 
 
 def plan_bulk(worklist: str, *, source_for, products_url: str, products_client, archive_client=None,
-              casa_version: str, force_all: bool, workdir, max_runs: int, min_free_gb: float) -> dict:
-    """The bulk DAG's decision, with real sources: see `decide`."""
+              casa_version: str, force_all: bool, workdir, run_id_for, budget_gb: float, min_free_gb: float,
+              max_in_flight: int, footprint_factor: float) -> dict:
+    """The bulk DAG's decision, with real sources (see `decide`), and a reservation in the
+    ledger for each run it starts, under run_id_for(mous), the id it will be triggered as.
+
+    The ledger's reservations made by an earlier attempt of this same plan (a retry: same
+    run ids) are its own, not runs in flight: decided again, and reserve() keeps them as
+    they are. A start whose reservation is refused (a run reserved meanwhile: the check is
+    repeated under the ledger's lock) is deferred.
+    """
     from .staging import list_mous
     entries = read_worklist(worklist, archive_client or products_client)
     source = source_for()
@@ -103,8 +120,25 @@ def plan_bulk(worklist: str, *, source_for, products_url: str, products_client, 
     def manifest_of(mous):
         return latest_manifest(products_client, products_url, mous) if products_url else None
 
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    ledger = {r: e for r, e in admission.entries(workdir).items() if r != run_id_for(e["mous_uid"])}
+    budget = admission.disk_budget(workdir, budget_gb=budget_gb, min_free_gb=min_free_gb)
     result = decide(entries, list_files=list_files, manifest_of=manifest_of, casa_version=casa_version,
-                    force_all=force_all, workdir=workdir, max_runs=max_runs, min_free_gb=min_free_gb)
-    log.info("bulk: %d to start, %d skipped (published, same inputs and CASA), %d deferred",
-             len(result["start"]), len(result["skipped"]), len(result["deferred"]))
+                    force_all=force_all, workdir=workdir, budget_bytes=budget, ledger=ledger,
+                    max_in_flight=max_in_flight, footprint_factor=footprint_factor)
+    started = []
+    for e in result["start"]:
+        run = run_id_for(e["mous_uid"])
+        if admission.reserve(workdir, run, e["mous_uid"], e["bytes"], budget_bytes=budget,
+                             max_in_flight=max_in_flight):
+            started.append({**e, "run_id": run})
+        else:
+            result["deferred"].append({**e, "why": "another run reserved the space or the last in-flight "
+                                                   "slot meanwhile"})
+    result["start"] = started
+    result["free_gb"] = round(shutil.disk_usage(workdir).free / 1e9, 1)
+    log.info("bulk: %d to start, %d skipped (published, same inputs and CASA), %d deferred, %d too large "
+             "for the %.1f GB budget (%.1f GB reserved by %d runs in flight before this plan)",
+             len(result["start"]), len(result["skipped"]), len(result["deferred"]), len(result["too_large"]),
+             result["budget_gb"], result["reserved_gb"], result["in_flight"])
     return result

@@ -10,10 +10,11 @@ split. A MOUS is
     failed   its latest run since the campaign began failed
     running  its latest run since the campaign began is queued or running
     waiting  deferred, or to start and not started yet
+    too_large  larger than the whole disk budget (admission.py): never started
 
 Throughput is the MOUSs whose run ended (succeeded or failed) per hour since the campaign
-began; the ETA is the MOUSs still running or waiting at that rate. Failed MOUSs are not in
-the ETA: the next bulk run starts them again only if someone fixes the cause.
+began; the ETA is the MOUSs still running or waiting at that rate. Failed and too large MOUSs
+are not in the ETA: they need someone (the cause fixed, a bigger budget).
 
 Plain dicts and lists in, plain numbers out: no Airflow here (ui_app reads the database).
 """
@@ -22,8 +23,8 @@ from __future__ import annotations
 from datetime import datetime
 
 BULK_DAG_ID = "alma_bulk_reprocess"
-KINDS = ("start", "skipped", "deferred")
-STATES = ("done", "running", "waiting", "failed")
+KINDS = ("start", "skipped", "deferred", "too_large")
+STATES = ("done", "running", "waiting", "failed", "too_large")
 
 
 def _dt(v) -> datetime | None:
@@ -42,7 +43,7 @@ def _asked_at(run: dict) -> datetime | None:
 
 
 def worklist(summary: dict | None) -> dict:
-    """{mous_uid: "start" | "skipped" | "deferred"} of a plan summary, in the plan's order."""
+    """{mous_uid: "start" | "skipped" | "deferred" | "too_large"} of a plan summary, in the plan's order."""
     out: dict = {}
     for kind in KINDS:
         for e in (summary or {}).get(kind) or []:
@@ -103,6 +104,8 @@ def progress(summary: dict, rows: list, began, now) -> dict:
             s = "failed"
         elif run is not None:
             s = "running"
+        elif kind == "too_large":
+            s = "too_large"
         else:
             s = "waiting"
         by_state[s].append(mous)
@@ -128,6 +131,7 @@ def progress(summary: dict, rows: list, began, now) -> dict:
         "throughput_per_h": round(rate, 2) if rate is not None else None, "eta_s": eta_s,
         "percent_done": round(100 * len(by_state["done"]) / len(work), 1) if work else 0.0,
         "failed_mous": by_state["failed"],
+        "too_large_mous": by_state["too_large"],
     }
 
 

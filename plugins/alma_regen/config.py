@@ -16,6 +16,10 @@ VARIABLE = "alma_regen"
 WORKSPACE_KEEP = ("all", "raw", "nothing")  # what a published MOUS keeps of its member folder
 
 
+# Settings renamed: the old name is still read (environment and Variable), as the new one.
+RENAMED = {"bulk_max_runs": "bulk_max_in_flight"}
+
+
 class InvalidSetting(PermanentError, ValueError):
     """A setting with a value it cannot have (one line)."""
 
@@ -47,10 +51,17 @@ class Settings:
     notify_webhook: str = ""                   # generic JSON webhook for alerts
     notify_email: str = ""                     # comma-separated addresses (SMTP connection smtp_default)
     notify_slack_conn: str = ""                # a Slack webhook connection id
-    bulk_schedule: str = "0 3 * * 0"           # cron of alma_bulk_reprocess
+    # The bulk DAG is a feeder: every pass starts what fits now, so a frequent schedule keeps
+    # the workers busy until the worklist is done (max_active_runs=1: passes never overlap).
+    bulk_schedule: str = "*/15 * * * *"        # cron of alma_bulk_reprocess
     bulk_worklist: str = ""                    # file path or s3://bucket/key
-    bulk_max_runs: int = 4                     # alma_regenerate runs started per bulk run at most
-    bulk_min_free_gb: float = 50.0             # no new runs below this free disk in workdir
+    bulk_max_in_flight: int = 4                # alma_regenerate runs in flight at most (the ledger's; was bulk_max_runs)
+    bulk_disk_budget_gb: float = 0.0           # disk all runs may reserve; 0: free + what runs use - bulk_min_free_gb
+    bulk_min_free_gb: float = 50.0             # kept free in workdir when the budget is derived from the disk
+    # Predicted peak disk of a run = this x the raw ASDM bytes the archive lists, + the other
+    # files once. 11 is scriptForPI's own check with SPACESAVING=0 (admission.footprint): a
+    # default to tune from measured runs (the native engine needs less), not a measurement.
+    footprint_factor: float = 11.0
     sandbox: str = "bwrap"                     # CASA children: bwrap | bwrap-strict | none (casa/sandbox.py; env only)
     sandbox_ro_paths: str = ""                 # extra read-only paths in the sandbox, ':'-separated
     workspace_keep: str = "all"                # after a verified publish: all | raw | nothing (workspace.py)
@@ -64,6 +75,10 @@ class Settings:
     def from_env(cls, env=None) -> "Settings":
         env = os.environ if env is None else env
         values = {}
+        for old, new in RENAMED.items():
+            raw = env.get(f"ALMA_REGEN_{old.upper()}")
+            if raw is not None and env.get(f"ALMA_REGEN_{new.upper()}") is None:
+                values[new] = _cast(next(f for f in fields(cls) if f.name == new), raw)
         for f in fields(cls):
             raw = env.get(f"ALMA_REGEN_{f.name.upper()}")
             if raw is not None:
@@ -72,6 +87,10 @@ class Settings:
 
     def with_overrides(self, overrides: dict) -> "Settings":
         known = {f.name: f for f in fields(self)}
+        overrides = dict(overrides)
+        for old, new in RENAMED.items():
+            if old in overrides:
+                overrides.setdefault(new, overrides.pop(old))  # the new name given too: it wins
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ValueError(f"unknown alma_regen settings: {', '.join(unknown)}")

@@ -25,7 +25,7 @@ select#state-filter; one tbody.mous[data-mous] per MOUS, tr.run[data-run-id]
 [data-state] per run (tr.history for earlier runs, shown by button.history-toggle);
 td.step, td.casa, span.state-badge, span.why; links a.run-link, a.rerun,
 a.products-summary, a.products-manifest; section#campaign[data-total][data-done]
-[data-running][data-waiting][data-failed] with its div.progress (only after a bulk run).
+[data-running][data-waiting][data-failed][data-too-large] with its div.progress (only after a bulk run).
 """
 from __future__ import annotations
 
@@ -425,15 +425,17 @@ def _campaign_panel(c: dict | None) -> str:
                    for k in ("done", "failed", "running") if c[k])
     stats = "".join(f'<span class="stat" data-stat="{k}"><i class="dot {k}"></i>{label} <b>{c[k]}</b></span>'
                     for k, label in (("done", "done"), ("running", "running/queued"), ("waiting", "waiting"),
-                                     ("failed", "failed")))
+                                     ("failed", "failed"), ("too_large", "too large"))
+                    if k != "too_large" or c.get(k))
     runs = f'{c["bulk_runs"]} bulk run{"s" if c["bulk_runs"] != 1 else ""}, latest '
     failed = ""
-    if c["failed_mous"]:
-        failed = ('<details class="failed-mous"><summary>failed MOUSs</summary><div class="steps">'
-                  + ", ".join(f"<code>{e(m)}</code>" for m in c["failed_mous"]) + "</div></details>")
+    for key, title in (("failed_mous", "failed MOUSs"), ("too_large_mous", "MOUSs larger than the disk budget")):
+        if c.get(key):
+            failed += (f'<details class="{key.replace("_", "-")}"><summary>{title}</summary><div class="steps">'
+                       + ", ".join(f"<code>{e(m)}</code>" for m in c[key]) + "</div></details>")
     return (f'<section id="campaign" class="campaign" aria-label="Bulk reprocessing campaign" '
             f'data-total="{c["total"]}" data-done="{c["done"]}" data-running="{c["running"]}" '
-            f'data-waiting="{c["waiting"]}" data-failed="{c["failed"]}">'
+            f'data-waiting="{c["waiting"]}" data-failed="{c["failed"]}" data-too-large="{c.get("too_large", 0)}">'
             f'<div class="campaign-head"><h2>Bulk reprocessing</h2>'
             f'<span class="muted small">worklist of {c["total"]} MOUS{"s" if c["total"] != 1 else ""} · since '
             f'{e(_when(c["began"]))} UTC · {runs}<a class="bulk-run ext" href="{e(c.get("bulk_run_url") or "")}" '

@@ -1,0 +1,313 @@
+"""Disk admission by reservation: a run starts only when its predicted peak disk fits.
+
+Every alma_regenerate run holds a reservation of its predicted footprint in one ledger
+that every run and the bulk feeder share: `<workdir>/.ledger.json`, run_id ->
+{"mous_uid", "bytes", "since"}. The bulk plan reserves each run it starts (under the run
+id it will trigger) before triggering it; a run started some other way (an operator's
+rerun) reserves at lock_mous; every run releases at release_mous (its teardown). The
+feeder forgets the entries of runs that are no longer queued or running (a killed run
+whose teardown never ran), so nothing holds disk forever.
+
+Concurrency: every read-modify-write of the ledger happens under an flock of
+`<workdir>/.ledger.json.lock` (on Linux NFS an flock is carried as a POSIX lock, so
+workers on other hosts are excluded too), and the ledger is replaced atomically (temporary
+file, fsync, rename): a reader never sees half a ledger. An empty or corrupt ledger (a hand
+edit, an old copy) is set aside with a warning and started afresh, never a crash: the
+runs it held are then uncounted until they end, which only over-admits for a while.
+
+No Airflow here: the operators (operators/bulk.py, operators/run.py) ask Airflow what
+they need and pass plain values in.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import naming
+from .errors import PermanentError
+
+log = logging.getLogger(__name__)
+
+LEDGER = ".ledger.json"
+SCHEMA = "alma-regen/ledger/1"
+ASDM_SUFFIX = ".asdm.sdm.tar"   # an ASDM as the archive lists it (staging.classify's rule)
+ACTIVE_STATES = ("queued", "running")
+# A reserved run Airflow does not know: the plan reserves just before its trigger task
+# creates the run, so only after this long is "no such run" a failed trigger, not a race.
+MISSING_GRACE_S = 15 * 60
+# A run whose state nobody can tell (Airflow not answering) keeps its reservation this long,
+# as a MOUS lock does (mous_lock.MAX_AGE_S).
+MAX_AGE_S = 7 * 86400
+GB = 1e9
+
+
+# ------------------------------------------------------------------ footprint
+def footprint(files: dict, factor: float) -> int:
+    """The predicted peak disk of a run, in bytes: the raw ASDM tars the archive lists x
+    `factor`, plus every other file (README, auxiliary and product tars) once.
+
+    `factor` is the setting footprint_factor. Its default, 11, is scriptForPI's own disk check
+    with SPACESAVING=0 (need = 11 x raw/, DOMAIN.md; 7 x for SPACESAVING=1, 3 x for >= 2; +3
+    with flux/pol/ImagingPrep scripts): the safe side for both engines. The native engine
+    needs less, but we have not measured how much, so 11 is a default to tune from our own
+    runs, not a measurement. A size the archive does not give (missing, -1) counts as 0.
+    """
+    raw = other = 0
+    for name, size in files.items():
+        size = size if isinstance(size, int) and size > 0 else 0
+        if name.endswith(ASDM_SUFFIX):
+            raw += size
+        else:
+            other += size
+    return int(raw * factor + other)
+
+
+# ------------------------------------------------------------------ admission
+def admit(candidates: list, *, budget_bytes: int, reserved_bytes: int, in_flight: int,
+          max_in_flight: int) -> tuple:
+    """(start, deferred, too_large) of candidates [{"mous_uid", "bytes", ...}], in their order.
+
+    A candidate starts while its footprint fits what the budget has left (budget minus what
+    is reserved, including the ones started here) and fewer than `max_in_flight` runs are in
+    flight. One larger than the whole budget can never start: it is too_large, reported and
+    never attempted. The rest are deferred, each with why. Order is kept and a smaller MOUS
+    further down may start past a larger one that does not fit now (the worklist's order is
+    a preference, not a queue that one large MOUS may block).
+    """
+    start, deferred, too_large = [], [], []
+    reserved, flying = reserved_bytes, in_flight
+    for c in candidates:
+        need = int(c["bytes"])
+        if need > budget_bytes:
+            too_large.append({**c, "why": f"needs {need / GB:.1f} GB, the budget is {budget_bytes / GB:.1f} GB"})
+        elif flying >= max_in_flight:
+            deferred.append({**c, "why": f"{flying} runs in flight, the cap is {max_in_flight}"})
+        elif reserved + need > budget_bytes:
+            deferred.append({**c, "why": f"needs {need / GB:.1f} GB, {max(budget_bytes - reserved, 0) / GB:.1f} GB "
+                                         f"of the {budget_bytes / GB:.1f} GB budget is free of reservations"})
+        else:
+            start.append(c)
+            reserved += need
+            flying += 1
+    return start, deferred, too_large
+
+
+def disk_budget(workdir, *, budget_gb: float, min_free_gb: float) -> int:
+    """The bytes runs may reserve in all: `budget_gb` when set (> 0), else what the workdir's
+    disk can give runs: its free space now, plus what the runs in the ledger already use of
+    their reservations (their member folders, each counted up to its reservation), minus
+    `min_free_gb`.
+
+    Adding back only what the runs *use* (not all they reserved) keeps the growth still to
+    come of runs just started out of the free space: a run reserves 11 x raw but has written
+    nothing yet, so free space alone would let the next pass admit the same space twice.
+    """
+    if budget_gb > 0:
+        return int(budget_gb * GB)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(workdir).free
+    used = sum(min(_usage(Path(workdir) / naming.member_dir(e["mous_uid"])), e["bytes"])
+               for e in entries(workdir).values())
+    return max(int(free + used - min_free_gb * GB), 0)
+
+
+def _usage(folder: Path) -> int:
+    """Bytes a folder takes on disk (allocated blocks: sparse files count what they use;
+    symlinks not followed, a hard-linked file once)."""
+    total, seen = 0, set()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue  # removed while we walk
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+    return total
+
+
+# ------------------------------------------------------------------ the ledger
+def ledger_path(workdir) -> Path:
+    return Path(workdir) / LEDGER
+
+
+def reserve(workdir, run_id: str, mous: str, nbytes: int, *, budget_bytes: int | None = None,
+            max_in_flight: int | None = None) -> bool:
+    """Reserve `nbytes` for the run; True when it holds a reservation afterwards.
+
+    Idempotent: a run that already holds one keeps it as it is (a retried plan, or the
+    lock of a run the plan reserved for). With `budget_bytes` / `max_in_flight`, the
+    reservation is refused (False) when it would exceed them: checked under the ledger's
+    lock, so concurrent starts never reserve past the budget together.
+    """
+    with _locked(workdir) as runs:
+        if run_id in runs:
+            return True
+        if max_in_flight is not None and len(runs) >= max_in_flight:
+            return False
+        if budget_bytes is not None and _total(runs) + int(nbytes) > budget_bytes:
+            return False
+        runs[run_id] = {"mous_uid": mous, "bytes": int(nbytes), "since": time.time()}
+        return True
+
+
+def release(workdir, run_id: str) -> bool:
+    """Drop the run's reservation; True when it had one (releasing twice is harmless)."""
+    if not ledger_path(workdir).exists():
+        return False
+    with _locked(workdir) as runs:
+        return runs.pop(run_id, None) is not None
+
+
+def reserved(workdir) -> int:
+    """Bytes reserved in all."""
+    return _total(entries(workdir))
+
+
+def entries(workdir) -> dict:
+    """run_id -> {"mous_uid", "bytes", "since"}: a snapshot."""
+    if not ledger_path(workdir).exists():
+        return {}
+    with _locked(workdir, write=False) as runs:
+        return dict(runs)
+
+
+def forget_except(workdir, live_run_ids, *, among=None) -> list:
+    """Drop the entries of runs not in `live_run_ids`; the run ids dropped.
+
+    among: only these run ids are considered (the ones the caller asked Airflow about), so
+    a run that reserved meanwhile is not dropped for not being in a list made before it.
+    """
+    live = set(live_run_ids)
+    if not ledger_path(workdir).exists():
+        return []
+    with _locked(workdir) as runs:
+        gone = [r for r in runs if r not in live and (among is None or r in among)]
+        for r in gone:
+            del runs[r]
+    return gone
+
+
+def forget_stale(workdir, state_of, now: float | None = None) -> list:
+    """Forget the reservations of runs that are over; [(run_id, why)] of those forgotten.
+
+    state_of(run_id) -> the run's state ("queued", "running", "success", "failed", ...),
+    "missing" when Airflow has no such run, or None when it cannot tell. A run queued or
+    running keeps its reservation however old; an ended one loses it; a missing one after
+    MISSING_GRACE_S (its trigger failed, or it was deleted); an unknown one after MAX_AGE_S.
+    """
+    now = time.time() if now is None else now
+    snapshot = entries(workdir)
+    live, why = [], {}
+    for run, e in snapshot.items():
+        state, age = state_of(run), now - e.get("since", 0)
+        if state in ACTIVE_STATES:
+            live.append(run)
+        elif state == "missing":
+            if age < MISSING_GRACE_S:
+                live.append(run)
+            else:
+                why[run] = f"Airflow has no run {run} ({age / 60:.0f} min after it was reserved)"
+        elif state is None:
+            if age < MAX_AGE_S:
+                live.append(run)
+            else:
+                why[run] = "its state is unknown and it was reserved more than 7 days ago"
+        else:
+            why[run] = f"the run is {state}"
+    gone = forget_except(workdir, live, among=set(snapshot))
+    for run in gone:
+        log.warning("ledger: forgot the reservation of %s (%s, %.1f GB): %s", run,
+                    snapshot[run].get("mous_uid"), snapshot[run].get("bytes", 0) / GB, why.get(run, "ended"))
+    return [(r, why.get(r, "")) for r in gone]
+
+
+# ------------------------------------------------------------------ internals
+def _total(runs: dict) -> int:
+    return sum(e["bytes"] for e in runs.values())
+
+
+@contextmanager
+def _locked(workdir, write: bool = True):
+    """The ledger's runs under its lock; written back (atomically) when `write` and changed."""
+    path = ledger_path(workdir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise PermanentError(f"cannot open the disk reservation ledger's lock in {path.parent}: "
+                             f"{exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        runs = _read(path)
+        before = json.dumps(runs, sort_keys=True)
+        yield runs
+        if write and json.dumps(runs, sort_keys=True) != before:
+            _write(path, runs)
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _read(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        return _set_aside(path, f"unreadable ({exc})")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return _set_aside(path, "empty" if not text.strip() else "not JSON")
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(runs, dict):
+        return _set_aside(path, "not a ledger")
+    good = {r: e for r, e in runs.items() if isinstance(e, dict) and isinstance(e.get("bytes"), int)
+            and isinstance(e.get("mous_uid"), str) and isinstance(e.get("since", 0), (int, float))}
+    if len(good) != len(runs):
+        log.warning("ledger %s: dropped %d malformed entries", path, len(runs) - len(good))
+    return good
+
+
+def _set_aside(path: Path, why: str) -> dict:
+    """A corrupt ledger: kept as `.ledger.json.corrupt` for a look, and started afresh."""
+    log.warning("the disk reservation ledger %s is %s: set aside as %s.corrupt and started afresh; the runs "
+                "it held are not counted until they end", path, why, path.name)
+    try:
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+    except OSError:
+        pass
+    return {}
+
+
+def _write(path: Path, runs: dict):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"schema": SCHEMA, "runs": runs}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise PermanentError(f"no space left to write the disk reservation ledger {path}") from None
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
