@@ -196,3 +196,26 @@ def test_an_operators_run_reserves_at_lock_and_releases_at_teardown(tmp_path, ar
     release = ReleaseMousOperator(task_id="release_mous", mous_uid=MOUSS[0], workdir=str(work))
     assert release.execute(ctx) is True and admission.entries(work) == {}
     assert release.execute(ctx) is False  # a teardown retried: nothing left to release
+
+
+def test_the_feeder_keeps_a_listing_for_its_ttl_and_only_for_its_source(tmp_path, archive_server):
+    from alma_regen.bulk import listed_files
+    from alma_regen.errors import AlmaRegenError
+    from alma_regen.staging.sources import open_source
+
+    mous = MOUSS[0]
+    build_archive(tmp_path / "archive", mous=mous, ebs=ebs_of(1), n_binaries=1, binary_size=1024)
+    server = archive_server(tmp_path / "archive")
+    source, work = open_source(server.url), tmp_path / "work"
+    expected = {p.name: p.stat().st_size for p in (tmp_path / "archive").iterdir()}
+    assert listed_files(source, mous, workdir=work, ttl_s=3600, now=1000.0) == expected
+    server.server.shutdown()
+    server.server.server_close()  # the archive is gone: only a kept answer can answer now
+    assert listed_files(source, mous, workdir=work, ttl_s=3600, now=1000.0 + 3599) == expected
+    with pytest.raises(AlmaRegenError):  # too old: asked again
+        listed_files(source, mous, workdir=work, ttl_s=3600, now=1000.0 + 3601)
+    with pytest.raises(AlmaRegenError):  # no keeping
+        listed_files(source, mous, workdir=work, ttl_s=0, now=1001.0)
+    other = open_source(server.url.rstrip("/") + "/other")
+    with pytest.raises(AlmaRegenError):  # another source's answer is not this one's
+        listed_files(other, mous, workdir=work, ttl_s=3600, now=1001.0)

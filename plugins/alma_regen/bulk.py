@@ -11,8 +11,10 @@ done, and neither floods the scheduler nor the disk.
 """
 import json
 import logging
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from . import admission, naming
@@ -22,6 +24,39 @@ from .notify import STEP_FILE
 from .reuse import latest_manifest, same_as_published
 
 log = logging.getLogger(__name__)
+
+LISTINGS = ".listings"  # under the workdir: the archive's answers the feeder keeps
+
+
+def listed_files(source, mous: str, *, workdir, ttl_s: float, now: float | None = None) -> dict:
+    """{archive file name: size} of a MOUS, as the archive lists it, kept `ttl_s` seconds.
+
+    The feeder asks about every MOUS of the worklist on every pass (every 15 minutes:
+    a thousand listings a pass for a thousand MOUSs), while what the archive holds for a
+    MOUS changes rarely. A kept answer is used only for the same source; its cost is that
+    a MOUS whose archive files change is seen as changed up to ttl_s later (a forced run
+    does not wait). Staging always lists afresh. ttl_s <= 0: no keeping.
+    """
+    from .staging import list_mous
+    now = time.time() if now is None else now
+    path = Path(workdir) / LISTINGS / f"{naming.uid_to_file(mous)}.json"
+    if ttl_s > 0:
+        try:
+            kept = json.loads(path.read_text())
+            if kept["source"] == source.describe() and 0 <= now - kept["at"] < ttl_s:
+                return {str(k): int(v) for k, v in kept["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # none kept, or unreadable: ask the archive
+    files = {f.name: f.size for f in list_mous(source, mous).all_files()}
+    if ttl_s > 0:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"source": source.describe(), "at": now, "files": files}))
+            os.replace(tmp, path)
+        except OSError as exc:  # keeping is an optimisation: the answer is still good
+            log.warning("could not keep the archive's listing of %s: %s", mous, exc)
+    return files
 
 
 def parse_worklist(text: str, where: str) -> list:
@@ -101,7 +136,7 @@ def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_a
 
 def plan_bulk(worklist: str, *, source_for, products_url: str, products_client, archive_client=None,
               casa_version: str, force_all: bool, workdir, run_id_for, budget_gb: float, min_free_gb: float,
-              max_in_flight: int, footprint_factor: float) -> dict:
+              max_in_flight: int, footprint_factor: float, listing_ttl_s: float = 0) -> dict:
     """The bulk DAG's decision, with real sources (see `decide`), and a reservation in the
     ledger for each run it starts, under run_id_for(mous), the id it will be triggered as.
 
@@ -110,12 +145,11 @@ def plan_bulk(worklist: str, *, source_for, products_url: str, products_client, 
     they are. A start whose reservation is refused (a run reserved meanwhile: the check is
     repeated under the ledger's lock) is deferred.
     """
-    from .staging import list_mous
     entries = read_worklist(worklist, archive_client or products_client)
     source = source_for()
 
     def list_files(mous):
-        return {f.name: f.size for f in list_mous(source, mous).all_files()}
+        return listed_files(source, mous, workdir=workdir, ttl_s=listing_ttl_s)
 
     def manifest_of(mous):
         return latest_manifest(products_client, products_url, mous) if products_url else None

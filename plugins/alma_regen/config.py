@@ -62,6 +62,7 @@ class Settings:
     # files once. 11 is scriptForPI's own check with SPACESAVING=0 (admission.footprint): a
     # default to tune from measured runs (the native engine needs less), not a measurement.
     footprint_factor: float = 11.0
+    bulk_listing_ttl_h: float = 24.0           # the feeder keeps each MOUS's archive listing this long (0: never)
     sandbox: str = "bwrap"                     # CASA children: bwrap | bwrap-strict | none (casa/sandbox.py; env only)
     sandbox_ro_paths: str = ""                 # extra read-only paths in the sandbox, ':'-separated
     workspace_keep: str = "all"                # after a verified publish: all | raw | nothing (workspace.py)

@@ -69,7 +69,8 @@ class BulkPlanOperator(BaseOperator):
             casa_version=current_casa(), force_all=str(self.force).lower() in ("true", "1", "yes"),
             workdir=s.workdir, run_id_for=lambda mous: run_id(mous, when, prefix="bulk"),
             budget_gb=s.bulk_disk_budget_gb, min_free_gb=s.bulk_min_free_gb,
-            max_in_flight=s.bulk_max_in_flight, footprint_factor=s.footprint_factor)
+            max_in_flight=s.bulk_max_in_flight, footprint_factor=s.footprint_factor,
+            listing_ttl_s=s.bulk_listing_ttl_h * 3600)
         context["ti"].xcom_push(key="summary", value=result)
         force = str(self.force).lower() in ("true", "1", "yes")
         return [{"conf": {"mous_uid": e["mous_uid"], "source": self.source, "bulk": True, "force": force},
