@@ -314,8 +314,3 @@ def group_members(pgid) -> list:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(d.name))
     return members
-
-
-def run_casa(command, cwd, **kw) -> CasaRun:
-    """Convenience: one run with a fresh runner."""
-    return CasaRunner().run(command, cwd, **kw)

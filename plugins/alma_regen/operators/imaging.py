@@ -1,10 +1,10 @@
 """Thin imaging operators: parameters, `template_fields`, one library call each.
 
-    ImagingOperator(task_id="image", member_dir="{{ ti.xcom_pull('calibrate')['member_dir'] }}", engine="auto")
-or, mapped per target and spw (native engine):
-    units = NativeImagingUnitsOperator(task_id="imaging_units", member_dir=...)
+As alma_regenerate uses them: the plan once, the native units mapped per target and
+spw, the rest of the engine's work, then the comparison with the delivered images:
+    units = PlanImagingOperator(task_id="plan_imaging", member_dir=..., engine="auto")
     NativeImagingUnitOperator.partial(task_id="image_unit", member_dir=...).expand(unit=units.output)
-then
+    FinishImagingOperator(task_id="finish_imaging", member_dir=...)
     FidelityOperator(task_id="fidelity", member_dir=...)
 
 Errors are the library's (PermanentError: fail now; TransientError: retry).
@@ -42,24 +42,6 @@ class _CasaTask(CasaTimeouts, BaseOperator):
             runners = list(self._runners)
         for r in runners:
             r.kill()
-
-
-class ImagingOperator(_CasaTask):
-    """All images of a member folder with one engine (auto|pipeline|script|native); returns the record."""
-
-    template_fields: Sequence[str] = ("member_dir", "engine")
-    operator_extra_links = (SummaryPageLink(), ManifestLink())  # where the images get published
-
-    def __init__(self, *, engine: str = "auto", workers: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.engine, self.workers = engine, workers
-
-    def execute(self, context: Any) -> dict:
-        from ..imaging import image
-        record = image(self.member_dir, self.engine, workers=self.workers, runner_factory=self._runner,
-                       timeout=self.casa_limit())
-        self.log.info("imaging engine %s (%s): %d FITS", record["engine"], record["reason"], len(record["products"]))
-        return {"engine": record["engine"], "reason": record["reason"], "products": record["products"]}
 
 
 class NativeImagingUnitsOperator(_CasaTask):
