@@ -5,22 +5,16 @@ A user error prints one line on stderr and exits non-zero, no traceback.
 Subcommands import their module lazily so `alma-regen --help` stays fast.
 """
 import argparse
-import json
 import logging
 import sys
-from contextlib import contextmanager
 
+from .commands import casa_timeout, casa_version_arg, member_step, print_json
 from .errors import AlmaRegenError
-
-
-def _print_json(obj):
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
-    sys.stdout.write("\n")
 
 
 def cmd_synth(a):
     from .synth import synthesize
-    _print_json(synthesize(a.out, ebs=a.ebs, seed=a.seed, antennas=a.antennas, sessions=a.sessions,
+    print_json(synthesize(a.out, ebs=a.ebs, seed=a.seed, antennas=a.antennas, sessions=a.sessions,
                            restore_template=a.restore_template))
 
 
@@ -35,7 +29,7 @@ def cmd_inspect(a):
     from .delivery import Delivery
     plan = Delivery(a.member_dir).plan()
     if a.json:
-        _print_json(plan)
+        print_json(plan)
     else:
         from .delivery import format_plan
         print(format_plan(plan))
@@ -47,7 +41,7 @@ def cmd_casa_versions(a):
     from .casa.registry import load_registry
     registry = load_registry()
     if a.json:
-        _print_json([c.as_dict() for c in registry.launchers])
+        print_json([c.as_dict() for c in registry.launchers])
     else:
         for c in registry.launchers:
             print(f"{c.version!s:12} {c.kind:8} {c.pipeline or '-':14} {c.executable}  ({c.source})")
@@ -55,7 +49,7 @@ def cmd_casa_versions(a):
 
 def cmd_add_pipeline(a):
     from .casa.pipeline_layer import add_pipeline
-    _print_json(add_pipeline(a.path, layers=a.layers, registry=a.registry))
+    print_json(add_pipeline(a.path, layers=a.layers, registry=a.registry))
 
 
 def cmd_restore(a):
@@ -67,59 +61,8 @@ def cmd_restore(a):
                                                   docontsub=a.docontsub,
                                                   timeout_s=casa_timeout(a.member_dir, a.timeout)),
                             parallel=a.parallel)
-    _print_json({k: summary[k] for k in ("mous_uid", "plan", "elapsed_s")} |
+    print_json({k: summary[k] for k in ("mous_uid", "plan", "elapsed_s")} |
                 {"outputs": [r["output"] for r in summary["ebs"]]})
-
-
-# ------------------------------------------------------------------ shared by the step commands
-
-def usable_folder(path, what: str = "folder", *, writable: bool = True):
-    """A clear error (PermanentError) unless `path` is an existing folder we may write in."""
-    import os
-    from pathlib import Path
-
-    from .errors import PermanentError
-    p = Path(path)
-    if not p.exists():
-        raise PermanentError(f"{p}: no such {what}")
-    if not p.is_dir():
-        raise PermanentError(f"{p} is a file, not a {what}")
-    if writable and not os.access(p, os.W_OK | os.X_OK):
-        raise PermanentError(f"{p} is read-only: the {what} must be writable")
-    return p
-
-
-@contextmanager
-def member_step(member_dir, command: str):
-    """Run one step on a member folder: the folder checked, the MOUS's lock held (the DAG's)."""
-    from .delivery import Delivery
-    from .mous_lock import held
-    member = usable_folder(member_dir, "member folder")
-    usable_folder(member.resolve().parent, "working folder")  # the lock lives in <workdir>/.locks
-    mous = Delivery(member).mous_uid
-    if not mous:  # not a member.<MOUS> folder: no DAG run can be working in it under a MOUS name
-        yield None
-        return
-    with held(member.resolve().parent, mous, command) as run_id:
-        yield run_id
-
-
-def casa_timeout(member_dir, given):
-    """--timeout, else the limit the settings give for this member's raw data (alma_regen.timeouts)."""
-    if given:
-        return given
-    from .config import Settings
-    from .timeouts import casa_timeout as from_size
-    return from_size(member_dir, Settings.from_env())
-
-
-def casa_version_arg(text):
-    """--casa-version: empty, or a version CASA could have (a CasaError, one line, before any work)."""
-    if not text:
-        return None
-    from .casa.registry import CasaVersion
-    CasaVersion.parse(text)
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,16 +1,10 @@
 """`alma-regen image` and `alma-regen publish`: the same library calls as the operators."""
-import json
-import sys
-
-
-def _print(obj):
-    json.dump(obj, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+from .commands import print_json
 
 
 def cmd_image(a):
     from . import fidelity, imaging
-    from .cli import casa_timeout, member_step
+    from .commands import casa_timeout, member_step
     with member_step(a.member_dir, "image"):
         timeout = casa_timeout(a.member_dir, a.timeout)
         record = imaging.image(a.member_dir, engine=a.engine, workers=a.workers, timeout=timeout)
@@ -21,7 +15,7 @@ def cmd_image(a):
             doc = fidelity.check_fidelity(a.member_dir, raise_on_failure=False, timeout=timeout)
             out["fidelity"] = {"ok": doc["ok"], "summary": doc["summary"],
                                "failures": {e["image"]: e["failures"] for e in doc["images"] if e.get("failures")}}
-    _print(out)
+    print_json(out)
     if out.get("fidelity") and not out["fidelity"]["ok"]:
         from .errors import PermanentError
         raise PermanentError("fidelity check failed: " + " | ".join(
@@ -30,10 +24,10 @@ def cmd_image(a):
 
 def cmd_publish(a):
     from . import publish
-    from .cli import member_step
+    from .commands import member_step
     with member_step(a.member_dir, "publish"):
         manifest = publish.publish(a.member_dir, a.to, run=a.run, include_ms=a.include_ms, workers=a.workers)
-    _print({"run": manifest["run"], "location": manifest["location"], "objects": len(manifest["outputs"]),
+    print_json({"run": manifest["run"], "location": manifest["location"], "objects": len(manifest["outputs"]),
             "bytes": sum(o["size"] for o in manifest["outputs"]),
             "fidelity": (manifest["fidelity"] or {}).get("summary")})
 

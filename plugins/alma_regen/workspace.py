@@ -263,7 +263,7 @@ def published_manifest(client, to: str, mous: str) -> dict | None:
 
 def cmd_clean(a):
     from . import publish
-    from .cli import member_step
+    from .commands import member_step
     from .config import Settings
     from .mous_lock import CLI_DAG
     member, mous = _member(a.member_dir)

@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 
 def _cmd_stage(a) -> None:
-    from ..cli import _print_json
+    from ..commands import print_json
     from .sources import open_source
     from .stage import StageOptions, stage_mous
 
@@ -51,7 +51,7 @@ def _cmd_stage(a) -> None:
                         min_rate_bps=max(a.min_rate, 0.0), min_rate_window_s=max(a.min_rate_window, 1.0))
     # SIGTERM (a scheduler or `kill`) stops like Ctrl-C: transfers stop, partial data stay for a resume.
     signal.signal(signal.SIGTERM, _interrupt)
-    _print_json(stage_mous(a.mous, source, a.workdir, opts))
+    print_json(stage_mous(a.mous, source, a.workdir, opts))
 
 
 def _interrupt(signum, frame):
