@@ -38,6 +38,7 @@ from pathlib import Path
 from . import naming
 from .config import WORKSPACE_KEEP
 from .errors import PermanentError
+from .staging.progress import human
 
 log = logging.getLogger(__name__)
 
@@ -222,14 +223,6 @@ def summary(result: dict, member) -> str:
     what = "the whole member folder" if result.get("whole_folder") else (", ".join(result["removed"]) or "nothing")
     return f"working space cleaned (keep={result['keep']}): removed {what} from {member}, " \
            f"{human(result['bytes_freed'])} freed"
-
-
-def human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 # ------------------------------------------------------------------ the products' side
