@@ -98,7 +98,7 @@ def test_a_corrupt_or_empty_ledger_is_set_aside_with_a_warning(tmp_path, caplog)
     ledger = tmp_path / ".ledger.json"
     for bad in ("", '{"runs": [1, 2', '["not", "a", "ledger"]'):
         ledger.write_text(bad)
-        with caplog.at_level(logging.WARNING, logger="alma_regen.admission"):
+        with caplog.at_level(logging.WARNING, logger="alma_regen"):
             assert admission.reserved(tmp_path) == 0
         assert "started afresh" in caplog.text
         assert (tmp_path / ".ledger.json.corrupt").read_text() == bad

@@ -142,3 +142,17 @@ def test_summarize_starts_the_clock_at_the_first_bulk_run_of_the_worklist():
     # 1/48 per hour; 2 remaining at that rate = 96 h.
     assert got["throughput_per_h"] == round(1 / 48, 2) and got["eta_s"] == 96 * 3600.0
     assert summarize([bulk("x", 0)], history, T0) is None and summarize([], [], T0) is None
+
+
+def test_a_parked_mous_is_neither_failed_nor_remaining_and_says_why():
+    summary = plan(start=[A], deferred=[B])
+    summary["parked"] = [{"mous_uid": C, "why": "3 failed runs in a row (the last, r3: restore_eb: boom)"}]
+    summary["attempts"] = {C: {"failures": 3, "error": "restore_eb: boom"}, X: {"failures": 1, "error": "x"}}
+    # C's last run in the campaign failed; the latest plan parked it.
+    p = progress(summary, rows(A=[run("success", 1, 30)], C=[run("failed", 2, 20)]), T0, T0 + timedelta(hours=1))
+    assert (p["parked"], p["failed"], p["done"], p["waiting"], p["remaining"]) == (1, 0, 1, 1, 1)
+    assert p["parked_mous"] == [{"mous_uid": C, "why": summary["parked"][0]["why"]}]
+    assert p["attempts"] == {C: {"failures": 3, "error": "restore_eb: boom"}}  # X is not in the worklist
+    # Forced and running again: running, not parked.
+    p = progress(summary, rows(C=[run("failed", 2, 20), run("running", 40)]), T0, T0 + timedelta(hours=1))
+    assert p["running"] == 1 and p["parked"] == 0 and p["parked_mous"] == []

@@ -143,6 +143,11 @@ def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archi
     assert "working space cleaned (keep=nothing): removed the whole member folder" in out, \
         f"see {tmp_path / 'dags_test.log'}"
     assert not (tmp_path / "work" / ".locks" / f"{mous_f}.json").exists(), "the teardown releases the lock"
+    # Cleaned, the run's disk reservation comes down to what is left (nothing) before its teardown.
+    assert "disk reservation now 0.00 GB" in out, f"see {tmp_path / 'dags_test.log'}"
+    from alma_regen import attempts
+    rec = attempts.records(tmp_path / "work")[synth_delivery["mous_uid"]]
+    assert rec["failures"] == 0 and rec["runs"][-1]["outcome"] == "success" and rec["runs"][-1]["run_id"] == run_id
 
     # The same MOUS again, not forced: already published with the same inputs and CASA.
     r = airflow_home.dags_test("alma_regenerate", {"mous_uid": synth_delivery["mous_uid"]},
@@ -166,6 +171,10 @@ def test_transient_fault_is_retried_and_succeeds(airflow_home, synth_delivery, a
     first = st[("stage_auxiliary", -1)]
     assert first["state"] == "success" and first["try_number"] >= 2, st
     assert st[("finish_calibration", -1)]["state"] == "success", (r.stdout + r.stderr)[-3000:]
+    # The try that failed is not a failed run: the MOUS's attempts record a success.
+    from alma_regen import attempts
+    rec = attempts.records(tmp_path / "work")[synth_delivery["mous_uid"]]
+    assert rec["failures"] == 0 and [r["outcome"] for r in rec["runs"]] == ["success"], rec
 
 
 def test_permanent_fault_fails_without_retries(airflow_home, synth_delivery, archive_server, tmp_path):
@@ -182,3 +191,8 @@ def test_permanent_fault_fails_without_retries(airflow_home, synth_delivery, arc
     assert aux_ti["state"] == "failed" and aux_ti["try_number"] == 1, st
     assert st[("release_mous", -1)]["state"] == "success"
     assert "permanent" in (r.stdout + r.stderr).lower()
+    # The teardown recorded a failed run, with the task and its error as the reason.
+    from alma_regen import attempts
+    rec = attempts.records(tmp_path / "work")[synth_delivery["mous_uid"]]
+    assert rec["failures"] == 1 and rec["runs"][-1]["outcome"] == "failed", rec
+    assert rec["runs"][-1]["error"].startswith("stage_auxiliary: "), rec

@@ -161,7 +161,10 @@ def test_raw_keeps_what_a_rerun_needs_and_links_are_not_followed(member, product
     assert result["removed"] == [".alma-regen-step", "calibrated", "imaging", "scratch"]
     assert result["bytes_freed"] == under(sizes, "calibrated") + under(sizes, "imaging") + \
         sizes[".alma-regen-step"]
-    assert tree(m) == kept_before
+    after = tree(m)
+    # The stamp that makes the folder an entry of the raw cache (evicted by LRU under a quota).
+    assert json.loads((m / workspace.CACHED).read_text())["mous_uid"] == MOUS
+    assert {k: v for k, v in after.items() if k != workspace.CACHED} == kept_before
     # The targets of the links survive, with their bytes.
     assert (outside / "cache" / "big.bin").stat().st_size == 4096
     assert "removed .alma-regen-step, calibrated, imaging, scratch" in workspace.summary(result, m)
@@ -361,3 +364,61 @@ def test_a_bad_keep_fails_before_anything_is_uploaded(member, seaweedfs, monkeyp
     with pytest.raises(PermanentError, match="keep must be one of"):
         op.execute({"run_id": "r", "params": {"keep": "most"}})
     assert seaweedfs.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+# ------------------------------------------------------------------ the raw cache (keep=raw, with a quota)
+
+def test_the_raw_cache_evicts_the_least_recently_used_and_never_what_is_in_use(member, products, capsys):
+    import shutil
+    m, _, _ = member
+    client, to = products
+    holder = ("alma_regenerate", "run-1")
+    mous_lock.acquire(m.parent, MOUS, *holder)
+    workspace.clean(workspace.plan_clean(m, "raw"), manifest=publish_member(m, to, client), holder=holder)
+    mous_lock.release(m.parent, MOUS, *holder)
+    # Copies of the cleaned folder stand for other MOUSs cleaned earlier (their stamps' times).
+    work = m.parent
+    names = {"XA": 100, "XB": 200, "XC": 50, "XD": 10}
+    for suffix, used in names.items():
+        shutil.copytree(m, work / f"member.uid___A001_X3001_{suffix}", symlinks=True)
+    (work / "member.uid___A001_X3001_XC" / ".alma-regen-step").write_text("{}")  # a run works in XC again
+    mous_lock.acquire(work, "uid://A001/X3001/XD", "alma_regenerate", "busy")    # and one holds XD
+    for suffix, used in names.items():
+        os.utime(work / f"member.uid___A001_X3001_{suffix}" / workspace.CACHED, (used, used))
+    cache = workspace.raw_cache(work)
+    # XC is not a cache entry (a run works there); least recently used first.
+    assert [c.member.name[-2:] for c in cache] == ["XD", "XA", "XB", "X9"]
+    size = cache[0].bytes
+    assert size > 5000 and all(c.bytes == size for c in cache)
+    # Dry run: the quota of two entries would take the two oldest.
+    assert [c.member.name[-2:] for c in workspace.evict(work, 2 * size, dry_run=True)] == ["XD", "XA"]
+    assert len(workspace.raw_cache(work)) == 4
+    # For real: XD is in use (its lock is held) and stays; XA and XB go.
+    gone = workspace.evict(work, 2 * size)
+    assert [c.member.name[-2:] for c in gone] == ["XA", "XB"]
+    assert sorted(p.name[-2:] for p in work.glob("member.*")) == ["X9", "XC", "XD"]
+    # The command line: lists, and with --yes removes, down to its quota.
+    mous_lock.release(work, "uid://A001/X3001/XD", "alma_regenerate", "busy")
+    def raw_cache_cli(*args):
+        assert cli.main(["raw-cache", str(work), "--quota-gb", str(size / 1e9 * 1.5), *args]) == 0
+        return capsys.readouterr().out
+    out = raw_cache_cli()
+    assert "raw cache: 2 member folder(s)" in out and "would remove" in out and "XD" in out
+    assert (work / "member.uid___A001_X3001_XD").is_dir()
+    out = raw_cache_cli("--yes")
+    assert "removed" in out and not (work / "member.uid___A001_X3001_XD").exists()
+    assert (work / MEMBER).is_dir() and (work / "member.uid___A001_X3001_XC").is_dir()
+
+
+def test_the_publish_step_shrinks_its_reservation_to_what_is_left(member, seaweedfs, monkeypatch):
+    from alma_regen import admission
+    from alma_regen.operators.publish import PublishOperator
+    m, _, sizes = member
+    _operator_env(seaweedfs, monkeypatch)
+    run = _Run("alma_regenerate", "uid___A001_X3001_X9__20260101T000009")
+    mous_lock.acquire(m.parent, MOUS, run.dag_id, run.run_id)
+    admission.reserve(m.parent, run.run_id, MOUS, 10**9)
+    op = PublishOperator(task_id="publish", member_dir=str(m), to=f"s3://{seaweedfs.bucket('wsop')}/regen", workers=2)
+    op.execute({"run_id": run.run_id, "dag_run": run, "params": {"keep": "raw"}})
+    left = admission.entries(m.parent)[run.run_id]["bytes"]
+    assert left == admission.usage(m) and 0 < left < 10**9

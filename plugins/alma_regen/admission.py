@@ -4,14 +4,16 @@ Every alma_regenerate run holds a reservation of its predicted footprint in one 
 that every run and the bulk feeder share: `<workdir>/.ledger.json`, run_id ->
 {"mous_uid", "bytes", "since"}. The bulk plan reserves each run it starts (under the run
 id it will trigger) before triggering it; a run started some other way (an operator's
-rerun) reserves at lock_mous; every run releases at release_mous (its teardown). The
+rerun) reserves at lock_mous; a run shrinks its reservation to what its member folder
+still holds once its products are published and the folder cleaned (`shrink`); every run
+releases at release_mous (its teardown). The
 feeder forgets the entries of runs that are no longer queued or running (a killed run
 whose teardown never ran), so nothing holds disk forever.
 
 Concurrency: every read-modify-write of the ledger happens under an flock of
 `<workdir>/.ledger.json.lock` (on Linux NFS an flock is carried as a POSIX lock, so
-workers on other hosts are excluded too), and the ledger is replaced atomically (temporary
-file, fsync, rename): a reader never sees half a ledger. An empty or corrupt ledger (a hand
+workers on other hosts are excluded too), and the ledger is replaced atomically
+(jsonstore.py): a reader never sees half a ledger. An empty or corrupt ledger (a hand
 edit, an old copy) is set aside with a warning and started afresh, never a crash: the
 runs it held are then uncounted until they end, which only over-admits for a while.
 
@@ -20,19 +22,13 @@ they need and pass plain values in.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import logging
 import os
 import shutil
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-from . import naming
-from .errors import PermanentError
+from . import jsonstore, naming
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +110,12 @@ def disk_budget(workdir, *, budget_gb: float, min_free_gb: float) -> int:
         return int(budget_gb * GB)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(workdir).free
-    used = sum(min(_usage(Path(workdir) / naming.member_dir(e["mous_uid"])), e["bytes"])
+    used = sum(min(usage(Path(workdir) / naming.member_dir(e["mous_uid"])), e["bytes"])
                for e in entries(workdir).values())
     return max(int(free + used - min_free_gb * GB), 0)
 
 
-def _usage(folder: Path) -> int:
+def usage(folder: Path) -> int:
     """Bytes a folder takes on disk (allocated blocks: sparse files count what they use;
     symlinks not followed, a hard-linked file once)."""
     total, seen = 0, set()
@@ -167,6 +163,21 @@ def release(workdir, run_id: str) -> bool:
         return False
     with _locked(workdir) as runs:
         return runs.pop(run_id, None) is not None
+
+
+def shrink(workdir, run_id: str, nbytes: int) -> int | None:
+    """Lower the run's reservation to `nbytes` (never raise it): what it holds now, or None
+    when it holds none. A run calls this when its disk use has come down for good (its
+    member folder cleaned after the publish), so the feeder can admit the next run before
+    this one's teardown."""
+    if not ledger_path(workdir).exists():
+        return None
+    with _locked(workdir) as runs:
+        e = runs.get(run_id)
+        if e is None:
+            return None
+        e["bytes"] = min(e["bytes"], max(int(nbytes), 0))
+        return e["bytes"]
 
 
 def reserved(workdir) -> int:
@@ -237,77 +248,12 @@ def _total(runs: dict) -> int:
     return sum(e["bytes"] for e in runs.values())
 
 
-@contextmanager
+def _valid(run_id, e) -> bool:
+    return (isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("mous_uid"), str)
+            and isinstance(e.get("since", 0), (int, float)))
+
+
 def _locked(workdir, write: bool = True):
     """The ledger's runs under its lock; written back (atomically) when `write` and changed."""
-    path = ledger_path(workdir)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise PermanentError(f"cannot open the disk reservation ledger's lock in {path.parent}: "
-                             f"{exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        runs = _read(path)
-        before = json.dumps(runs, sort_keys=True)
-        yield runs
-        if write and json.dumps(runs, sort_keys=True) != before:
-            _write(path, runs)
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def _read(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        return _set_aside(path, f"unreadable ({exc})")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return _set_aside(path, "empty" if not text.strip() else "not JSON")
-    runs = doc.get("runs") if isinstance(doc, dict) else None
-    if not isinstance(runs, dict):
-        return _set_aside(path, "not a ledger")
-    good = {r: e for r, e in runs.items() if isinstance(e, dict) and isinstance(e.get("bytes"), int)
-            and isinstance(e.get("mous_uid"), str) and isinstance(e.get("since", 0), (int, float))}
-    if len(good) != len(runs):
-        log.warning("ledger %s: dropped %d malformed entries", path, len(runs) - len(good))
-    return good
-
-
-def _set_aside(path: Path, why: str) -> dict:
-    """A corrupt ledger: kept as `.ledger.json.corrupt` for a look, and started afresh."""
-    log.warning("the disk reservation ledger %s is %s: set aside as %s.corrupt and started afresh; the runs "
-                "it held are not counted until they end", path, why, path.name)
-    try:
-        os.replace(path, path.with_name(path.name + ".corrupt"))
-    except OSError:
-        pass
-    return {}
-
-
-def _write(path: Path, runs: dict):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"schema": SCHEMA, "runs": runs}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise PermanentError(f"no space left to write the disk reservation ledger {path}") from None
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    return jsonstore.locked(ledger_path(workdir), schema=SCHEMA, key="runs", valid=_valid,
+                            what="the disk reservation ledger", write=write)

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import admission, naming
+from . import admission, attempts, naming
 from .admission import admit, footprint
 from .errors import PermanentError
 from .notify import STEP_FILE
@@ -98,18 +98,22 @@ def read_worklist(location: str, s3_client=None) -> list:
 
 
 def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_all: bool, workdir,
-           budget_bytes: int, ledger: dict, max_in_flight: int, footprint_factor: float) -> dict:
-    """Split a worklist into start / skipped / deferred / too_large, with the reason for each.
+           budget_bytes: int, ledger: dict, max_in_flight: int, footprint_factor: float,
+           parked: dict | None = None) -> dict:
+    """Split a worklist into start / skipped / deferred / parked / too_large, with the reason for each.
 
     list_files(mous) -> {archive file name: size}; manifest_of(mous) -> the published manifest
-    or None; ledger: the reservations now held (admission.entries). A MOUS published as it
+    or None; ledger: the reservations now held (admission.entries); parked: {mous: why} of the
+    MOUSs parked after failing again and again (attempts.parked). A MOUS published as it
     would be again is skipped; one whose run is in flight (in the ledger) is deferred, so a
-    frequent feeder never starts a MOUS twice; the rest go through admission.admit in
-    worklist order: started while their footprint fits the budget and the in-flight cap,
-    too_large when larger than the whole budget, deferred otherwise.
+    frequent feeder never starts a MOUS twice; a parked one is not started unless forced;
+    the rest go through admission.admit in worklist order: started while their footprint
+    fits the budget and the in-flight cap, too_large when larger than the whole budget,
+    deferred otherwise.
     """
+    parked = parked or {}
     flying = {e["mous_uid"]: run for run, e in ledger.items()}
-    skipped, candidates, waiting, attempted = [], [], [], []
+    skipped, candidates, waiting, attempted, parked_out = [], [], [], [], []
     for e in entries:
         mous = e["mous_uid"]
         files = list_files(mous)
@@ -125,13 +129,25 @@ def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_a
         if mous in flying:
             waiting.append({"mous_uid": mous, "why": f"in flight: run {flying[mous]}"})
             continue
-        candidates.append({"mous_uid": mous, "why": why, "bytes": footprint(files, footprint_factor)})
+        if mous in parked and not (force_all or e["force"]):
+            parked_out.append({"mous_uid": mous, "why": parked[mous]})
+            continue
+        candidates.append({"mous_uid": mous, "why": why, "bytes": footprint(files, footprint_factor),
+                           **({"unpark": True} if mous in parked else {})})
     reserved_bytes = sum(e["bytes"] for e in ledger.values())
     start, deferred, too_large = admit(candidates, budget_bytes=budget_bytes, reserved_bytes=reserved_bytes,
                                        in_flight=len(ledger), max_in_flight=max_in_flight)
-    return {"start": start, "skipped": skipped, "deferred": waiting + deferred, "too_large": too_large,
+    return {"start": start, "skipped": skipped, "deferred": waiting + deferred, "parked": parked_out,
+            "too_large": too_large,
             "attempted_before_unpublished": attempted, "budget_gb": round(budget_bytes / 1e9, 1),
             "reserved_gb": round(reserved_bytes / 1e9, 1), "in_flight": len(ledger)}
+
+
+def _last_error(rec: dict):
+    for run in reversed(rec.get("runs") or []):
+        if run.get("outcome") == "failed":
+            return run.get("error")
+    return None
 
 
 def plan_bulk(worklist: str, *, source_for, products_url: str, products_client, archive_client=None,
@@ -157,22 +173,31 @@ def plan_bulk(worklist: str, *, source_for, products_url: str, products_client, 
     Path(workdir).mkdir(parents=True, exist_ok=True)
     ledger = {r: e for r, e in admission.entries(workdir).items() if r != run_id_for(e["mous_uid"])}
     budget = admission.disk_budget(workdir, budget_gb=budget_gb, min_free_gb=min_free_gb)
+    tried = attempts.records(workdir)
     result = decide(entries, list_files=list_files, manifest_of=manifest_of, casa_version=casa_version,
                     force_all=force_all, workdir=workdir, budget_bytes=budget, ledger=ledger,
-                    max_in_flight=max_in_flight, footprint_factor=footprint_factor)
+                    max_in_flight=max_in_flight, footprint_factor=footprint_factor,
+                    parked=attempts.parked(tried))
     started = []
     for e in result["start"]:
         run = run_id_for(e["mous_uid"])
         if admission.reserve(workdir, run, e["mous_uid"], e["bytes"], budget_bytes=budget,
                              max_in_flight=max_in_flight):
+            if e.pop("unpark", False) and attempts.unpark(workdir, e["mous_uid"]):
+                log.info("bulk: %s was parked; forced, it starts again", e["mous_uid"])
             started.append({**e, "run_id": run})
         else:
             result["deferred"].append({**e, "why": "another run reserved the space or the last in-flight "
                                                    "slot meanwhile"})
     result["start"] = started
+    # The campaign view's "attempts": the MOUSs of this worklist that failed before, and how.
+    work = {e["mous_uid"] for e in entries}
+    result["attempts"] = {m: {"failures": r.get("failures", 0), "error": _last_error(r)}
+                          for m, r in tried.items() if m in work and r.get("failures")}
     result["free_gb"] = round(shutil.disk_usage(workdir).free / 1e9, 1)
-    log.info("bulk: %d to start, %d skipped (published, same inputs and CASA), %d deferred, %d too large "
-             "for the %.1f GB budget (%.1f GB reserved by %d runs in flight before this plan)",
-             len(result["start"]), len(result["skipped"]), len(result["deferred"]), len(result["too_large"]),
+    log.info("bulk: %d to start, %d skipped (published, same inputs and CASA), %d deferred, %d parked, "
+             "%d too large for the %.1f GB budget (%.1f GB reserved by %d runs in flight before this plan)",
+             len(result["start"]), len(result["skipped"]), len(result["deferred"]), len(result["parked"]),
+             len(result["too_large"]),
              result["budget_gb"], result["reserved_gb"], result["in_flight"])
     return result

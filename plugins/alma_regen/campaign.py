@@ -10,11 +10,17 @@ split. A MOUS is
     failed   its latest run since the campaign began failed
     running  its latest run since the campaign began is queued or running
     waiting  deferred, or to start and not started yet
+    parked   failed bulk_max_attempts runs in a row (attempts.py): not started again until
+             forced; the plan says why (the last error)
     too_large  larger than the whole disk budget (admission.py): never started
+
+Per MOUS that failed before, the latest plan also gives its failed runs in a row and
+the last error ("attempts"), passed on as they are.
 
 Throughput is the MOUSs whose run ended (succeeded or failed) per hour since the campaign
 began; the ETA is the MOUSs still running or waiting at that rate. Failed and too large MOUSs
-are not in the ETA: they need someone (the cause fixed, a bigger budget).
+are not in the ETA (failed ones are retried by the feeder until parked; parked and too large
+ones need someone: the cause fixed, a bigger budget).
 
 Plain dicts and lists in, plain numbers out: no Airflow here (ui_app reads the database).
 """
@@ -23,8 +29,8 @@ from __future__ import annotations
 from datetime import datetime
 
 BULK_DAG_ID = "alma_bulk_reprocess"
-KINDS = ("start", "skipped", "deferred", "too_large")
-STATES = ("done", "running", "waiting", "failed", "too_large")
+KINDS = ("start", "skipped", "deferred", "parked", "too_large")
+STATES = ("done", "running", "waiting", "failed", "parked", "too_large")
 
 
 def _dt(v) -> datetime | None:
@@ -100,6 +106,8 @@ def progress(summary: dict, rows: list, began, now) -> dict:
         state = (run or {}).get("state")
         if kind == "skipped" or state == "success":
             s = "done"
+        elif kind == "parked" and state not in ("queued", "running"):
+            s = "parked"  # failed again and again: the feeder holds it until forced
         elif state == "failed":
             s = "failed"
         elif run is not None:
@@ -132,6 +140,9 @@ def progress(summary: dict, rows: list, began, now) -> dict:
         "percent_done": round(100 * len(by_state["done"]) / len(work), 1) if work else 0.0,
         "failed_mous": by_state["failed"],
         "too_large_mous": by_state["too_large"],
+        "parked_mous": [{"mous_uid": e.get("mous_uid"), "why": e.get("why")}
+                        for e in summary.get("parked") or [] if e.get("mous_uid") in by_state["parked"]],
+        "attempts": {m: a for m, a in (summary.get("attempts") or {}).items() if m in work},
     }
 
 

@@ -146,7 +146,7 @@ _EXTRA.append(_register_products)
 
 
 def _register_workspace(sub):
-    from .workspace import register  # clean
+    from .workspace import register  # clean, raw-cache
     register(sub)
 
 

@@ -62,10 +62,16 @@ class Settings:
     # files once. 11 is scriptForPI's own check with SPACESAVING=0 (admission.footprint): a
     # default to tune from measured runs (the native engine needs less), not a measurement.
     footprint_factor: float = 11.0
+    # A MOUS whose runs failed this many times in a row is parked: the feeder reports it and
+    # starts it again only when forced (attempts.py); 0: never parked.
+    bulk_max_attempts: int = 3
     bulk_listing_ttl_h: float = 24.0           # the feeder keeps each MOUS's archive listing this long (0: never)
     sandbox: str = "bwrap"                     # CASA children: bwrap | bwrap-strict | none (casa/sandbox.py; env only)
     sandbox_ro_paths: str = ""                 # extra read-only paths in the sandbox, ':'-separated
     workspace_keep: str = "all"                # after a verified publish: all | raw | nothing (workspace.py)
+    # With keep=raw the cleaned member folders are a cache of the archive's files for reruns;
+    # above this size the least recently used go whole (workspace.evict). 0: no limit.
+    raw_cache_gb: float = 0.0
 
     def __post_init__(self):
         if self.workspace_keep not in WORKSPACE_KEEP:

@@ -2,6 +2,8 @@
 
 - every alma_regenerate task, when it starts, notes its step in the member
   folder (`notify.record_step`): what the deadline alert falls back on;
+- every alma_regenerate task that fails notes its error for the MOUS's attempts
+  (attempts.py; the run's teardown decides whether the run failed);
 - every alma-regen task, when it ends, records its duration as a metric:
   `alma_regen.step_duration` (milliseconds, tags dag_id and task_id) and
   `alma_regen.step_duration.<dag_id>.<task_id>` for StatsD without tags.
@@ -86,3 +88,13 @@ def on_task_instance_success(previous_state, task_instance):
 @hookimpl
 def on_task_instance_failed(previous_state, task_instance, error):
     _record(task_instance, "failed")
+    # The error, for the run's end to take as its reason if the run fails (attempts.py).
+    try:
+        mous = task_instance.dag_id == "alma_regenerate" and _mous(task_instance)
+        if mous:
+            from . import attempts
+            from .config import runtime_settings
+            attempts.note_error(runtime_settings().workdir, mous, task_instance.run_id, task_instance.task_id,
+                                error if error is not None else "failed")
+    except Exception as exc:  # noqa: BLE001
+        log.debug("alma-regen listener (attempts): %s", exc)

@@ -422,20 +422,25 @@ def _campaign_panel(c: dict | None) -> str:
     e, total = html.escape, c["total"] or 1
     eta = "complete" if c["complete"] else (_fmt_s(c["eta_s"]) if c["eta_s"] is not None else "—")
     segs = "".join(f'<span class="seg {k}" style="width:{100 * c[k] / total:.2f}%"></span>'
-                   for k in ("done", "failed", "running") if c[k])
+                   for k in ("done", "failed", "parked", "running") if c.get(k))
     stats = "".join(f'<span class="stat" data-stat="{k}"><i class="dot {k}"></i>{label} <b>{c[k]}</b></span>'
                     for k, label in (("done", "done"), ("running", "running/queued"), ("waiting", "waiting"),
-                                     ("failed", "failed"), ("too_large", "too large"))
-                    if k != "too_large" or c.get(k))
+                                     ("failed", "failed"), ("parked", "parked"), ("too_large", "too large"))
+                    if k not in ("parked", "too_large") or c.get(k))
     runs = f'{c["bulk_runs"]} bulk run{"s" if c["bulk_runs"] != 1 else ""}, latest '
     failed = ""
     for key, title in (("failed_mous", "failed MOUSs"), ("too_large_mous", "MOUSs larger than the disk budget")):
         if c.get(key):
             failed += (f'<details class="{key.replace("_", "-")}"><summary>{title}</summary><div class="steps">'
                        + ", ".join(f"<code>{e(m)}</code>" for m in c[key]) + "</div></details>")
+    if c.get("parked_mous"):
+        failed += ('<details class="parked-mous"><summary>parked MOUSs (failed again and again; '
+                   'started again only when forced)</summary><ul class="steps">'
+                   + "".join(f"<li><code>{e(p['mous_uid'] or '')}</code>: {e(p['why'] or '')}</li>"
+                             for p in c["parked_mous"]) + "</ul></details>")
     return (f'<section id="campaign" class="campaign" aria-label="Bulk reprocessing campaign" '
             f'data-total="{c["total"]}" data-done="{c["done"]}" data-running="{c["running"]}" '
-            f'data-waiting="{c["waiting"]}" data-failed="{c["failed"]}" data-too-large="{c.get("too_large", 0)}">'
+            f'data-waiting="{c["waiting"]}" data-failed="{c["failed"]}" data-parked="{c.get("parked", 0)}" data-too-large="{c.get("too_large", 0)}">'
             f'<div class="campaign-head"><h2>Bulk reprocessing</h2>'
             f'<span class="muted small">worklist of {c["total"]} MOUS{"s" if c["total"] != 1 else ""} · since '
             f'{e(_when(c["began"]))} UTC · {runs}<a class="bulk-run ext" href="{e(c.get("bulk_run_url") or "")}" '
@@ -515,12 +520,13 @@ section.campaign{border:1px solid var(--border);border-radius:8px;padding:12px 1
 .campaign-head h2{font-size:16px;font-weight:600;margin:0}.campaign-head .pct{margin-left:auto;font-weight:600}
 .progress{display:flex;height:10px;border-radius:5px;overflow:hidden;background:var(--border)}
 .progress .seg{height:100%}.progress .done{background:var(--success)}.progress .failed{background:var(--failed)}
-.progress .running{background:var(--running)}
+.progress .running{background:var(--running)}.progress .parked{background:var(--muted)}
 .stats{display:flex;gap:20px;flex-wrap:wrap;margin-top:8px;font-size:13px;color:var(--muted)}
 .stats b{color:var(--fg);font-weight:600}
 .dot{display:inline-block;width:8px;height:8px;border-radius:50%;margin-right:5px;background:var(--queued)}
 .dot.done{background:var(--success)}.dot.running{background:var(--running)}.dot.failed{background:var(--failed)}
 .dot.waiting{background:var(--border);box-shadow:inset 0 0 0 1px var(--muted)}
+.dot.parked{background:var(--muted)}
 </style></head>
 <body><h1>Reprocessing</h1>
 <p class="lead">Every MOUS with its <code>%DAG%</code> runs (latest first), from Airflow's database,

@@ -14,7 +14,11 @@ published and verified:
                .<archive file>.staged.json     the stamps of the README, auxiliary and product
                                         tars (an untouched tar is not staged again)
              everything else goes: calibrated/ (the MSs), imaging/ (images, fidelity work),
-             calibration.json, step notes, leftovers of interrupted steps.
+             calibration.json, step notes, leftovers of interrupted steps. The folder
+             is then an entry of the raw cache (a `.raw-cache.json` stamp): with the
+             setting raw_cache_gb > 0 the least recently used entries are removed whole
+             when the cache grows past it (`evict`, after each keep=raw cleaning, and
+             `alma-regen raw-cache`).
     nothing  the whole member folder.
 
 Rules: a symbolic link is removed, never followed (its target survives, also
@@ -32,6 +36,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +50,7 @@ log = logging.getLogger(__name__)
 KEEP = WORKSPACE_KEEP  # all | raw | nothing
 # What "raw" keeps: the folders staging fills (staging/layout.py: the ASDM, auxiliary and product tars).
 RAW_KEEPS = ("raw", "script", "calibration", "qa", "log", "product")
+CACHED = ".raw-cache.json"   # written by a keep=raw cleaning: the folder is a raw cache entry (below)
 
 
 class NotPublished(PermanentError):
@@ -109,7 +115,7 @@ def _member(member_dir) -> tuple[Path, str]:
 
 
 def _kept_for_rerun(name: str) -> bool:
-    return (name in RAW_KEEPS or name.lower().endswith("readme.txt") or name == "README"
+    return (name in RAW_KEEPS or name.lower().endswith("readme.txt") or name == "README" or name == CACHED
             or (name.startswith(".") and name.endswith(".staged.json")))
 
 
@@ -213,7 +219,78 @@ def clean(plan: Plan, *, manifest, holder) -> dict:
                 shutil.rmtree(p)
     out = {"keep": plan.keep, "removed": [e.name for e in plan.remove], "bytes_freed": plan.total_bytes,
            "whole_folder": plan.whole}
+    if plan.keep == "raw":
+        _mark_cached(member, plan.mous, manifest)
     return out
+
+
+# ------------------------------------------------------------------ the raw cache
+# A member folder cleaned to keep=raw holds what a rerun needs without downloading
+# anything: a cache of the archive's files. With a quota (setting raw_cache_gb) the
+# least recently used of these are removed whole when the cache is over it. Only folders
+# that hold nothing but what staging brought and the stamp below are cache entries: a
+# folder a run is working in has more (its step note, calibrated/), and its MOUS lock is
+# taken before anything is removed, so nothing in use and nothing unpublished goes.
+
+
+@dataclass
+class Cached:
+    member: Path
+    mous: str
+    bytes: int
+    used: float      # when a run last cleaned it after publishing (the stamp's time)
+
+
+def _mark_cached(member: Path, mous: str, manifest: dict) -> None:
+    from .jsonstore import write_atomic
+    write_atomic(member / CACHED, {"mous_uid": mous, "run": manifest.get("run"),
+                                   "location": manifest.get("location")}, what="the raw cache stamp")
+
+
+def raw_cache(workdir) -> list:
+    """[Cached] of the workdir, least recently used first."""
+    out = []
+    for member in sorted(Path(workdir).glob("member.*")):
+        stamp = member / CACHED
+        try:
+            if member.is_symlink() or not stamp.is_file():
+                continue
+            names = [p.name for p in member.iterdir()]
+            if not all(_kept_for_rerun(n) for n in names):
+                continue  # a run works here again (or left something): not a cache entry now
+            _, mous = _member(member)
+            out.append(Cached(member, mous, _size(member, set()), stamp.stat().st_mtime))
+        except (OSError, PermanentError):
+            continue  # removed meanwhile, or not one of ours
+    return sorted(out, key=lambda c: c.used)
+
+
+def evict(workdir, quota_bytes: int, *, dry_run: bool = False) -> list:
+    """Remove least recently used raw cache entries until the cache fits `quota_bytes`;
+    [Cached] removed (or, dry_run, that would be). An entry whose MOUS a run has taken
+    meanwhile is left alone (and the next one tried)."""
+    from .mous_lock import MousBusy, held
+    cache = raw_cache(workdir)
+    total, gone = sum(c.bytes for c in cache), []
+    for c in cache:
+        if total <= quota_bytes:
+            break
+        if dry_run:
+            gone.append(c)
+            total -= c.bytes
+            continue
+        try:
+            with held(workdir, c.mous, "raw-cache"):
+                if c not in raw_cache(workdir):  # looked at again under the lock
+                    continue
+                shutil.rmtree(c.member)
+        except MousBusy:
+            continue
+        log.info("raw cache: removed %s (%s, last used %s)", c.member, human(c.bytes),
+                 time.strftime("%Y-%m-%d %H:%M", time.gmtime(c.used)))
+        gone.append(c)
+        total -= c.bytes
+    return gone
 
 
 def summary(result: dict, member) -> str:
@@ -285,6 +362,26 @@ def cmd_clean(a):
     return 0
 
 
+def cmd_raw_cache(a):
+    from .config import Settings
+    quota_gb = Settings.from_env().raw_cache_gb if a.quota_gb is None else a.quota_gb
+    cache = raw_cache(a.workdir)
+    for c in reversed(cache):
+        print(f"{human(c.bytes):>10}  {time.strftime('%Y-%m-%d %H:%M', time.gmtime(c.used))}  {c.member}")
+    total = sum(c.bytes for c in cache)
+    print(f"raw cache: {len(cache)} member folder(s), {human(total)}" +
+          (f", quota {quota_gb:g} GB" if quota_gb > 0 else ", no quota (raw_cache_gb = 0)"))
+    if quota_gb <= 0:
+        return 0
+    gone = evict(a.workdir, int(quota_gb * 1e9), dry_run=not a.yes)
+    verb = "removed" if a.yes else "would remove"
+    for c in gone:
+        print(f"{verb:12} {human(c.bytes):>10}  {c.member}")
+    if not a.yes and gone:
+        print("add --yes to remove them")
+    return 0
+
+
 def register(sub):
     s = sub.add_parser("clean", help="free the working space of a published MOUS (dry run without --yes)")
     s.add_argument("member_dir")
@@ -295,3 +392,10 @@ def register(sub):
                    help="s3://bucket/prefix the MOUS is published under (default: ALMA_REGEN_PRODUCTS_URL)")
     s.add_argument("--yes", action="store_true", help="remove; without it, only list what would go")
     s.set_defaults(func=cmd_clean)
+    r = sub.add_parser("raw-cache", help="the raw data kept for reruns (keep=raw) and what the quota evicts "
+                                         "(dry run without --yes)")
+    r.add_argument("workdir")
+    r.add_argument("--quota-gb", type=float, default=None,
+                   help="the cache's size limit (default: the setting raw_cache_gb)")
+    r.add_argument("--yes", action="store_true", help="remove; without it, only list what would go")
+    r.set_defaults(func=cmd_raw_cache)

@@ -85,16 +85,17 @@ class BulkSummaryOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict:
         s = context["ti"].xcom_pull(task_ids="plan", key="summary") or {}
-        report = {k: s.get(k, []) for k in ("start", "skipped", "deferred", "too_large",
+        report = {k: s.get(k, []) for k in ("start", "skipped", "deferred", "parked", "too_large",
                                             "attempted_before_unpublished")}
-        self.log.info("bulk reprocessing: %d started, %d skipped, %d deferred, %d too large for the disk budget "
-                      "(never attempted), %d tried before and unpublished",
-                      len(report["start"]), len(report["skipped"]), len(report["deferred"]), len(report["too_large"]),
-                      len(report["attempted_before_unpublished"]))
+        self.log.info("bulk reprocessing: %d started, %d skipped, %d deferred, %d parked (failed again and again; "
+                      "started only when forced), %d too large for the disk budget (never attempted), %d tried "
+                      "before and unpublished",
+                      len(report["start"]), len(report["skipped"]), len(report["deferred"]), len(report["parked"]),
+                      len(report["too_large"]), len(report["attempted_before_unpublished"]))
         if s:
             self.log.info("disk budget %s GB, %s GB reserved by %s runs in flight before the plan",
                           s.get("budget_gb"), s.get("reserved_gb"), s.get("in_flight"))
-        for kind in ("start", "skipped", "deferred", "too_large"):
+        for kind in ("start", "skipped", "deferred", "parked", "too_large"):
             for e in report[kind]:
                 self.log.info("  %-9s %s: %s", kind, e["mous_uid"], e["why"])
         return {k: len(v) for k, v in report.items()}

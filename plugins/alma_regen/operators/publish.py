@@ -106,4 +106,26 @@ class PublishOperator(BaseOperator):
             self.log.warning("working space NOT cleaned (keep=%s): %s", keep, exc)
             return {"keep": keep, "removed": [], "bytes_freed": 0, "error": str(exc)}
         self.log.info("%s", summary(result, self.member_dir))
+        self._after_clean(run, result)
         return result
+
+    def _after_clean(self, run, result: dict) -> None:
+        """The run's disk reservation down to what its member folder still holds (the feeder
+        can admit the next run now, not at the teardown); with keep=raw, the raw cache back
+        under its quota. Bookkeeping: faults are logged."""
+        from pathlib import Path
+
+        from .. import admission, workspace
+        from ..config import runtime_settings
+        member = Path(self.member_dir)
+        try:
+            left = 0 if result.get("whole_folder") or not member.exists() else admission.usage(member)
+            now = admission.shrink(member.parent, run.run_id, left)
+            if now is not None:
+                self.log.info("disk reservation now %.2f GB (what the member folder still holds)", now / admission.GB)
+            quota = runtime_settings().raw_cache_gb
+            if result.get("keep") == "raw" and quota > 0:
+                for c in workspace.evict(member.parent, int(quota * admission.GB)):
+                    self.log.info("raw cache over its %g GB quota: removed %s (least recently used)", quota, c.member)
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("after cleaning: %s", exc)

@@ -97,12 +97,39 @@ class ReleaseMousOperator(_MousBase):
         self.log.info("MOUS %s lock %s", self.mous_uid, "released" if released else "was not held by this run")
         # The disk reservation ends with the run, whatever became of it (this is the teardown);
         # a fault here is logged: the feeder forgets the entry of an ended run anyway.
+        held = None
         try:
+            held = admission.entries(self.workdir).get(run.run_id)
             if admission.release(self.workdir, run.run_id):
                 self.log.info("disk reservation released")
         except Exception as exc:  # noqa: BLE001
             self.log.warning("could not release the disk reservation (the feeder will forget it): %s", exc)
+        self._record_end(run, held)
         return released
+
+    def _record_end(self, run, held):
+        """The run's end in the MOUS's attempts (attempts.py): failed when any of its tasks
+        failed. Bookkeeping: a fault is logged, never raised (this is the teardown)."""
+        from datetime import datetime, timezone
+
+        from .. import attempts
+        from ..config import runtime_settings
+        try:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+            states = RuntimeTaskInstance.get_task_states(dag_id=run.dag_id, run_ids=[run.run_id]).get(run.run_id, {})
+            failed = sorted(t for t, st in states.items()
+                            if t != self.task_id and str(getattr(st, "value", st)) in ("failed", "upstream_failed"))
+            began = getattr(run, "start_date", None)
+            seconds = (datetime.now(timezone.utc) - began).total_seconds() if began else None
+            rec = attempts.record_end(self.workdir, self.mous_uid, run.run_id, failed=bool(failed), seconds=seconds,
+                                      nbytes=(held or {}).get("bytes"),
+                                      max_attempts=runtime_settings().bulk_max_attempts)
+            if failed:
+                self.log.info("run failed (%s): %d failed run(s) in a row for %s%s", ", ".join(failed),
+                              rec.get("failures", 0), self.mous_uid,
+                              "; parked: the bulk feeder starts it again only when forced" if rec.get("parked") else "")
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("could not record the run's end in the attempts file: %s", exc)
 
 
 class InspectDeliveryOperator(_MousBase):

@@ -1,0 +1,64 @@
+"""bench/campaign_sim.py: a small campaign through the real feeder decision and ledger keeps its promises."""
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import campaign_sim  # noqa: E402
+
+SMALL = ["--mous", "60", "--seed", "3", "--workers", "4", "--max-in-flight", "8"]
+
+
+@pytest.fixture(scope="module")
+def tight():
+    """60 MOUSs on a 1 TB budget (their footprints are ~0.3 TB on average, so most passes defer
+    some), one of them made larger than the whole budget."""
+    return campaign_sim.main(SMALL + ["--budget-tb", "1", "--too-large", "1"])
+
+
+def test_reservations_never_exceed_the_budget_and_the_disk_follows_them(tight):
+    assert 0.5 < tight["peak_reserved_over_budget"] <= 1.0   # the budget binds, and holds
+    # keep=nothing: a run's real disk stays below its reservation, and nothing is left behind.
+    assert tight["peak_actual_over_budget"] <= tight["peak_reserved_over_budget"]
+    assert tight["ledger_entries_left"] == 0
+
+
+def test_every_mous_that_fits_is_published_once_and_the_too_large_one_never_starts(tight):
+    assert tight["too_large"] >= 1 and tight["too_large_started"] == 0
+    assert tight["unfinished"] == 0
+    assert tight["published"] == tight["mous"] - tight["too_large"]
+    # decide() skipped each published MOUS through reuse.same_as_published (the last may end the campaign first).
+    assert tight["skipped_as_published"] >= tight["published"] - 1
+
+
+def test_the_figures_are_sane(tight):
+    assert 0 < tight["utilisation"] <= 1
+    assert tight["campaign_over_ideal"] >= 1
+    assert tight["feeder_passes"] >= tight["passes_decided"] > 0
+    assert tight["refused_reservations"] == 0   # one feeder, nobody reserves between decide and reserve
+
+
+def test_skipping_passes_where_no_run_ended_changes_nothing(tight):
+    every = campaign_sim.main(SMALL + ["--budget-tb", "1", "--too-large", "1", "--decide-every-pass"])
+    assert every["passes_decided"] == every["feeder_passes"]
+    same = ("passes_decided", "sim_wall_s")
+    assert {k: v for k, v in every.items() if k not in same} == {k: v for k, v in tight.items() if k not in same}
+
+
+def test_poison_mouss_fail_again_and_again_but_the_rest_finishes():
+    r = campaign_sim.main(SMALL + ["--budget-tb", "1", "--fail-rate", "0.05"])
+    assert r["poison_mous"] == 3 and r["failed_runs"] >= r["poison_mous"]
+    assert r["unfinished"] == 0 and r["published"] == r["mous"] - r["poison_mous"] - r["too_large"]
+    assert r["attempted_before_unpublished"] >= 1   # their member folders keep the step file
+
+
+def test_a_budget_from_the_disk_keeps_kept_raw_data_on_the_disk():
+    # keep=raw leaves every published MOUS's raw data: a budget derived from the disk takes it
+    # off, so the disk is never overfilled (a fixed budget does not see it).
+    r = campaign_sim.main(SMALL + ["--budget-tb", "3", "--budget-from-disk", "--min-free-gb", "0", "--keep", "raw"])
+    assert r["unfinished"] == 0
+    assert r["peak_actual_over_budget"] <= 1.0
+    assert r["lowest_budget_tb"] < 3
