@@ -355,3 +355,34 @@ def test_manifest_preference_versions_and_unknown_ebs(tmp_path):
     manifest.write_text(manifest.read_text().replace(f'name="{EBS_F[0]}.ms.calapply.txt"', 'name="../../etc/passwd"'))
     with pytest.raises(DeliveryError, match="no usable apply file"):
         calibration.restore_job(member2, naming.file_to_uid(EBS_F[0]), split=False)
+
+
+def test_the_plan_is_made_once_per_run_and_read_by_the_later_steps(synth_delivery, tmp_path):
+    """prepare saves the run's plan; the mapped restores and the finish read it. A README
+    edited in the middle of the run (here: a CASA that is not installed) changes nothing
+    for this run; another run's plan, other options or a CASA gone are refused."""
+    import json
+    member = copy_member(synth_delivery, tmp_path)
+    opts = Options(engine="native")
+    made = calibration.prepare(member, opts, "run-1")
+    readme = next(member.glob("*README.txt"))
+    readme.write_text("CASA version used for reduction: 5.4.0-70\n")
+    with pytest.raises(CasaError):  # planning again would now decide otherwise
+        calibration.plan(member, Options(engine="manual"))
+    again = calibration.load_plan(member, opts, "run-1")
+    assert again.as_dict() == made.as_dict() and again.resolution.launcher == made.resolution.launcher
+    # The timeout is not part of the plan (each task has its own limit).
+    assert calibration.load_plan(member, Options(engine="native", timeout_s=5), "run-1").as_dict() == made.as_dict()
+    with pytest.raises(PermanentError, match="is the plan of run run-1 .* not of run run-2"):
+        calibration.load_plan(member, opts, "run-2")
+    with pytest.raises(PermanentError, match="not of run run-1 with"):
+        calibration.load_plan(member, Options(engine="native", dosplit=True), "run-1")
+    path = member / calibration.PLAN_FILE
+    doc = json.loads(path.read_text())
+    doc["plan"]["casa"]["casa"]["executable"] = "/opt/gone/bin/python3"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CasaError, match="not installed on this worker"):
+        calibration.load_plan(member, opts, "run-1")
+    path.unlink()
+    with pytest.raises(PermanentError, match="no calibration plan: run prepare_calibration"):
+        calibration.load_plan(member, opts, "run-1")

@@ -11,13 +11,12 @@ done, and neither floods the scheduler nor the disk.
 """
 import json
 import logging
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from . import admission, attempts, naming
+from . import admission, attempts, jsonstore, naming
 from .admission import admit, footprint
 from .errors import PermanentError
 from .notify import STEP_FILE
@@ -51,10 +50,9 @@ def listed_files(source, mous: str, *, workdir, ttl_s: float, now: float | None 
     if ttl_s > 0:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"source": source.describe(), "at": now, "files": files}))
-            os.replace(tmp, path)
-        except OSError as exc:  # keeping is an optimisation: the answer is still good
+            jsonstore.write_atomic(path, {"source": source.describe(), "at": now, "files": files},
+                                   what="the archive's listing", indent=None)
+        except (OSError, PermanentError) as exc:  # keeping is an optimisation: the answer is still good
             log.warning("could not keep the archive's listing of %s: %s", mous, exc)
     return files
 

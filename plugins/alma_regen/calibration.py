@@ -34,7 +34,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import naming, safexml
@@ -87,6 +87,53 @@ class Plan:
     def as_dict(self):
         return {"engine": self.engine, "reason": self.reason, "casa": self.resolution.as_dict(),
                 "ebs": self.ebs, "split": self.split, "split_reasons": self.split_reasons}
+
+    @classmethod
+    def from_dict(cls, d: dict, registry: CasaRegistry) -> "Plan":
+        """The plan as as_dict wrote it, with the very CASA it chose: found installed here (same
+        version, kind and executable), or a CasaError, never another CASA in its place."""
+        casa = d["casa"]["casa"]
+        launcher = next((c for c in registry.launchers if str(c.version) == casa["version"]
+                         and c.kind == casa["kind"] and c.executable == casa["executable"]), None)
+        if launcher is None:
+            raise CasaError(f"the calibration plan chose CASA {casa['version']} ({casa['kind']}: "
+                            f"{casa['executable']}), which is not installed on this worker; installed: "
+                            f"{registry.describe_installed()}")
+        res = Resolution(launcher, d["casa"].get("requested"), d["casa"].get("reason", ""))
+        return cls(d["engine"], d["reason"], res, list(d["ebs"]), bool(d["split"]), list(d.get("split_reasons", [])))
+
+
+# The plan of a DAG run, made once by its prepare step and read by every later step (the
+# mapped restores, the finish): a README or registry edited in the middle of a run cannot
+# put some EBs under another CASA than the one recorded. In the member folder, not in
+# calibrated/: scriptForPI refuses to start when calibrated/ exists.
+PLAN_FILE = ".calibration-plan.json"
+
+
+def save_plan(member, p: Plan, options: Options, run_id: str) -> Path:
+    from .jsonstore import write_atomic
+    path = Path(member) / PLAN_FILE
+    write_atomic(path, {"run_id": run_id, "options": asdict(options), "plan": p.as_dict()},
+                 what="the calibration plan")
+    return path
+
+
+def load_plan(member, options: Options, run_id: str, registry: CasaRegistry | None = None) -> Plan:
+    """The plan `save_plan` wrote for this run and these options; a PermanentError when there is
+    none (prepare did not run) or it is another run's or other options' (a stale file)."""
+    path = Path(member) / PLAN_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PermanentError(f"{path}: no calibration plan: run prepare_calibration of this run first") from None
+    except (OSError, ValueError) as exc:
+        raise PermanentError(f"{path}: unreadable calibration plan ({exc}): run prepare_calibration again") from None
+    wanted = {k: v for k, v in asdict(options).items() if k != "timeout_s"}
+    made = {k: v for k, v in (doc.get("options") or {}).items() if k != "timeout_s"}
+    if doc.get("run_id") != run_id or made != wanted:
+        raise PermanentError(f"{path} is the plan of run {doc.get('run_id')} with {made}, not of run {run_id} "
+                             f"with {wanted}: run prepare_calibration of this run again")
+    return Plan.from_dict(doc["plan"], registry or load_registry())
 
 
 # ---------------------------------------------------------------- deciding
@@ -412,11 +459,11 @@ def check_restored(result: dict, split: bool):
 # ---------------------------------------------------------------- the whole MOUS
 
 def calibrate(member, options: Options | None = None, registry: CasaRegistry | None = None,
-              runner: CasaRunner | None = None, parallel: int = 1) -> dict:
-    """`alma-regen restore`: plan, preflight, every EB, then the finishing steps."""
+              runner: CasaRunner | None = None, parallel: int = 1, p: Plan | None = None) -> dict:
+    """`alma-regen restore`: plan (unless given), preflight, every EB, then the finishing steps."""
     options = options or Options()
     member = Path(member)
-    p = plan(member, options, registry)
+    p = p or plan(member, options, registry)
     preflight_disk(member, options.spacesaving, p.ebs)
     t0 = time.monotonic()
     if p.engine in ("scriptforpi", "pipeline"):
@@ -575,26 +622,26 @@ def apply_spacesaving(work: Path, level: int) -> list:
     return removed
 
 
-def prepare(member, options: Options | None = None, registry: CasaRegistry | None = None) -> Plan:
-    """The step before the mapped restores: plan, disk preflight, calibrated/ layout."""
-    options = options or Options()
+def prepare(member, options: Options, run_id: str, registry: CasaRegistry | None = None) -> Plan:
+    """The step before the mapped restores: plan, disk preflight, calibrated/ layout, and the
+    plan saved for the run's later steps (load_plan)."""
     p = plan(member, options, registry)
     preflight_disk(member, options.spacesaving, p.ebs)
     if p.engine == "native":
         prepare_layout(member, p.ebs)
+    save_plan(member, p, options, run_id)
     return p
 
 
-def finish_mapped(member, options: Options | None = None, registry: CasaRegistry | None = None,
+def finish_mapped(member, options: Options, run_id: str, registry: CasaRegistry | None = None,
                   runner: CasaRunner | None = None) -> dict:
-    """The step after the mapped restores: gather each EB's record and finish.
-    For the engines that cannot be mapped (scriptForPI, pipeline, manual) this
-    is where the whole calibration runs."""
-    options = options or Options()
+    """The step after the mapped restores: gather each EB's record and finish, with the plan
+    prepare saved. For the engines that cannot be mapped (scriptForPI, pipeline, manual)
+    this is where the whole calibration runs."""
     member = Path(member)
-    p = plan(member, options, registry)
+    p = load_plan(member, options, run_id, registry)
     if p.engine != "native":
-        return calibrate(member, options, registry, runner)
+        return calibrate(member, options, registry, runner, p=p)
     records, missing = [], []
     for eb in p.ebs:
         rec = calibrated_dir(member) / "working" / f"{naming.uid_to_file(eb)}.calibration.json"

@@ -6,7 +6,8 @@
 
 The native restore maps per EB across workers; the other engines (scriptForPI,
 the full pipeline, manual scripts) cannot be split, so `map_ebs` is empty for
-them and the finishing step runs them whole. CASA runs in a child process;
+them and the finishing step runs them whole. The plan (engine, CASA, EBs, split) is
+made once, by the prepare step, and read by the others. CASA runs in a child process;
 `on_kill` stops its whole process group.
 """
 from __future__ import annotations
@@ -58,11 +59,13 @@ class PrepareCalibrationOperator(_CalibrationBase):
 
     Returns the EBs to restore one by one (what the mapped restore expands
     over): all of them for the native engine, none for engines that run whole.
-    The plan itself goes to the XCom key "plan"."""
+    The plan is saved in the member folder (calibration.save_plan): the mapped
+    restores and the finish read it, never plan again; it also goes to the XCom
+    key "plan" for a reader of the run."""
 
     def execute(self, context: Any) -> list:
         from ..calibration import prepare
-        p = prepare(self.member_dir, self._options())
+        p = prepare(self.member_dir, self._options(), context["run_id"])
         self.log.info("calibration plan: engine %s (%s); CASA %s (%s)", p.engine, p.reason,
                       p.resolution.launcher.describe(), p.resolution.reason)
         context["ti"].xcom_push(key="plan", value=p.as_dict())
@@ -81,8 +84,8 @@ class RestoreEbOperator(_CalibrationBase):
         self.eb_uid = eb_uid
 
     def execute(self, context: Any) -> dict:
-        from ..calibration import plan, restore_eb
-        p = plan(self.member_dir, self._options())
+        from ..calibration import load_plan, restore_eb
+        p = load_plan(self.member_dir, self._options(), context["run_id"])
         rec = restore_eb(self.member_dir, self.eb_uid, split=p.split, resolution=p.resolution,
                          runner=self._casa_runner(), timeout_s=self.casa_limit())
         return {k: rec[k] for k in ("eb", "output", "flag_fraction", "duration_s", "max_rss_mb")}
@@ -94,6 +97,6 @@ class FinishCalibrationOperator(_CalibrationBase):
 
     def execute(self, context: Any) -> dict:
         from ..calibration import finish_mapped
-        s = finish_mapped(self.member_dir, self._options(), runner=self._casa_runner())
+        s = finish_mapped(self.member_dir, self._options(), context["run_id"], runner=self._casa_runner())
         return {"engine": s["plan"]["engine"], "casa": s["plan"]["casa"]["casa"]["version"],
                 "outputs": [r["output"] for r in s["ebs"]], "elapsed_s": s["elapsed_s"]}
