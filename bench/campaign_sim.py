@@ -32,14 +32,13 @@ REAL decision code, not a copy of it:
   failures      a fraction --fail-rate of the MOUSs is poison: every run of them fails after
                 --fail-after-min. A failed run releases its reservation (its teardown) but its
                 member folder stays (no publish, so no cleaning): the disk it had reached stays
-                until the MOUS's next run, which starts from it. Each failure goes through
-                _record_failure(), which for now only counts it: the MOUS is offered again on the
-                next pass (parking after N failures, alma_regen/attempts.py, is to be wired in
-                there). The campaign is over when every MOUS that can be is published; poison
-                MOUSs never are, so with failures it is the retries of poison MOUSs that cost.
-                Those retries can also starve a large MOUS for good (the poison ones are reserved
-                again on every pass ahead of it): after --stall-days without a publish the
-                simulation stops and reports the campaign as stalled.
+                until the MOUS's next run, which starts from it. Every run's end goes through the
+                real attempts.record_end (as release_mous does), and each pass gives decide() the
+                MOUSs attempts.parked() says: after --max-attempts failed runs in a row (3, the
+                setting bulk_max_attempts) a MOUS is parked and no longer started. With
+                --max-attempts 0 (never parked) poison MOUSs are started again on every pass and
+                can starve a large MOUS for good (they are reserved again ahead of it): after
+                --stall-days without a publish the simulation stops and reports it as stalled.
   the budget    fixed (bulk_disk_budget_gb > 0: --budget-tb), or with --budget-from-disk what
                 admission.disk_budget derives from a disk of --budget-tb: its free space plus what
                 the runs in flight use of their reservations (less --min-free-gb), recomputed at
@@ -83,7 +82,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from alma_regen import admission, naming  # noqa: E402
+from alma_regen import admission, attempts, naming  # noqa: E402
 from alma_regen.admission import ASDM_SUFFIX, GB  # noqa: E402
 from alma_regen.bulk import decide  # noqa: E402
 from alma_regen.notify import STEP_FILE  # noqa: E402
@@ -137,6 +136,7 @@ class Campaign:
     flying: dict = field(default_factory=dict)      # run_id -> Run, holding a reservation
     published: int = 0
     too_large: set = field(default_factory=set)
+    parked: set = field(default_factory=set)         # MOUSs the real attempts.record_end parked
     passes: int = 0
     skipped: int = 0                                # MOUSs decide() skipped as published
     decided: int = 0                                # passes that called decide()
@@ -261,21 +261,19 @@ def end_run(c: Campaign, r: Run) -> None:
     left = int(disk_of(r, c.now)) if r.fails else kept_after_publish(m, c.args.keep)
     c.resting += left - m.residue
     m.residue = left
+    # The teardown records the run's end in the MOUS's attempts (release_mous does the same).
+    rec = attempts.record_end(c.workdir, m.uid, r.run_id, failed=r.fails, max_attempts=c.args.max_attempts,
+                              now=c.now * 60)
     if r.fails:   # not published, so not cleaned: the folder stays as the run left it
-        _record_failure(c, m, r)
+        m.failures += 1
+        c.failed_runs += 1
+        if rec.get("parked"):
+            c.parked.add(m.uid)
     else:
         m.manifest = manifest_for(m, r.run_id)
         (c.workdir / naming.member_dir(m.uid) / STEP_FILE).unlink(missing_ok=True)  # cleaned
         c.published += 1
         c.last_publish = c.now
-
-
-def _record_failure(c: Campaign, m: Mous, r: Run) -> None:
-    """FAILURE HOOK: where a failed run is recorded (alma_regen/attempts.py is to be wired in here:
-    count the MOUS's failed runs and park it after N, then pass the parked MOUSs to decide in
-    feeder_pass). For now it only counts: the MOUS is offered again on the next pass."""
-    m.failures += 1
-    c.failed_runs += 1
 
 
 # ------------------------------------------------------------------ the feeder
@@ -301,7 +299,8 @@ def feeder_pass(c: Campaign, entries: list, by_uid: dict) -> None:
     result = decide(entries, list_files=lambda u: by_uid[u].files,
                     manifest_of=lambda u: by_uid[u].manifest, casa_version=CASA, force_all=False,
                     workdir=c.workdir, budget_bytes=c.budget_now, ledger=admission.entries(c.workdir),
-                    max_in_flight=a.max_in_flight, footprint_factor=a.factor)
+                    max_in_flight=a.max_in_flight, footprint_factor=a.factor,
+                    parked=attempts.parked(attempts.records(c.workdir)))
     c.too_large.update(e["mous_uid"] for e in result["too_large"])
     skipped = {e["mous_uid"] for e in result["skipped"]}
     c.skipped += len(skipped)
@@ -324,7 +323,7 @@ def feeder_pass(c: Campaign, entries: list, by_uid: dict) -> None:
 
 def finished(c: Campaign) -> bool:
     """Every MOUS that can be published is: poison and too-large ones never will be."""
-    return all(m.manifest or m.poison or m.uid in c.too_large for m in c.mouss)
+    return all(m.manifest or m.uid in c.parked or m.uid in c.too_large for m in c.mouss)
 
 
 def simulate(args) -> dict:
@@ -389,7 +388,8 @@ def report(c: Campaign, args, wall_s: float, leftover: int) -> dict:
         "lowest_budget_tb": round((c.min_budget or 0) / TB, 2),
         "feeder_passes": c.passes, "passes_decided": c.decided,
         "too_large": len(c.too_large), "too_large_started": len(c.too_large & c.started_uids),
-        "poison_mous": sum(m.poison for m in c.mouss), "failed_runs": c.failed_runs,
+        "poison_mous": sum(m.poison for m in c.mouss), "failed_runs": c.failed_runs, "parked": len(c.parked),
+        "max_attempts": args.max_attempts,
         "attempted_before_unpublished": c.attempted_before,
         "refused_reservations": c.refused,
         "mean_worker_wait_min": round(_mean(c.worker_waits), 1),
@@ -413,7 +413,8 @@ def print_report(r: dict) -> None:
     if r["stalled"]:
         print("STALLED: nothing was published for --stall-days: the campaign cannot finish as it is")
     print(f"published {r['published']} (skipped by decide() as published: {r['skipped_as_published']}), unfinished {r['unfinished']}, too_large {r['too_large']} "
-          f"(started: {r['too_large_started']}), poison {r['poison_mous']}, failed runs {r['failed_runs']}")
+          f"(started: {r['too_large_started']}), poison {r['poison_mous']}, failed runs {r['failed_runs']}, "
+          f"parked {r['parked']} (after {r['max_attempts']} failed runs in a row)")
     print(f"campaign {r['campaign_days']} d, ideal {r['ideal_days']} d: ratio {r['campaign_over_ideal']}; "
           f"worker utilisation {r['utilisation']}")
     print(f"peak reserved {r['peak_reserved_tb']} TB = {r['peak_reserved_over_budget']} x budget; "
@@ -446,6 +447,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--peak-hi", type=float, default=1.0, help="real peak disk / reservation, highest")
     ap.add_argument("--fail-rate", type=float, default=0.0, help="fraction of poison MOUSs")
     ap.add_argument("--fail-after-min", type=float, default=5.0, help="minutes until a poison run fails")
+    ap.add_argument("--max-attempts", type=int, default=3,
+                    help="failed runs in a row that park a MOUS (the setting bulk_max_attempts; 0: never)")
     ap.add_argument("--too-large", type=int, default=0, help="MOUSs made larger than the whole budget")
     ap.add_argument("--max-days", type=float, default=365.0, help="stop the simulation after this")
     ap.add_argument("--stall-days", type=float, default=30.0,

@@ -49,21 +49,23 @@ def test_skipping_passes_where_no_run_ended_changes_nothing(tight):
     assert {k: v for k, v in every.items() if k not in same} == {k: v for k, v in tight.items() if k not in same}
 
 
-def test_poison_mouss_fail_again_and_again_but_the_rest_finishes():
+def test_poison_mouss_are_parked_after_three_failed_runs_and_the_rest_finishes():
     r = campaign_sim.main(SMALL + ["--budget-tb", "3", "--fail-rate", "0.05"])
-    assert r["poison_mous"] == 3 and r["failed_runs"] >= r["poison_mous"]
+    assert r["poison_mous"] == 3 and r["parked"] == 3 and r["failed_runs"] == 3 * 3
     assert not r["stalled"] and r["unfinished"] == 0
     assert r["published"] == r["mous"] - r["poison_mous"] - r["too_large"]
-    assert r["attempted_before_unpublished"] >= r["poison_mous"]   # their member folders keep the step file
 
 
-def test_poison_mouss_retried_on_every_pass_can_starve_a_large_mous():
-    # Until failed runs are counted and the MOUS parked (attempts.py): on a tight budget the
-    # poison MOUSs, earlier in the worklist, are reserved again on every pass ahead of a large
-    # MOUS that then never fits. The simulation stops and says so instead of running on.
-    r = campaign_sim.main(SMALL + ["--budget-tb", "1", "--fail-rate", "0.05", "--stall-days", "3"])
-    assert r["stalled"] and r["unfinished"] >= 1
+def test_without_parking_poison_mouss_starve_a_large_mous_and_with_it_they_do_not():
+    # Never parked (max attempts 0): on a tight budget the poison MOUSs, earlier in the
+    # worklist, are reserved again on every pass ahead of a large MOUS that then never fits.
+    # The simulation stops and says so instead of running on.
+    tight_poison = SMALL + ["--budget-tb", "1", "--fail-rate", "0.05", "--stall-days", "3"]
+    r = campaign_sim.main(tight_poison + ["--max-attempts", "0"])
+    assert r["stalled"] and r["unfinished"] >= 1 and r["parked"] == 0
     assert r["peak_reserved_over_budget"] <= 1.0
+    r = campaign_sim.main(tight_poison)  # parked after 3 (the default)
+    assert not r["stalled"] and r["unfinished"] == 0 and r["parked"] == r["poison_mous"]
 
 
 def test_a_budget_from_the_disk_keeps_kept_raw_data_on_the_disk():

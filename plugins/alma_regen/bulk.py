@@ -122,11 +122,11 @@ def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_a
                 continue
         else:
             why = "forced"
-        if (Path(workdir) / naming.member_dir(mous) / STEP_FILE).exists():
-            attempted.append(mous)  # worked on before and not published as it is now
         if mous in flying:
             waiting.append({"mous_uid": mous, "why": f"in flight: run {flying[mous]}"})
             continue
+        if (Path(workdir) / naming.member_dir(mous) / STEP_FILE).exists():
+            attempted.append(mous)  # worked on before, not published as it is now, and not in flight
         if mous in parked and not (force_all or e["force"]):
             parked_out.append({"mous_uid": mous, "why": parked[mous]})
             continue
