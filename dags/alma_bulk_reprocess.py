@@ -30,8 +30,8 @@ from airflow.sdk import DAG, Param
 
 from alma_regen.config import settings
 from alma_regen.notify import run_failed
-from alma_regen.operators.bulk import BulkPlanOperator, BulkSummaryOperator
-from alma_regen.retries import task_defaults
+from alma_regen.airflow.operators.bulk import BulkPlanOperator, BulkSummaryOperator
+from alma_regen.airflow.retries import task_defaults
 
 S = settings()
 

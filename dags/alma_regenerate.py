@@ -48,18 +48,18 @@ from datetime import timedelta
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, Param, TaskGroup
 
 from alma_regen.config import settings
-from alma_regen.deadlines import mous_size_deadline, run_late
+from alma_regen.airflow.deadlines import mous_size_deadline, run_late
 from alma_regen.naming import MOUS_PARAM_PATTERN, member_dir
 from alma_regen.notify import run_failed
-from alma_regen.operators.calibration import (FinishCalibrationOperator, PrepareCalibrationOperator,
+from alma_regen.airflow.operators.calibration import (FinishCalibrationOperator, PrepareCalibrationOperator,
                                               RestoreEbOperator)
-from alma_regen.operators.imaging import (FidelityOperator, FinishImagingOperator, NativeImagingUnitOperator,
+from alma_regen.airflow.operators.imaging import (FidelityOperator, FinishImagingOperator, NativeImagingUnitOperator,
                                           PlanImagingOperator)
-from alma_regen.operators.publish import PublishOperator
-from alma_regen.operators.run import (CheckPublishedOperator, CheckStagedOperator, InspectDeliveryOperator,
+from alma_regen.airflow.operators.publish import PublishOperator
+from alma_regen.airflow.operators.run import (CheckPublishedOperator, CheckStagedOperator, InspectDeliveryOperator,
                                       LockMousOperator, ReleaseMousOperator)
-from alma_regen.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
-from alma_regen.retries import task_defaults
+from alma_regen.airflow.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
+from alma_regen.airflow.retries import task_defaults
 
 S = settings()
 OWNER = "alma-regen"
@@ -122,7 +122,7 @@ PARAMS = {
 # A negative deadline_minutes turns the alert off (`airflow dags test` of Airflow
 # 3.3.2 crashes at the end of a run of a DAG with a deadline: apache/airflow#73428).
 # The allowance (deadline_seconds / deadline_minutes, else derived from the MOUS size)
-# is computed when a run is created: alma_regen.deadlines.MousSizeDeadline.
+# is computed when a run is created: alma_regen.airflow.deadlines.MousSizeDeadline.
 if S.deadline_minutes < 0:
     DEADLINE = None
 else:

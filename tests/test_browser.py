@@ -184,7 +184,7 @@ def test_trigger_form_submits_with_only_a_mous_and_the_run_succeeds(triggered, d
     assert triggered.state == "success", f"run {triggered.run_id} ended {triggered.state}"
 
 
-@pytest.mark.xfail(reason="Known gap (issue 14 item 5): a run triggered from the form gets Airflow's `manual__` id (no hook builds a run id from the conf) and Airflow 3.3's runs list searches run ids only; such a run is named by its note (alma_regen.run_notes) and in the Reprocessing view; REST/CLI/bulk runs are named by their MOUS (test_operator_view.py)", strict=False)
+@pytest.mark.xfail(reason="Known gap (issue 14 item 5): a run triggered from the form gets Airflow's `manual__` id (no hook builds a run id from the conf) and Airflow 3.3's runs list searches run ids only; such a run is named by its note (alma_regen.airflow.run_notes) and in the Reprocessing view; REST/CLI/bulk runs are named by their MOUS (test_operator_view.py)", strict=False)
 def test_run_is_found_by_its_mous(ui, triggered, demo_airflow):
     By, EC = _by(), _ec()
     b, d = ui, demo_airflow

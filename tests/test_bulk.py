@@ -92,7 +92,7 @@ def test_bulk_run_starts_exactly_the_unpublished(tmp_path, archive_server, seawe
 CAMPAIGN = """
 import json
 from airflow.utils.session import create_session
-from alma_regen.ui_app import campaign_of
+from alma_regen.airflow.ui_app import campaign_of
 with create_session() as session:
     print(json.dumps(campaign_of(session)))
 """
@@ -158,7 +158,7 @@ def test_operator_runs_go_before_bulk_runs():
     """The weight rule alone, on stand-ins for a task instance (the scheduler's
     use of it is checked in test_dags: an operator's run weighs >= 1000)."""
     from types import SimpleNamespace
-    from alma_regen.priority import OPERATOR_BONUS, OperatorRunsFirst
+    from alma_regen.airflow.priority import OPERATOR_BONUS, OperatorRunsFirst
 
     task = SimpleNamespace(priority_weight=1, get_dag=lambda: None)
     bulk = SimpleNamespace(task=task, dag_run=SimpleNamespace(conf={"bulk": True}), map_index=-1)
@@ -173,7 +173,7 @@ def test_an_operators_run_reserves_at_lock_and_releases_at_teardown(tmp_path, ar
     operators run on a stand-in for the task context (the dag_run and params they read)."""
     from types import SimpleNamespace
     from alma_regen import admission
-    from alma_regen.operators.run import LockMousOperator, ReleaseMousOperator
+    from alma_regen.airflow.operators.run import LockMousOperator, ReleaseMousOperator
     archive = tmp_path / "archive"
     build_archive(archive, mous=MOUSS[0], ebs=ebs_of(1), n_binaries=1, binary_size=1024)
     server = archive_server(archive)

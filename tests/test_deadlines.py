@@ -1,11 +1,11 @@
-"""The deadline allowance of a run: set, or derived from the MOUS size (alma_regen.deadlines)."""
+"""The deadline allowance of a run: set, or derived from the MOUS size (alma_regen.airflow.deadlines)."""
 import json
 from datetime import timedelta
 
 import pytest
 
 from alma_regen.config import Settings
-from alma_regen.deadlines import _ended_by, _task_of, allowance_for, raw_bytes
+from alma_regen.airflow.deadlines import _ended_by, _task_of, allowance_for, raw_bytes
 
 
 def test_set_allowance_wins():

@@ -139,7 +139,7 @@ def test_unknown_engine(member_copy):
 
 def test_mapped_operators_then_fidelity(calibrated_member, tmp_path):
     """The DAG's shape: list the units, one mapped task per unit, then the fidelity check."""
-    from alma_regen.operators.imaging import (FidelityOperator, NativeImagingUnitOperator,
+    from alma_regen.airflow.operators.imaging import (FidelityOperator, NativeImagingUnitOperator,
                                               NativeImagingUnitsOperator)
     member = fresh_member(calibrated_member, tmp_path)
     units = NativeImagingUnitsOperator(task_id="units", member_dir=str(member)).execute({})

@@ -145,7 +145,7 @@ def test_deadline_reads_as_its_allowance(env, reference, interval_s):
 
 
 def test_run_note_gives_the_allowance_and_where_it_came_from():
-    from alma_regen.run_notes import run_note
+    from alma_regen.airflow.run_notes import run_note
     q = datetime(2026, 11, 24, 16, 0, tzinfo=timezone.utc)
     s = Settings(deadline_base_minutes=60, deadline_minutes_per_gb=30)
     note = run_note("uid://A001/X1296/X133", q, q + timedelta(minutes=72), s)
@@ -224,12 +224,12 @@ def test_manifest_does_not_claim_a_request_nobody_made(unstaged_member):
 
 # ---------------------------------------------------------------- a real Airflow
 
-# Registers the run-note listener as the plugin will (alma_regen.run_notes) for this
+# Registers the run-note listener as the plugin will (alma_regen.airflow.run_notes) for this
 # Airflow only, until the plugin lists it itself (then it is registered once: Airflow's
 # listener manager skips a module it already has).
 NOTES_PLUGIN = """
 from airflow.plugins_manager import AirflowPlugin
-from alma_regen import run_notes
+from alma_regen.airflow import run_notes
 
 class AlmaRegenRunNotes(AirflowPlugin):
     name = "alma_regen_run_notes_test"

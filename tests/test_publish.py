@@ -235,7 +235,7 @@ def test_publish_operator_uses_the_connection_and_emits_the_mous_asset(member, s
     from airflow.sdk import AssetAlias
     from airflow.sdk.execution_time.context import OutletEventAccessors
 
-    from alma_regen.operators.publish import PRODUCTS_ALIAS, PublishOperator
+    from alma_regen.airflow.operators.publish import PRODUCTS_ALIAS, PublishOperator
     bucket = seaweedfs.bucket("op")
     monkeypatch.setenv("AIRFLOW_CONN_ALMA_PRODUCTS_S3", json.dumps(
         {"conn_type": "aws", "login": seaweedfs.access_key, "password": seaweedfs.secret_key,

@@ -116,7 +116,7 @@ def test_a_file_url_in_the_listing_is_refused_before_any_download(tmp_path, arch
 
 
 def test_the_hook_gives_the_connection_credentials_only_to_its_own_origin(archive, two, monkeypatch):
-    from alma_regen.hooks.archive import archive_source
+    from alma_regen.airflow.hooks.archive import archive_source
     home, other = two
     port = int(home.url.rsplit(":", 1)[1])
     monkeypatch.setenv("AIRFLOW_CONN_ALMA_REQUEST_HANDLER", json.dumps(

@@ -16,7 +16,7 @@ def archive(tmp_path):
 
 
 def _run(source, workdir, mous):
-    from alma_regen.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
+    from alma_regen.airflow.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
     aux = StageAuxiliaryOperator(task_id="stage_auxiliary", mous_uid=mous, workdir=str(workdir), source=source)
     ebs = aux.execute(context={})
     results = [StageAsdmOperator(task_id=f"stage_asdm_{i}", mous_uid=mous, eb_uid=eb, workdir=str(workdir),
@@ -49,7 +49,7 @@ def test_operators_stage_from_the_s3_connection(tmp_path, archive, seaweedfs, mo
 
 
 def test_hook_builds_the_source_from_the_connection(monkeypatch):
-    from alma_regen.hooks.archive import AlmaRequestHandlerHook
+    from alma_regen.airflow.hooks.archive import AlmaRequestHandlerHook
     monkeypatch.setenv("AIRFLOW_CONN_ALMA_REQUEST_HANDLER", json.dumps(
         {"conn_type": "http", "host": "almascience.example.org", "schema": "https", "login": "pi",
          "password": "secret-password", "extra": {"cookie": "SESSION=abc"}}))
@@ -59,7 +59,7 @@ def test_hook_builds_the_source_from_the_connection(monkeypatch):
 
 
 def test_operator_template_fields_and_permanent_errors(tmp_path, archive, archive_server):
-    from alma_regen.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
+    from alma_regen.airflow.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
     assert set(StageAuxiliaryOperator.template_fields) == {"mous_uid", "workdir", "source"}
     assert "eb_uid" in StageAsdmOperator.template_fields
     srv = archive_server(archive.dir)

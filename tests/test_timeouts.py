@@ -53,8 +53,8 @@ def raw_member(tmp_path, raw_size: int) -> Path:
 
 
 def test_casa_operators_take_their_limit_from_the_raw_data(tmp_path, monkeypatch):
-    from alma_regen.operators.calibration import FinishCalibrationOperator, RestoreEbOperator
-    from alma_regen.operators.imaging import FidelityOperator, NativeImagingUnitOperator
+    from alma_regen.airflow.operators.calibration import FinishCalibrationOperator, RestoreEbOperator
+    from alma_regen.airflow.operators.imaging import FidelityOperator, NativeImagingUnitOperator
     member = raw_member(tmp_path, 3 * GB)
     monkeypatch.setenv("ALMA_REGEN_CASA_TIMEOUT_S_PER_GB", "100")
     monkeypatch.setenv("ALMA_REGEN_MIN_TIMEOUT_S", "60")
@@ -81,7 +81,7 @@ def test_casa_operators_take_their_limit_from_the_raw_data(tmp_path, monkeypatch
 
 
 def test_staging_operators_take_their_limit_from_the_listed_sizes(tmp_path, archive_server, monkeypatch):
-    from alma_regen.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
+    from alma_regen.airflow.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
     archive = ab.build_archive(tmp_path / "archive", n_binaries=2, binary_size=100_000)
     srv = archive_server(archive.dir)
     monkeypatch.setenv("AIRFLOW_CONN_ALMA_REQUEST_HANDLER", json.dumps(

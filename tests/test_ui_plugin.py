@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from alma_regen.naming import uid_to_file
-from alma_regen.ui import publish_run_id
+from alma_regen.airflow.ui import publish_run_id
 from fixtures_airflow import MISSING_MOUS
 
 pytestmark = [pytest.mark.slow, pytest.mark.casa, pytest.mark.timeout(1200)]
@@ -30,7 +30,7 @@ def test_plugin_loads_without_errors(alerting_airflow):
     assert p["fastapi_apps"][0]["url_prefix"] == "/alma-regen"
     assert p["external_views"][0]["name"] == "Reprocessing"
     assert p["external_views"][0]["href"] == "/alma-regen/"
-    assert "alma_regen.listeners" in json.dumps(p["listeners"])
+    assert "alma_regen.airflow.listeners" in json.dumps(p["listeners"])
     assert "Traceback" not in r.stderr and "Failed to import plugin" not in r.stderr, r.stderr[-2000:]
     # The api-server loaded it too, without import errors.
     served = {x["name"]: x for x in af.cluster.api("GET", "/plugins")["plugins"]}

@@ -300,7 +300,7 @@ class _Run:
 
 
 def test_the_publish_step_cleans_after_a_verified_publish_while_it_holds_the_lock(member, seaweedfs, monkeypatch):
-    from alma_regen.operators.publish import PublishOperator
+    from alma_regen.airflow.operators.publish import PublishOperator
     m, outside, sizes = member
     _operator_env(seaweedfs, monkeypatch)
     monkeypatch.setenv("ALMA_REGEN_WORKSPACE_KEEP", "all")
@@ -319,7 +319,7 @@ def test_the_publish_step_cleans_after_a_verified_publish_while_it_holds_the_loc
 def test_the_publish_step_follows_the_setting_and_never_cleans_without_publishing(member, seaweedfs, monkeypatch):
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from alma_regen.operators.publish import PublishOperator
+    from alma_regen.airflow.operators.publish import PublishOperator
     m, _, _ = member
     _operator_env(seaweedfs, monkeypatch)
     run = _Run("alma_regenerate", "uid___A001_X3001_X9__20260101T000002")
@@ -340,7 +340,7 @@ def test_the_publish_step_follows_the_setting_and_never_cleans_without_publishin
 
 
 def test_the_publish_step_does_not_clean_when_another_run_holds_the_lock(member, seaweedfs, monkeypatch):
-    from alma_regen.operators.publish import PublishOperator
+    from alma_regen.airflow.operators.publish import PublishOperator
     m, _, _ = member
     _operator_env(seaweedfs, monkeypatch)
     monkeypatch.setenv("ALMA_REGEN_WORKSPACE_KEEP", "nothing")
@@ -356,7 +356,7 @@ def test_the_publish_step_does_not_clean_when_another_run_holds_the_lock(member,
 
 
 def test_a_bad_keep_fails_before_anything_is_uploaded(member, seaweedfs, monkeypatch):
-    from alma_regen.operators.publish import PublishOperator
+    from alma_regen.airflow.operators.publish import PublishOperator
     m, _, _ = member
     _operator_env(seaweedfs, monkeypatch)
     bucket = seaweedfs.bucket("wsop")
@@ -412,7 +412,7 @@ def test_the_raw_cache_evicts_the_least_recently_used_and_never_what_is_in_use(m
 
 def test_the_publish_step_shrinks_its_reservation_to_what_is_left(member, seaweedfs, monkeypatch):
     from alma_regen import admission
-    from alma_regen.operators.publish import PublishOperator
+    from alma_regen.airflow.operators.publish import PublishOperator
     m, _, sizes = member
     _operator_env(seaweedfs, monkeypatch)
     run = _Run("alma_regenerate", "uid___A001_X3001_X9__20260101T000009")

@@ -84,7 +84,7 @@ def parse_worklist(text: str, where: str) -> list:
 
 def read_worklist(location: str, s3_client=None) -> list:
     if location.startswith("s3://"):
-        from .publish import parse_s3_url
+        from .s3 import parse_s3_url
         bucket, key = parse_s3_url(location)
         text = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     else:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from . import naming, safexml
 from .casa.registry import CasaRegistry, Resolution, load_registry
+from .calibrated import ENGINES, Options, calibrated_dir, set_aside  # noqa: F401  (part of this module's API)
 from .casa.runner import CasaRunner
 from .delivery import Delivery, find_pipeline_manifest, native_restore_limits
 from .errors import CasaError, DeliveryError, NoSpaceError, PermanentError
@@ -46,33 +47,12 @@ from .paths import casa_script
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "native", "scriptforpi", "pipeline", "manual")
 MARKER = ".alma-regen"  # in calibrated/: this folder was made by us
 SUMMARY = "calibration.json"
 # Free disk needed, as a multiple of raw/ (DOMAIN: 11-14 x). Keeping every
 # intermediate MS (SPACESAVING 0) needs the most; -1 skips the check.
 DISK_FACTOR_BY_SPACESAVING = {0: 14, 1: 13, 2: 12}
 DISK_FACTOR_MIN = 11
-
-
-@dataclass
-class Options:
-    """The scriptForPI globals and our own knobs (the DAG's params)."""
-
-    engine: str = "auto"
-    casa_version: str | None = None   # override; empty: from the README
-    dosplit: bool = False
-    spacesaving: int = 1
-    docontsub: bool = False
-    timeout_s: float | None = None
-
-    def __post_init__(self):
-        if self.engine not in ENGINES:
-            raise PermanentError(f"calibration engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
-        try:
-            self.spacesaving = int(self.spacesaving)
-        except (TypeError, ValueError):
-            raise PermanentError(f"SPACESAVING must be an integer, not {self.spacesaving!r}") from None
 
 
 @dataclass
@@ -236,25 +216,6 @@ def _tree_size(path: Path) -> int:
 
 
 # ---------------------------------------------------------------- layout
-
-def calibrated_dir(member) -> Path:
-    return Path(member) / "calibrated"
-
-
-def set_aside(path: Path) -> Path | None:
-    """Move a folder out of the way with a timestamp; never delete it."""
-    if not path.exists() and not path.is_symlink():
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = path.with_name(f"{path.name}.previous-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.previous-{stamp}-{n}")
-        n += 1
-    path.rename(target)
-    log.warning("moved the earlier %s aside to %s", path.name, target.name)
-    return target
-
 
 def prepare_layout(member, ebs) -> Path:
     """calibrated/ as scriptForPI builds it; idempotent for our own folder."""

@@ -6,7 +6,7 @@ and Slack (SlackWebhookNotifier on a webhook connection). A channel that fails
 is logged and does not stop the others. Each alert names the MOUS, the step
 and where to look (the run's page / the task log).
 
-- `alma_regen.deadlines.run_late` is the DeadlineAlert callback (it runs in the triggerer);
+- `alma_regen.airflow.deadlines.run_late` is the DeadlineAlert callback (it runs in the triggerer);
 - `run_failed` is the DAG's on_failure_callback (once per failed run, after
   the last retry: task retries never reach it).
 """

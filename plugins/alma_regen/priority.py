@@ -1,18 +1,12 @@
-"""Reruns an operator triggers go before bulk reprocessing.
+"""The weight rule's import path before the Airflow layer moved to alma_regen.airflow.
 
-alma_bulk_reprocess starts alma_regenerate runs with `"bulk": true` in their
-conf; every other run (the UI form, the CLI, the REST API) is an operator's.
-Tasks of operator runs get a large weight on top of Airflow's usual
-downstream weight, so the scheduler queues them first when pools are full.
-Registered by the plugin (`priority_weight_strategies`).
+Kept for one release: DAG versions serialized before the move (and the runs that still
+use them) name `alma_regen.priority.OperatorRunsFirst`, and Airflow finds a weight rule
+by that name among the ones a plugin registers. The plugin registers this one too.
 """
-from airflow.task.priority_strategy import PriorityWeightStrategy, _DownstreamPriorityWeightStrategy
+from .airflow.priority import OPERATOR_BONUS  # noqa: F401
+from .airflow.priority import OperatorRunsFirst as _OperatorRunsFirst
 
-OPERATOR_BONUS = 1000
 
-
-class OperatorRunsFirst(PriorityWeightStrategy):
-    def get_weight(self, ti) -> int:
-        base = _DownstreamPriorityWeightStrategy().get_weight(ti)
-        conf = getattr(getattr(ti, "dag_run", None), "conf", None) or {}
-        return base if conf.get("bulk") else base + OPERATOR_BONUS
+class OperatorRunsFirst(_OperatorRunsFirst):
+    """alma_regen.airflow.priority.OperatorRunsFirst under its old name."""

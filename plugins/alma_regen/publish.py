@@ -21,10 +21,10 @@ manifest's) as it is read; only a resumed publish reads a file twice. The
 calibrated MS tar is built while it uploads (tarfile in stream mode feeding
 multipart parts): nothing is staged on disk.
 
-Credentials: `s3_client()` reads the environment (AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, ALMA_REGEN_S3_ENDPOINT or AWS_ENDPOINT_URL,
-AWS_DEFAULT_REGION), or the `alma_products_s3` Airflow connection when asked
-(`conn_id=`, as the operator does). This module does not import Airflow.
+Credentials: the caller's client (the operator's, from the `alma_products_s3`
+connection through its hook), else `s3.s3_client()` from the environment
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ALMA_REGEN_S3_ENDPOINT or
+AWS_ENDPOINT_URL, AWS_DEFAULT_REGION). This module does not import Airflow.
 """
 import base64
 import hashlib
@@ -46,6 +46,7 @@ from pathlib import Path
 from . import __version__, naming
 from .delivery import Delivery
 from .publish_claim import claim_run, default_owner
+from .s3 import ENDPOINT_ENV, classify as _classify, is_missing, key, parse_s3_url, s3_client  # noqa: F401
 from .errors import AlmaRegenError, DeliveryError, PermanentError, TransientError
 from .scrub import scrub_bytes
 
@@ -53,54 +54,12 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "alma-regen/manifest/1"
 CONN_ID = "alma_products_s3"
-ENDPOINT_ENV = "ALMA_REGEN_S3_ENDPOINT"
 PART_SIZE = 8 * 1024 * 1024
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 WORKERS = 8
 _RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CONTENT_TYPES = {".fits": "application/fits", ".json": "application/json", ".html": "text/html; charset=utf-8",
                   ".png": "image/png", ".log": "text/plain; charset=utf-8", ".tar": "application/x-tar"}
-
-
-# ------------------------------------------------------------------ client
-
-def parse_s3_url(url: str):
-    """`s3://bucket/prefix` -> (bucket, prefix without slashes at the ends)."""
-    m = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$", url or "")
-    if not m:
-        raise PermanentError(f"not an S3 location: {url!r} (expected s3://bucket/prefix)")
-    return m.group(1), (m.group(2) or "").strip("/")
-
-
-def s3_client(conn_id: str | None = None, *, workers: int = WORKERS):
-    """A boto3 S3 client: from the Airflow connection `conn_id`, else from the environment."""
-    if conn_id:
-        from .hooks.products import AlmaProductsS3Hook  # Airflow only when asked for
-        return AlmaProductsS3Hook(conn_id).get_conn()
-    import boto3
-    from botocore.config import Config
-    endpoint = os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL") or None
-    return boto3.client(
-        "s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        config=Config(s3={"addressing_style": "path"} if endpoint else {}, max_pool_connections=workers + 4,
-                      retries={"mode": "standard", "max_attempts": 3}, connect_timeout=10, read_timeout=120))
-
-
-def _classify(exc, what: str) -> AlmaRegenError:
-    """A boto3/network error as one of ours: 5xx, throttling, a dropped connection are transient."""
-    from botocore.exceptions import BotoCoreError, ClientError
-    if isinstance(exc, AlmaRegenError):
-        return exc
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        msg = f"{what}: S3 said {code or status}: {exc.response.get('Error', {}).get('Message', '')}".rstrip(": ")
-        if status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"):
-            return TransientError(msg)
-        return PermanentError(msg)
-    if isinstance(exc, (BotoCoreError, OSError, socket.error)):
-        return TransientError(f"{what}: the S3 endpoint is unreachable or dropped the connection ({exc})")
-    return PermanentError(f"{what}: {exc}")
 
 
 # ------------------------------------------------------------------ checksums
@@ -592,8 +551,8 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
     run = run or new_run_id()
     if not _RUN_RE.match(run):
         raise PermanentError(f"run id {run!r} must be letters, digits, '.', '_' or '-' (at most 128)")
-    base = "/".join(x for x in (prefix, mous_f, run) if x) + "/"
-    latest_key = "/".join(x for x in (prefix, mous_f) if x) + "/latest.json"
+    base = key(prefix, mous_f, run) + "/"
+    latest_key = key(prefix, mous_f, "latest.json")
     location = f"s3://{bucket}/{base}"
     what = collect(member, include_ms)
     client = client or s3_client(workers=workers)
@@ -710,10 +669,10 @@ def read_manifest(client, to: str, mous: str, run: str) -> dict | None:
     """The manifest of a published run, or None (then the run is not published)."""
     from botocore.exceptions import ClientError
     bucket, prefix = parse_s3_url(to)
-    key = "/".join(x for x in (prefix, naming.uid_to_file(mous), run) if x) + "/manifest.json"
+    mkey = key(prefix, naming.uid_to_file(mous), run, "manifest.json")
     try:
-        return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return json.loads(client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if is_missing(exc):
             return None
-        raise _classify(exc, f"GET s3://{bucket}/{key}") from None
+        raise _classify(exc, f"GET s3://{bucket}/{mkey}") from None

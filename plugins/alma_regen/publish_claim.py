@@ -26,6 +26,7 @@ import time
 from datetime import datetime, timezone
 
 from .errors import PermanentError, TransientError
+from .s3 import classify as _classify, is_missing
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _get(client, bucket, key):
         raw = r["Body"].read()
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status == 404 or exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if is_missing(exc):
             return None
         if isinstance(status, int) and status >= 500:
             # The claim's bytes are unreadable (a store killed mid-write loses them: SeaweedFS
@@ -179,8 +180,3 @@ def _when(since) -> str:
     if not isinstance(since, (int, float)):
         return "an unknown time"
     return datetime.fromtimestamp(since, timezone.utc).isoformat(timespec="seconds")
-
-
-def _classify(exc, what):
-    from .publish import _classify as classify  # the store's error vocabulary lives there
-    return classify(exc, what)

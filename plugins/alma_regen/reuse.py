@@ -11,7 +11,7 @@ import json
 import logging
 
 from . import naming
-from .publish import parse_s3_url
+from .s3 import is_missing, latest_key, parse_s3_url
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +20,13 @@ def latest_manifest(client, products_url: str, mous: str) -> dict | None:
     """The manifest `latest.json` points at, or None."""
     from botocore.exceptions import ClientError
     bucket, prefix = parse_s3_url(products_url)
-    key = "/".join(x for x in (prefix, naming.uid_to_file(mous)) if x) + "/latest.json"
+    key = latest_key(prefix, mous)
     try:
         latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
         mb, mk = parse_s3_url(latest["manifest"])
         return json.loads(client.get_object(Bucket=mb, Key=mk)["Body"].read())
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if is_missing(exc):
             return None
         raise
 

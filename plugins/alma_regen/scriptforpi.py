@@ -22,7 +22,7 @@ import logging
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .calibration import Options, calibrated_dir, set_aside
+from .calibrated import Options, calibrated_dir, set_aside
 from .casa.registry import CasaLauncher
 from .casa.runner import CasaRunner
 from .delivery import Delivery

@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import naming
+from . import naming, s3
 from .config import WORKSPACE_KEEP
 from .errors import PermanentError
 from .staging.progress import human
@@ -309,14 +309,14 @@ def published_manifest(client, to: str, mous: str) -> dict | None:
     from botocore.exceptions import ClientError
 
     from . import publish
-    bucket, prefix = publish.parse_s3_url(to)
-    key = "/".join(x for x in (prefix, naming.uid_to_file(mous)) if x) + "/latest.json"
+    bucket, prefix = s3.parse_s3_url(to)
+    key = s3.latest_key(prefix, mous)
     try:
         latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+        if s3.is_missing(exc):
             return None
-        raise publish._classify(exc, f"GET s3://{bucket}/{key}") from None
+        raise s3.classify(exc, f"GET s3://{bucket}/{key}") from None
     except ValueError:
         raise NotPublished(f"s3://{bucket}/{key} is not JSON: nothing removed") from None
     run = latest.get("run") if isinstance(latest, dict) else None
@@ -342,7 +342,7 @@ def cmd_clean(a):
         raise NotPublished("no products location: give --products s3://bucket/prefix (or set "
                            "ALMA_REGEN_PRODUCTS_URL); nothing removed")
     with member_step(member, "clean") as run_id:
-        manifest = published_manifest(publish.s3_client(), to, mous)
+        manifest = published_manifest(s3.s3_client(), to, mous)
         if manifest is None:
             raise NotPublished(f"{mous} is not published under {to} (no latest.json with a manifest): "
                                "nothing removed")

@@ -35,8 +35,8 @@ class _StagingBase(StagingTimeouts, BaseOperator):
         return archive_source(self.source, self.http_conn_id, self.aws_conn_id)
 
     def _options(self):
-        from ..config import runtime_settings
-        from ..staging import StageOptions
+        from ...config import runtime_settings
+        from ...staging import StageOptions
         s = runtime_settings()
         return StageOptions(parallel=self.parallel, lock_timeout=self.lock_timeout,
                             min_rate_bps=max(s.stage_min_rate_bps, 0.0),
@@ -50,7 +50,7 @@ class StageAuxiliaryOperator(_StagingBase):
         return [listing.readme, listing.auxiliary, *listing.products]
 
     def execute(self, context: Any) -> list:
-        from ..staging import stage_auxiliary
+        from ...staging import stage_auxiliary
         summary = stage_auxiliary(self.mous_uid, self._source(), self.workdir, self._options(),
                                   listing=getattr(self, "_listing", None))
         for f in summary["files"]:
@@ -68,7 +68,7 @@ class StageAsdmOperator(_StagingBase):
         self.eb_uid = eb_uid
 
     def execute(self, context: Any) -> dict:
-        from ..staging import stage_eb
+        from ...staging import stage_eb
         return stage_eb(self.mous_uid, self.eb_uid, self._source(), self.workdir, self._options(),
                         listing=getattr(self, "_listing", None))
 

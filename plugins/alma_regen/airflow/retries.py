@@ -11,7 +11,7 @@ from datetime import timedelta
 from airflow.sdk import ExceptionRetryPolicy
 from airflow.sdk.definitions.retry_policy import RetryAction, RetryRule
 
-from .config import Settings
+from ..config import Settings
 
 TRANSIENT = [
     "alma_regen.errors.TransientError",
@@ -43,5 +43,5 @@ def task_defaults(s: Settings) -> dict:
         # the MOUS is known. The staging and CASA operators set theirs in pre_execute from
         # the data size and stage/casa_timeout_s_per_gb, min_timeout_s (operators/timeouts.py).
         # Registered by the plugin; named by path so DAG files need not import it.
-        "weight_rule": "alma_regen.priority.OperatorRunsFirst",
+        "weight_rule": "alma_regen.airflow.priority.OperatorRunsFirst",
     }

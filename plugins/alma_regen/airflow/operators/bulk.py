@@ -44,13 +44,13 @@ class BulkPlanOperator(BaseOperator):
         self.worklist, self.force, self.source, self.settings = worklist, force, source, settings
 
     def execute(self, context: Any) -> list:
-        from ..admission import forget_stale
-        from ..bulk import plan_bulk
-        from ..config import runtime_settings
+        from ...admission import forget_stale
+        from ...bulk import plan_bulk
+        from ...config import runtime_settings
         from ..hooks.archive import archive_source
-        from ..naming import run_id
-        from ..publish import s3_client
-        from ..reuse import current_casa
+        from ...naming import run_id
+        from ..hooks.products import s3_client
+        from ...reuse import current_casa
         s = runtime_settings()
         if not self.worklist:
             raise ValueError("no worklist: set ALMA_REGEN_BULK_WORKLIST or the worklist param")

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
-from ..errors import DeliveryError
+from ...errors import DeliveryError
 
 
 def state_of(dag_id: str, run_id: str):
@@ -38,14 +38,14 @@ class _MousBase(BaseOperator):
 
     @property
     def member_dir(self):
-        from ..staging import member_path
+        from ...staging import member_path
         return member_path(self.workdir, self.mous_uid)
 
 
 class LockMousOperator(_MousBase):
     def execute(self, context: Any) -> dict:
-        from ..mous_lock import acquire
-        from ..naming import uid_to_file
+        from ...mous_lock import acquire
+        from ...naming import uid_to_file
         uid_to_file(self.mous_uid)  # a malformed uid fails here, permanently
         run = context["dag_run"]
         held = acquire(self.workdir, self.mous_uid, run.dag_id, run.run_id, state_of=state_of)
@@ -63,8 +63,8 @@ class LockMousOperator(_MousBase):
         the feeder measures still sees what it writes), and a ledger fault is logged, not
         raised.
         """
-        from ..admission import GB, entries, footprint, reserve
-        from ..config import runtime_settings
+        from ...admission import GB, entries, footprint, reserve
+        from ...config import runtime_settings
         try:
             held = entries(self.workdir).get(run_id)
             if held:
@@ -73,7 +73,7 @@ class LockMousOperator(_MousBase):
             s = runtime_settings()
             try:
                 from ..hooks.archive import archive_source
-                from ..staging import list_mous
+                from ...staging import list_mous
                 source = (context.get("params") or {}).get("source") or "request_handler"
                 listing = list_mous(archive_source(source, s.request_handler_conn, s.archive_s3_conn),
                                     self.mous_uid)
@@ -90,9 +90,9 @@ class LockMousOperator(_MousBase):
 
 class ReleaseMousOperator(_MousBase):
     def execute(self, context: Any) -> bool:
-        from ..mous_lock import release
+        from ...mous_lock import release
         run = context["dag_run"]
-        from .. import admission
+        from ... import admission
         released = release(self.workdir, self.mous_uid, run.dag_id, run.run_id)
         self.log.info("MOUS %s lock %s", self.mous_uid, "released" if released else "was not held by this run")
         # The disk reservation ends with the run, whatever became of it (this is the teardown);
@@ -112,8 +112,8 @@ class ReleaseMousOperator(_MousBase):
         failed. Bookkeeping: a fault is logged, never raised (this is the teardown)."""
         from datetime import datetime, timezone
 
-        from .. import attempts
-        from ..config import runtime_settings
+        from ... import attempts
+        from ...config import runtime_settings
         try:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
             states = RuntimeTaskInstance.get_task_states(dag_id=run.dag_id, run_ids=[run.run_id]).get(run.run_id, {})
@@ -148,7 +148,7 @@ class InspectDeliveryOperator(_MousBase):
         """{EB uid: bytes of its ASDM tar} as the archive lists them; None if it cannot say."""
         try:
             from ..hooks.archive import archive_source
-            from ..staging import list_mous
+            from ...staging import list_mous
             listing = list_mous(archive_source(self.source, self.http_conn_id, self.aws_conn_id), self.mous_uid)
             return {eb: f.size for eb, f in listing.asdms.items()}
         except Exception as exc:  # noqa: BLE001 - the sizes only inform; staging reports real faults
@@ -157,8 +157,8 @@ class InspectDeliveryOperator(_MousBase):
             return None
 
     def execute(self, context: Any) -> dict:
-        from ..delivery import Delivery, format_plan
-        from ..notify import record_step
+        from ...delivery import Delivery, format_plan
+        from ...notify import record_step
         record_step(self.member_dir, self.task_id, context["dag_run"].run_id)
         plan = Delivery(self.member_dir).plan(staged=False, archive_sizes=self._archive_sizes())
         self.log.info("regeneration plan, before staging the raw data:\n%s", format_plan(plan))
@@ -170,7 +170,7 @@ class CheckStagedOperator(_MousBase):
     """After staging: the plan again, now with raw/ as staged; fails on any error (permanent)."""
 
     def execute(self, context: Any) -> dict:
-        from ..delivery import Delivery, format_plan
+        from ...delivery import Delivery, format_plan
         plan = Delivery(self.member_dir).plan()
         self.log.info("staged; the plan as it now stands:\n%s", format_plan(plan))
         _fail_on_errors(plan)
@@ -209,9 +209,9 @@ class CheckPublishedOperator(_MousBase):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from ..hooks.archive import archive_source
-        from ..publish import s3_client
-        from ..reuse import current_casa, latest_manifest, same_as_published
-        from ..staging import list_mous
+        from ..hooks.products import s3_client
+        from ...reuse import current_casa, latest_manifest, same_as_published
+        from ...staging import list_mous
         if str(self.force).strip().lower() in ("true", "1", "yes", "on"):
             self.log.info("%s: force=true: regenerating without looking at what is published", self.mous_uid)
             return {"reuse": False, "why": "force=True"}

@@ -10,7 +10,7 @@ A listener sets it in the scheduler when the run starts. Not when the run is
 created: the REST API writes a caller's note after creating the run and fails
 on a note already there. A note the caller gave (the form's, the REST API's,
 the bulk feeder's) is kept as it is. The allowance is the run's deadline minus
-its queue time (alma_regen.deadlines); what it came from is told back from the
+its queue time (alma_regen.airflow.deadlines); what it came from is told back from the
 settings (linear in the raw size, so the size follows from the allowance).
 Listeners never fail a run: every error is logged and dropped.
 """
@@ -27,7 +27,7 @@ DAG_ID = "alma_regenerate"
 
 
 def derivation(allowance: timedelta, s) -> str:
-    """What an allowance came from, for the settings `s` (alma_regen.deadlines.allowance_and_reason)."""
+    """What an allowance came from, for the settings `s` (alma_regen.airflow.deadlines.allowance_and_reason)."""
     if getattr(s, "deadline_seconds", 0) > 0:
         return f"deadline_seconds = {s.deadline_seconds} in the settings"
     if s.deadline_minutes > 0:

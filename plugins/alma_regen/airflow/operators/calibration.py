@@ -34,13 +34,13 @@ class _CalibrationBase(CasaTimeouts, BaseOperator):
         self._runner = None
 
     def _options(self):
-        from ..calibration import Options
+        from ...calibration import Options
         return Options(engine=self.engine, casa_version=self.casa_version or None,
                        dosplit=_bool(self.dosplit), spacesaving=self.spacesaving,
                        docontsub=_bool(self.docontsub), timeout_s=self.casa_limit())
 
     def _casa_runner(self):
-        from ..casa.runner import CasaRunner
+        from ...casa.runner import CasaRunner
         self._runner = CasaRunner(self.log)
         return self._runner
 
@@ -64,7 +64,7 @@ class PrepareCalibrationOperator(_CalibrationBase):
     key "plan" for a reader of the run."""
 
     def execute(self, context: Any) -> list:
-        from ..calibration import prepare
+        from ...calibration import prepare
         p = prepare(self.member_dir, self._options(), context["run_id"])
         self.log.info("calibration plan: engine %s (%s); CASA %s (%s)", p.engine, p.reason,
                       p.resolution.launcher.describe(), p.resolution.reason)
@@ -84,7 +84,7 @@ class RestoreEbOperator(_CalibrationBase):
         self.eb_uid = eb_uid
 
     def execute(self, context: Any) -> dict:
-        from ..calibration import load_plan, restore_eb
+        from ...calibration import load_plan, restore_eb
         p = load_plan(self.member_dir, self._options(), context["run_id"])
         rec = restore_eb(self.member_dir, self.eb_uid, split=p.split, resolution=p.resolution,
                          runner=self._casa_runner(), timeout_s=self.casa_limit())
@@ -96,7 +96,7 @@ class FinishCalibrationOperator(_CalibrationBase):
     SPACESAVING, calibration.json; returns a summary small enough for XCom."""
 
     def execute(self, context: Any) -> dict:
-        from ..calibration import finish_mapped
+        from ...calibration import finish_mapped
         s = finish_mapped(self.member_dir, self._options(), context["run_id"], runner=self._casa_runner())
         return {"engine": s["plan"]["engine"], "casa": s["plan"]["casa"]["casa"]["version"],
                 "outputs": [r["output"] for r in s["ebs"]], "elapsed_s": s["elapsed_s"]}

@@ -16,3 +16,9 @@ class AlmaProductsS3Hook(S3Hook):
 
     def __init__(self, aws_conn_id: str = default_conn_name, **kwargs):
         super().__init__(aws_conn_id=aws_conn_id, **kwargs)
+
+
+def s3_client(conn_id: str):
+    """The boto3 S3 client of the Airflow connection `conn_id` (an `aws` connection: the
+    products bucket, or the archive's S3 mirror for a worklist kept there)."""
+    return AlmaProductsS3Hook(conn_id).get_conn()

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 
 def _bound_task(op, step_s: float, what: str) -> None:
-    from ..timeouts import task_bound
+    from ...timeouts import task_bound
     if op.execution_timeout is not None and not getattr(op, "_timeout_from_size", False):
         op.log.info("%s: limit %.0f s; execution_timeout %s as the DAG sets it", what, step_s, op.execution_timeout)
         return
@@ -37,8 +37,8 @@ class CasaTimeouts:
         if explicit:
             return float(explicit)
         if getattr(self, "_casa_limit_s", None) is None:
-            from ..config import runtime_settings
-            from ..timeouts import casa_timeout
+            from ...config import runtime_settings
+            from ...timeouts import casa_timeout
             self._casa_limit_s = casa_timeout(self.member_dir, runtime_settings())
         return self._casa_limit_s
 
@@ -57,9 +57,9 @@ class StagingTimeouts:
 
     def pre_execute(self, context) -> None:
         super().pre_execute(context)
-        from ..config import runtime_settings
-        from ..staging import list_mous
-        from ..timeouts import stage_timeout
+        from ...config import runtime_settings
+        from ...staging import list_mous
+        from ...timeouts import stage_timeout
         self._listing = list_mous(self._source(), self.mous_uid)
         size = sum(int(f.size or 0) for f in self._files(self._listing) if f is not None)
         _bound_task(self, stage_timeout(size, runtime_settings()), f"staging {size} bytes")

@@ -13,8 +13,8 @@ from airflow.exceptions import AirflowNotFoundException
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseHook
 
-from ..errors import PermanentError
-from ..staging.sources import HttpSource, S3Source, origin
+from ...errors import PermanentError
+from ...staging.sources import HttpSource, S3Source, origin
 
 
 class AlmaRequestHandlerHook(BaseHook):

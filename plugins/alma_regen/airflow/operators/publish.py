@@ -29,11 +29,11 @@ PRODUCTS_ALIAS = "alma_regen_products"
 
 def mous_asset(to: str, mous_uid: str) -> Asset:
     """The Asset of a MOUS's published products (what downstream DAGs schedule on)."""
-    from ..naming import uid_to_file
-    from ..publish import parse_s3_url
+    from ...naming import uid_to_file
+    from ...publish import parse_s3_url
     bucket, prefix = parse_s3_url(to)
     mous_f = uid_to_file(mous_uid)
-    path = "/".join(x for x in (prefix, mous_f) if x)
+    path = s3.key(prefix, mous_f)
     return Asset(uri=f"s3://{bucket}/{path}/", name=f"alma_products_{mous_f}", group="alma-regen")
 
 
@@ -53,7 +53,8 @@ class PublishOperator(BaseOperator):
     def execute(self, context: Any) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from ..publish import publish, s3_client
+        from ...publish import publish
+        from ..hooks.products import s3_client
         if str(self.enabled).strip().lower() in ("false", "0", "no", "off"):
             raise AirflowSkipException("not published: the run was triggered with publish=false; "
                                        "the products stay in the working folder")
@@ -84,16 +85,16 @@ class PublishOperator(BaseOperator):
     @staticmethod
     def _keep(context) -> str:
         """The DAG param `keep`, else (`setting`, empty) the runtime setting workspace_keep."""
-        from ..workspace import check_keep
+        from ...workspace import check_keep
         chosen = (context.get("params") or {}).get("keep")
         if chosen in (None, "", "setting"):
-            from ..config import runtime_settings
+            from ...config import runtime_settings
             chosen = runtime_settings().workspace_keep
         return check_keep(chosen)
 
     def _clean(self, context, keep: str, manifest: dict) -> dict:
-        from ..errors import AlmaRegenError
-        from ..workspace import clean, plan_clean, summary
+        from ...errors import AlmaRegenError
+        from ...workspace import clean, plan_clean, summary
         if keep == "all":
             self.log.info("working space kept (keep=all): %s", self.member_dir)
             return {"keep": "all", "removed": [], "bytes_freed": 0}
@@ -115,8 +116,8 @@ class PublishOperator(BaseOperator):
         under its quota. Bookkeeping: faults are logged."""
         from pathlib import Path
 
-        from .. import admission, workspace
-        from ..config import runtime_settings
+        from ... import admission, workspace
+        from ...config import runtime_settings
         member = Path(self.member_dir)
         try:
             left = 0 if result.get("whole_folder") or not member.exists() else admission.usage(member)

@@ -50,9 +50,9 @@ def on_task_instance_running(previous_state, task_instance):
         if mous and task_instance.task_id != "release_mous":
             from pathlib import Path
 
-            from . import naming
-            from .config import runtime_settings
-            from .notify import record_step
+            from .. import naming
+            from ..config import runtime_settings
+            from ..notify import record_step
             record_step(Path(runtime_settings().workdir) / naming.member_dir(mous), task_instance.task_id,
                         task_instance.run_id)
     except Exception as exc:  # noqa: BLE001
@@ -92,8 +92,8 @@ def on_task_instance_failed(previous_state, task_instance, error):
     try:
         mous = task_instance.dag_id == "alma_regenerate" and _mous(task_instance)
         if mous:
-            from . import attempts
-            from .config import runtime_settings
+            from .. import attempts
+            from ..config import runtime_settings
             attempts.note_error(runtime_settings().workdir, mous, task_instance.run_id, task_instance.task_id,
                                 error if error is not None else "failed")
     except Exception as exc:  # noqa: BLE001

@@ -31,7 +31,7 @@ class _CasaTask(CasaTimeouts, BaseOperator):
         self._runners, self._lock = [], threading.Lock()
 
     def _runner(self):
-        from ..casa.runner import CasaRunner
+        from ...casa.runner import CasaRunner
         r = CasaRunner(self.log)
         with self._lock:
             self._runners.append(r)
@@ -48,7 +48,7 @@ class NativeImagingUnitsOperator(_CasaTask):
     """Start a native imaging run; return its work units (one per target and spw) to map over."""
 
     def execute(self, context: Any) -> list:
-        from ..imaging import native_units
+        from ...imaging import native_units
         return native_units(self.member_dir, runner=self._runner(), timeout=self.casa_limit())
 
 
@@ -62,7 +62,7 @@ class NativeImagingUnitOperator(_CasaTask):
         self.unit = unit
 
     def execute(self, context: Any) -> dict:
-        from ..imaging import run_native_unit
+        from ...imaging import run_native_unit
         result = run_native_unit(self.member_dir, self.unit, runner=self._runner(), timeout=self.casa_limit())
         return {"unit": result["unit"], "fits": [f for i in result["images"] for f in i["fits"].values()]}
 
@@ -77,7 +77,7 @@ class FidelityOperator(_CasaTask):
         self.tolerances = tolerances
 
     def execute(self, context: Any) -> dict:
-        from ..fidelity import check_fidelity
+        from ...fidelity import check_fidelity
         doc = check_fidelity(self.member_dir, self.tolerances, runner=self._runner(), timeout=self.casa_limit())
         return {"ok": doc["ok"], "summary": doc["summary"]}
 
@@ -93,7 +93,7 @@ class PlanImagingOperator(_CasaTask):
         self.engine = engine
 
     def execute(self, context: Any) -> list:
-        from ..imaging import plan_mapped
+        from ...imaging import plan_mapped
         units = plan_mapped(self.member_dir, self.engine, runner=self._runner(), timeout=self.casa_limit())
         if not units:  # image_unit maps over nothing and shows "skipped": say why here
             self.log.info("image_unit will be skipped: %s", "imaging=none, no images asked for"
@@ -109,7 +109,7 @@ class FinishImagingOperator(PlanImagingOperator):
     def execute(self, context: Any) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from ..imaging import finish_mapped
+        from ...imaging import finish_mapped
         record = finish_mapped(self.member_dir, self.engine, runner_factory=self._runner, timeout=self.casa_limit())
         if record is None:
             raise AirflowSkipException("imaging=none: no images asked for (the calibrated MSs are the products)")

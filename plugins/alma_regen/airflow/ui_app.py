@@ -41,6 +41,7 @@ from urllib.parse import quote
 # module's globals (imported inside create_app it reads it as a query parameter: a 422).
 from fastapi import Request
 
+from .. import s3
 from .ui import DAG_ID, VIEW_PREFIX, publish_run_id, ui_path
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def campaign_of(session, now=None) -> dict | None:
 
     from airflow.models.dagrun import DagRun
 
-    from .campaign import BULK_DAG_ID, campaign_runs, summarize
+    from ..campaign import BULK_DAG_ID, campaign_runs, summarize
     bulk = session.execute(select(DagRun.run_id, DagRun.start_date, DagRun.queued_at, DagRun.run_after)
                            .where(DagRun.dag_id == BULK_DAG_ID)
                            .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(MAX_BULK_RUNS)).all()
@@ -301,24 +302,23 @@ def manifests(rows: list) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    from .publish import parse_s3_url
-    bucket, prefix = parse_s3_url(s.products_url)
+    bucket, prefix = s3.parse_s3_url(s.products_url)
     with ThreadPoolExecutor(8, thread_name_prefix="manifests") as pool:
         list(pool.map(lambda r: _manifest_of(client, bucket, prefix, r), rows))
 
 
 def _manifest_of(client, bucket: str, prefix: str, r: dict) -> None:
     """latest.json -> manifest.json of one MOUS into its row (published=None when there is none)."""
-    from .naming import uid_to_file
+    from ..naming import uid_to_file
     mous_f = uid_to_file(r["mous_uid"])
-    key = "/".join(x for x in (prefix, mous_f) if x) + "/latest.json"
+    key = s3.key(prefix, mous_f, "latest.json")
     try:
         latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
         mkey = latest["manifest"].split(f"s3://{bucket}/", 1)[1]
         m = json.loads(client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
     except Exception as exc:  # noqa: BLE001 - not published (yet), or unreadable
         r["published"] = None
-        if "NoSuchKey" not in str(exc) and "404" not in str(exc):
+        if not s3.is_missing(exc):
             r["published_error"] = str(exc)[:200]
         return
     engines = m.get("engines") or {}
@@ -616,7 +616,7 @@ def create_app():
         return rows
 
     def campaign(request) -> dict | None:
-        from .campaign import BULK_DAG_ID
+        from ..campaign import BULK_DAG_ID
         with create_session() as session:
             c = campaign_of(session)
         if c:
@@ -652,9 +652,8 @@ def create_app():
             raise HTTPException(503, f"products bucket not configured: {exc}") from None
         if not s.products_url:
             raise HTTPException(404, "no products_url configured: nothing is published")
-        from .publish import parse_s3_url
-        bucket, prefix = parse_s3_url(s.products_url)
-        key = "/".join(x for x in (prefix, mous_f, run, path) if x)
+            bucket, prefix = s3.parse_s3_url(s.products_url)
+        key = s3.key(prefix, mous_f, run, path)
         try:
             obj = client.get_object(Bucket=bucket, Key=key)
         except Exception as exc:  # noqa: BLE001

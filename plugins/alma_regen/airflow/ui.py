@@ -53,7 +53,7 @@ def view_base() -> str:
 
 
 def products_url(mous_uid: str, run: str, name: str) -> str:
-    from .naming import uid_to_file
+    from ..naming import uid_to_file
     return f"{view_base()}/products/{uid_to_file(mous_uid)}/{run}/{name}"
 
 
@@ -62,7 +62,7 @@ def _mous_of(operator, ti_key) -> str | None:
     member = str(getattr(operator, "member_dir", "") or "")
     m = re.search(r"member\.(uid___[A-Za-z0-9_]+)", member)
     if m:
-        from .naming import file_to_uid
+        from ..naming import file_to_uid
         return file_to_uid(m.group(1))
     return None
 
@@ -85,21 +85,3 @@ class SummaryPageLink(_ProductsLink):
 class ManifestLink(_ProductsLink):
     name = "Products manifest"
     target = "manifest.json"
-
-
-def create_app():
-    from .ui_app import create_app as _create
-    return _create()
-
-
-class LazyApp:
-    """An ASGI app that builds the FastAPI app on its first request: plugins load in
-    every Airflow component, and only the api-server serves it."""
-
-    def __init__(self):
-        self._app = None
-
-    async def __call__(self, scope, receive, send):
-        if self._app is None:
-            self._app = create_app()
-        await self._app(scope, receive, send)

@@ -1,0 +1,113 @@
+"""The house's rooms (issue 12): the library imports no Airflow, and no module imports itself back.
+
+Every module of alma_regen outside alma_regen.airflow is imported in a fresh interpreter
+(its own: an import that another module made first cannot hide it) and must not load
+`airflow`. The shims at the old import paths of serialized names are the exception, for
+one release. And the import graph of the package (every import, also those inside
+functions) has no cycle.
+"""
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "plugins" / "alma_regen"
+SHIMS = {"alma_regen.priority", "alma_regen.deadlines"}
+
+
+def module_names() -> dict:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def loads_airflow(module: str) -> str | None:
+    code = f"import sys, {module}; print('airflow' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        return f"{module}: import failed: {r.stderr.strip().splitlines()[-1:]}"
+    return f"{module} loads airflow" if r.stdout.strip() == "True" else None
+
+
+def test_the_library_imports_no_airflow():
+    library = [m for m in module_names() if not m.startswith("alma_regen.airflow") and m not in SHIMS]
+    assert "alma_regen.publish" in library and "alma_regen.admission" in library and len(library) > 40
+    with ThreadPoolExecutor(4) as pool:
+        problems = [p for p in pool.map(loads_airflow, library) if p]
+    assert problems == []
+
+
+def test_the_airflow_layer_and_the_shims_do_load_airflow():
+    # The check above can fail: these modules are the ones that do.
+    for m in ("alma_regen.airflow.plugin", "alma_regen.priority"):
+        assert loads_airflow(m) == f"{m} loads airflow"
+
+
+def imports_of(module: str, path: Path, mods: dict) -> set:
+    is_pkg = path.name == "__init__.py"
+    deps = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_pkg else module.split(".")[:-1]
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{a.name}" for a in node.names]
+            targets = [n if n in mods else target for n in names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in mods:
+                t = t.rpartition(".")[0]
+            if t and t != module:
+                deps.add(t)
+    return deps
+
+
+def cycles(graph: dict) -> list:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, found, n = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = n[0]
+        n[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    mods = module_names()
+    graph = {m: imports_of(m, p, mods) for m, p in mods.items()}
+    assert "alma_regen.s3" in graph["alma_regen.publish"]  # the graph is read (a cycle would show)
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+    assert cycles(graph) == []
