@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from . import jsonstore, naming
+from .staging.progress import human
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,12 @@ def admit(candidates: list, *, budget_bytes: int, reserved_bytes: int, in_flight
     for c in candidates:
         need = int(c["bytes"])
         if need > budget_bytes:
-            too_large.append({**c, "why": f"needs {need / GB:.1f} GB, the budget is {budget_bytes / GB:.1f} GB"})
+            too_large.append({**c, "why": f"needs {human(need)}, the budget is {human(budget_bytes)}"})
         elif flying >= max_in_flight:
             deferred.append({**c, "why": f"{flying} runs in flight, the cap is {max_in_flight}"})
         elif reserved + need > budget_bytes:
-            deferred.append({**c, "why": f"needs {need / GB:.1f} GB, {max(budget_bytes - reserved, 0) / GB:.1f} GB "
-                                         f"of the {budget_bytes / GB:.1f} GB budget is free of reservations"})
+            deferred.append({**c, "why": f"needs {human(need)}, {human(max(budget_bytes - reserved, 0))} "
+                                         f"of the {human(budget_bytes)} budget is free of reservations"})
         else:
             start.append(c)
             reserved += need

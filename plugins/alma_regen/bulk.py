@@ -138,7 +138,8 @@ def decide(entries: list, *, list_files, manifest_of, casa_version: str, force_a
     return {"start": start, "skipped": skipped, "deferred": waiting + deferred, "parked": parked_out,
             "too_large": too_large,
             "attempted_before_unpublished": attempted, "budget_gb": round(budget_bytes / 1e9, 1),
-            "reserved_gb": round(reserved_bytes / 1e9, 1), "in_flight": len(ledger)}
+            "reserved_gb": round(reserved_bytes / 1e9, 1), "budget_bytes": budget_bytes,
+            "reserved_bytes": reserved_bytes, "in_flight": len(ledger)}
 
 
 def _last_error(rec: dict):
