@@ -31,9 +31,7 @@ import hashlib
 import html
 import json
 import logging
-import os
 import re
-import socket
 import tarfile
 import threading
 import time
@@ -46,8 +44,8 @@ from pathlib import Path
 from . import __version__, naming
 from .delivery import Delivery
 from .publish_claim import claim_run, default_owner
-from .s3 import ENDPOINT_ENV, classify as _classify, is_missing, key, parse_s3_url, s3_client  # noqa: F401
-from .errors import AlmaRegenError, DeliveryError, PermanentError, TransientError
+from .s3 import ENDPOINT_ENV, classify as _classify, is_missing, key as s3_key, parse_s3_url, s3_client  # noqa: F401
+from .errors import DeliveryError, PermanentError, TransientError
 from .scrub import scrub_bytes
 
 log = logging.getLogger(__name__)
@@ -551,8 +549,8 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
     run = run or new_run_id()
     if not _RUN_RE.match(run):
         raise PermanentError(f"run id {run!r} must be letters, digits, '.', '_' or '-' (at most 128)")
-    base = key(prefix, mous_f, run) + "/"
-    latest_key = key(prefix, mous_f, "latest.json")
+    base = s3_key(prefix, mous_f, run) + "/"
+    latest_key = s3_key(prefix, mous_f, "latest.json")
     location = f"s3://{bucket}/{base}"
     what = collect(member, include_ms)
     client = client or s3_client(workers=workers)
@@ -669,7 +667,7 @@ def read_manifest(client, to: str, mous: str, run: str) -> dict | None:
     """The manifest of a published run, or None (then the run is not published)."""
     from botocore.exceptions import ClientError
     bucket, prefix = parse_s3_url(to)
-    mkey = key(prefix, naming.uid_to_file(mous), run, "manifest.json")
+    mkey = s3_key(prefix, naming.uid_to_file(mous), run, "manifest.json")
     try:
         return json.loads(client.get_object(Bucket=bucket, Key=mkey)["Body"].read())
     except ClientError as exc:

@@ -10,7 +10,6 @@ and a changed file of unchanged size is caught by the staging stamps.
 import json
 import logging
 
-from . import naming
 from .s3 import is_missing, latest_key, parse_s3_url
 
 log = logging.getLogger(__name__)

@@ -332,7 +332,6 @@ def published_manifest(client, to: str, mous: str) -> dict | None:
 # ------------------------------------------------------------------ command line
 
 def cmd_clean(a):
-    from . import publish
     from .commands import member_step
     from .config import Settings
     from .mous_lock import CLI_DAG

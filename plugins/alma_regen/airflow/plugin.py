@@ -22,14 +22,16 @@ from .deadlines import MousSizeDeadline
 from .priority import OperatorRunsFirst
 from .ui import VIEW_PREFIX, ManifestLink, SummaryPageLink
 from .view import LazyApp
-from .. import deadlines as _old, priority as _old_priority  # noqa: E402  (the shims)
+from .. import deadlines as _old, priority as _old_priority  # the shims at the old paths
 
 
 class AlmaRegenPlugin(AirflowPlugin):
     name = "alma_regen"
-    deadline_references = [MousSizeDeadline]
+    # Each also under its name before the move to alma_regen.airflow (for DAG versions
+    # serialized before it, and the runs that still use them; one release).
+    deadline_references = [MousSizeDeadline, _old.MousSizeDeadline]
     # Operator-triggered reruns go before bulk reprocessing (alma_regen.airflow.priority).
-    priority_weight_strategies = [OperatorRunsFirst]
+    priority_weight_strategies = [OperatorRunsFirst, _old_priority.OperatorRunsFirst]
     operator_extra_links = [SummaryPageLink(), ManifestLink()]
     listeners = [listeners, run_notes]
     fastapi_apps = [{"app": LazyApp(), "url_prefix": VIEW_PREFIX, "name": "ALMA reprocessing"}]

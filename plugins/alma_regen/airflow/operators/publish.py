@@ -29,9 +29,9 @@ PRODUCTS_ALIAS = "alma_regen_products"
 
 def mous_asset(to: str, mous_uid: str) -> Asset:
     """The Asset of a MOUS's published products (what downstream DAGs schedule on)."""
+    from ... import s3
     from ...naming import uid_to_file
-    from ...publish import parse_s3_url
-    bucket, prefix = parse_s3_url(to)
+    bucket, prefix = s3.parse_s3_url(to)
     mous_f = uid_to_file(mous_uid)
     path = s3.key(prefix, mous_f)
     return Asset(uri=f"s3://{bucket}/{path}/", name=f"alma_products_{mous_f}", group="alma-regen")
