@@ -652,13 +652,12 @@ def create_app():
             raise HTTPException(503, f"products bucket not configured: {exc}") from None
         if not s.products_url:
             raise HTTPException(404, "no products_url configured: nothing is published")
-            bucket, prefix = s3.parse_s3_url(s.products_url)
+        bucket, prefix = s3.parse_s3_url(s.products_url)
         key = s3.key(prefix, mous_f, run, path)
         try:
             obj = client.get_object(Bucket=bucket, Key=key)
         except Exception as exc:  # noqa: BLE001
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NoSuchBucket"):
+            if s3.is_missing(exc):
                 raise HTTPException(404, f"not published (yet): s3://{bucket}/{key}") from None
             raise HTTPException(502, f"products bucket: {exc}") from None
         return StreamingResponse(obj["Body"].iter_chunks(1 << 20),
