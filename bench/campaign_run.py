@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from airflow_procs import AirflowCluster  # noqa: E402
 from fixtures_servers import seaweedfs_server  # noqa: E402
 
-from alma_regen import admission, naming  # noqa: E402
+from alma_regen import admission  # noqa: E402
 from alma_regen.config import Settings  # noqa: E402
 from alma_regen.demo import logs_to  # noqa: E402
 from alma_regen.serve_archive import ArchiveServer  # noqa: E402
