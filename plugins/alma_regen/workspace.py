@@ -247,22 +247,24 @@ def _mark_cached(member: Path, mous: str, manifest: dict) -> None:
                                    "location": manifest.get("location")}, what="the raw cache stamp")
 
 
+def _cached(member: Path) -> Cached | None:
+    """The raw cache entry `member` is now, or None (no stamp, a run works there again, gone)."""
+    stamp = member / CACHED
+    try:
+        if member.is_symlink() or not stamp.is_file():
+            return None
+        if not all(_kept_for_rerun(p.name) for p in member.iterdir()):
+            return None  # a run works here again (or left something): not a cache entry now
+        _, mous = _member(member)
+        return Cached(member, mous, _size(member, set()), stamp.stat().st_mtime)
+    except (OSError, PermanentError):
+        return None  # removed meanwhile, or not one of ours
+
+
 def raw_cache(workdir) -> list:
     """[Cached] of the workdir, least recently used first."""
-    out = []
-    for member in sorted(Path(workdir).glob("member.*")):
-        stamp = member / CACHED
-        try:
-            if member.is_symlink() or not stamp.is_file():
-                continue
-            names = [p.name for p in member.iterdir()]
-            if not all(_kept_for_rerun(n) for n in names):
-                continue  # a run works here again (or left something): not a cache entry now
-            _, mous = _member(member)
-            out.append(Cached(member, mous, _size(member, set()), stamp.stat().st_mtime))
-        except (OSError, PermanentError):
-            continue  # removed meanwhile, or not one of ours
-    return sorted(out, key=lambda c: c.used)
+    found = (_cached(m) for m in sorted(Path(workdir).glob("member.*")))
+    return sorted((c for c in found if c is not None), key=lambda c: c.used)
 
 
 def evict(workdir, quota_bytes: int, *, dry_run: bool = False) -> list:
@@ -281,7 +283,7 @@ def evict(workdir, quota_bytes: int, *, dry_run: bool = False) -> list:
             continue
         try:
             with held(workdir, c.mous, "raw-cache"):
-                if c not in raw_cache(workdir):  # looked at again under the lock
+                if _cached(c.member) != c:  # looked at again under the lock: this folder only
                     continue
                 shutil.rmtree(c.member)
         except MousBusy:
