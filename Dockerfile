@@ -18,12 +18,13 @@ WORKDIR /opt/alma-regen
 # Dependencies first (a cached layer while only the code changes).
 COPY --chown=airflow:0 requirements.txt constraints.txt ./
 RUN pip install --no-cache-dir "apache-airflow==3.3.2" -r requirements.txt -c constraints.txt
-# The library, the plugin (entry point `airflow.plugins`) and the `alma-regen` command.
-COPY --chown=airflow:0 pyproject.toml README.md ./
+# The library, the plugin (entry point `airflow.plugins`) and the `alma-regen` command: the
+# product only; the developer tools (devtools/) stay out of the image. setup.cfg writes the
+# build's egg-info into include/, off sys.path: Airflow sees the plugin's entry point once.
+COPY --chown=airflow:0 pyproject.toml setup.cfg README.md ./
 COPY --chown=airflow:0 plugins ./plugins
 COPY --chown=airflow:0 include ./include
-# (without the build's plugins/*.egg-info Airflow sees the plugin's entry point once)
-RUN pip install --no-cache-dir --no-deps -e . && rm -rf plugins/*.egg-info
+RUN pip install --no-cache-dir --no-deps -e .
 COPY --chown=airflow:0 dags /opt/airflow/dags
 
 # Optional: a pipeline CASA from an ALMA pipeline release (README, "A pipeline CASA").

@@ -21,14 +21,13 @@ system:
 	    { apt-get install -y -q $(SYSTEM_PKGS) || { apt-get update -q && apt-get install -y -q $(SYSTEM_PKGS); }; } \
 	  || echo "alma-regen: install the Debian packages $(SYSTEM_PKGS) for the sandbox and the browser tests"; }
 
-$(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
+# The product (.) and the developer tools (devtools/: synth, serve-archive, the local S3, the
+# demo), both editable. The Dockerfile installs the product only.
+$(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml setup.cfg devtools/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-test.txt
-	$(PY) -m pip install -q --no-deps -e .
-	# The build leaves plugins/alma_regen.egg-info, on sys.path through the editable .pth:
-	# Airflow would then see the plugin's entry point twice (a plugin import error in the UI).
-	rm -rf plugins/*.egg-info
+	$(PY) -m pip install -q --no-deps -e . -e devtools
 	touch $@
 
 # `make demo PORT=8081` moves the Airflow UI from 8080.

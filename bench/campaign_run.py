@@ -57,11 +57,11 @@ from fixtures_servers import seaweedfs_server  # noqa: E402
 
 from alma_regen import admission  # noqa: E402
 from alma_regen.config import Settings  # noqa: E402
-from alma_regen.demo import logs_to  # noqa: E402
-from alma_regen.serve_archive import ArchiveServer  # noqa: E402
 from alma_regen.staging.sources import open_source  # noqa: E402
 from alma_regen.staging.stage import list_mous  # noqa: E402
-from alma_regen.synth import synthesize  # noqa: E402
+from alma_regen_dev.demo import logs_to  # noqa: E402
+from alma_regen_dev.serve_archive import ArchiveServer  # noqa: E402
+from alma_regen_dev.synth import synthesize  # noqa: E402
 
 REGEN, BULK = "alma_regenerate", "alma_bulk_reprocess"
 MB, GB = 1e6, 1e9

@@ -85,7 +85,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 from alma_regen import admission, attempts, naming  # noqa: E402
 from alma_regen.admission import ASDM_SUFFIX, GB  # noqa: E402
 from alma_regen.bulk import decide  # noqa: E402
-from alma_regen.notify import STEP_FILE  # noqa: E402
+from alma_regen.steps import STEP_FILE  # noqa: E402
 
 TB = 1e12
 CASA = "6.6.1-17"                     # the CASA of every (simulated) run: the published one

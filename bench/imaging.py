@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 from fixtures_servers import seaweedfs_server  # noqa: E402
 
 from alma_regen import calibration, fidelity, imaging, publish  # noqa: E402
-from alma_regen.synth import synthesize  # noqa: E402
+from alma_regen_dev.synth import synthesize  # noqa: E402
 
 
 def bench_imaging(member: Path, repeat: int) -> dict:

@@ -45,8 +45,8 @@ from airflow_procs import (AirflowCluster, postgres_problem, redis_problem, scra
 from fixtures_servers import seaweedfs_server  # noqa: E402
 
 from alma_regen.naming import member_dir as member_name  # noqa: E402
-from alma_regen.serve_archive import ArchiveServer  # noqa: E402
-from alma_regen.synth import synthesize  # noqa: E402
+from alma_regen_dev.serve_archive import ArchiveServer  # noqa: E402
+from alma_regen_dev.synth import synthesize  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from alma_regen.local_s3 import seaweedfs_server  # noqa: E402
 from alma_regen.publish import Uploader  # noqa: E402
+from alma_regen_dev.local_s3 import seaweedfs_server  # noqa: E402
 
 
 def write_random(path: Path, size: int) -> None:

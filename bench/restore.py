@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from alma_regen import calibration, naming  # noqa: E402
 from alma_regen.casa.env import child_env  # noqa: E402
 from alma_regen.casa.registry import REGISTRY_ENV, load_registry  # noqa: E402
-from alma_regen.synth import synthesize  # noqa: E402
+from alma_regen_dev.synth import synthesize  # noqa: E402
 from fixtures_pipeline_restore import pipeline_launcher, real_restore  # noqa: E402
 from fixtures_synth import run_casa_python  # noqa: E402
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 from alma_regen.delivery import Delivery  # noqa: E402
-from alma_regen.synth import synthesize  # noqa: E402
+from alma_regen_dev.synth import synthesize  # noqa: E402
 
 
 def main():

@@ -29,10 +29,13 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, Param
 
 from alma_regen.config import settings
-from alma_regen.notify import run_failed
+from alma_regen.airflow.alerts import run_failed
 from alma_regen.airflow.operators.bulk import BulkPlanOperator, BulkSummaryOperator
 from alma_regen.airflow.retries import task_defaults
 
+# Parse time: only the environment. The settings used here are PARSE_TIME ones
+# (alma_regen/config.py), which the `alma_regen` Variable does not change anywhere;
+# the tasks read the others when they run.
 S = settings()
 
 with DAG(

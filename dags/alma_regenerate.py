@@ -49,8 +49,8 @@ from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, Param, TaskGroup
 
 from alma_regen.config import settings
 from alma_regen.airflow.deadlines import mous_size_deadline, run_late
-from alma_regen.naming import MOUS_PARAM_PATTERN, member_dir
-from alma_regen.notify import run_failed
+from alma_regen.naming import MOUS_PARAM_PATTERN
+from alma_regen.airflow.alerts import run_failed
 from alma_regen.airflow.operators.calibration import (FinishCalibrationOperator, PrepareCalibrationOperator,
                                               RestoreEbOperator)
 from alma_regen.airflow.operators.imaging import (FidelityOperator, FinishImagingOperator, NativeImagingUnitOperator,
@@ -61,6 +61,9 @@ from alma_regen.airflow.operators.run import (CheckPublishedOperator, CheckStage
 from alma_regen.airflow.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
 from alma_regen.airflow.retries import task_defaults
 
+# Parse time: only the environment. The settings used here are PARSE_TIME ones
+# (alma_regen/config.py), which the `alma_regen` Variable does not change anywhere;
+# the tasks read the others when they run.
 S = settings()
 OWNER = "alma-regen"
 
@@ -138,16 +141,17 @@ with DAG(
     max_active_runs=16,
     params=PARAMS,
     default_args={**task_defaults(S), "owner": OWNER},
-    user_defined_macros={"member_dir": lambda workdir, mous: f"{workdir}/{member_dir(mous)}"},
     on_failure_callback=run_failed,
     deadline=DEADLINE,
     tags=["alma", "regeneration"],
     doc_md=__doc__,
 ) as dag:
     mous = "{{ params.mous_uid }}"
-    member = "{{ member_dir('" + S.workdir + "', params.mous_uid) }}"
+    # Every step that works in the MOUS's member folder gets the MOUS and the workdir; it builds
+    # the folder's Member (alma_regen.member) itself.
+    member = dict(mous_uid=mous, workdir=S.workdir)
     cal_args = dict(
-        member_dir=member,
+        **member,
         engine="{{ {'restore': 'native'}.get(params.calibration, params.calibration) }}",
         casa_version="{{ params.casa_version or '' }}", dosplit="{{ params.dosplit }}",
         spacesaving="{{ params.spacesaving }}", docontsub="{{ params.docontsub }}",
@@ -191,12 +195,12 @@ with DAG(
         # whole): the finishing steps then go on from the planning step itself, and
         # are skipped only when everything before was (an already published MOUS).
         prep >> finish
-    img_args = dict(member_dir=member, engine="{{ params.imaging }}")
+    img_args = dict(**member, engine="{{ params.imaging }}")
     with TaskGroup("imaging", prefix_group_id=False, tooltip="The images, checked against the delivered ones") as image:
         units = PlanImagingOperator(task_id="plan_imaging", pool=S.casa_pool, queue=S.casa_queue, **img_args,
                                     doc_md="Chooses the imaging engine; lists the work units of the native one.")
         unit = NativeImagingUnitOperator.partial(task_id="image_unit", pool=S.casa_pool, queue=S.casa_queue,
-                                                 member_dir=member, map_index_template="{{ task.unit.id }}",
+                                                 **member, map_index_template="{{ task.unit.id }}",
                                                  doc_md="One target and spw of the native engine; skipped when "
                                                         "the engine runs whole (script, pipeline: "
                                                         "finish_imaging runs it) or Imaging is none."
@@ -205,12 +209,12 @@ with DAG(
                                      trigger_rule="none_failed_min_one_success", **img_args,
                                      doc_md="Gathers the units, or runs an engine that cannot be split; "
                                             "skipped when Imaging is none.")
-        fidelity = FidelityOperator(task_id="fidelity", pool=S.casa_pool, queue=S.casa_queue, member_dir=member,
+        fidelity = FidelityOperator(task_id="fidelity", pool=S.casa_pool, queue=S.casa_queue, **member,
                                     doc_md="Compares each image with the delivered one; fails on a bad match.")
         units >> unit >> done >> fidelity
         units >> done
     with TaskGroup("publishing", prefix_group_id=False, tooltip="Products and manifest to S3") as products:
-        publish = PublishOperator(task_id="publish", member_dir=member, to=S.products_url,
+        publish = PublishOperator(task_id="publish", **member, to=S.products_url,
                                   enabled="{{ params.publish }}", aws_conn_id=S.products_s3_conn,
                                   doc_md="Uploads the products with a summary page and a manifest, then "
                                          "frees the working space as Working space says; skipped (and "

@@ -1,17 +1,24 @@
 """Shared pytest fixtures: real servers and synthetic deliveries.
 
-Fixture modules live beside this file; importing them here makes their
-fixtures visible to every test.
+Fixture modules live beside this file and are loaded as pytest plugins
+(`pytest_plugins`): each fixture is defined once, for every test. A test module
+imports from them only helpers (functions, classes, constants), never a fixture:
+a fixture imported into a test module would be a second definition of it, with
+its own instances (a session fixture made again per module).
 """
 import os
 
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-from fixtures_servers import *  # noqa: E402,F401,F403
-from fixtures_synth import *  # noqa: E402,F401,F403
-from fixtures_airflow import *  # noqa: E402,F401,F403
-from fixtures_pipeline import *  # noqa: E402,F401,F403
-from fixtures_browser import *  # noqa: E402,F401,F403
+pytest_plugins = [
+    "fixtures_servers",           # seaweedfs, archive_server
+    "fixtures_synth",             # synth_delivery, synth_delivery_3eb, member_copy
+    "fixtures_airflow",           # alerting_airflow
+    "fixtures_pipeline",          # pipeline_casa, pipeline_registry, pipeline_registry_file, pipeline_env
+    "fixtures_pipeline_restore",  # pipeline_restored
+    "fixtures_browser",           # demo_airflow, browser
+    "imaging_fixtures",           # calibrated_member, native_imaged
+]
 
 
 # The fast lane: `pytest -m "not casa and not services"` runs the tests of pure functions

@@ -23,7 +23,6 @@ import pytest
 
 from airflow_procs import AirflowCluster
 
-__all__ = ["alerting_airflow", "WebhookListener", "StatsdListener", "AlertingAirflow"]
 
 MISSING_MOUS = "uid://A001/X9999/X999"
 FAILED_RUN_DEADLINE_S = 20
@@ -118,7 +117,7 @@ def _db_rows(db_path, sql, args=()):
 
 @pytest.fixture(scope="session")
 def alerting_airflow(tmp_path_factory, synth_delivery, seaweedfs):
-    from alma_regen.serve_archive import ArchiveServer
+    from alma_regen_dev.serve_archive import ArchiveServer
 
     root = tmp_path_factory.mktemp("alerting")
     archive = ArchiveServer(synth_delivery["archive_dir"], "127.0.0.1", 0)

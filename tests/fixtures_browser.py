@@ -1,7 +1,7 @@
 """A real headless browser (Debian's chromium driven by Selenium) against the demo's Airflow.
 
 `demo_airflow`: Airflow started the way `alma-regen demo` starts it (`airflow
-standalone` through `alma_regen.demo.Airflow`, SQLite, the simple auth manager
+standalone` through `alma_regen_dev.demo.Airflow`, SQLite, the simple auth manager
 with its generated admin password, `api.base_url` on `localhost`), with the
 synthetic delivery served by serve-archive and the products going to SeaweedFS.
 Nothing is triggered: the browser does that.
@@ -31,8 +31,6 @@ import pytest
 from airflow_procs import free_port
 from needs import skip_or_fail
 
-__all__ = ["demo_airflow", "browser", "DemoAirflow", "Browser", "demo_airflow_stack", "artifacts_dir",
-           "CHROMIUM", "CHROMEDRIVER"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -53,7 +51,7 @@ def artifacts_dir() -> Path:
 
 @dataclass
 class DemoAirflow:
-    af: object            # alma_regen.demo.Airflow
+    af: object            # alma_regen_dev.demo.Airflow
     port: int
     base_url: str         # api.base_url as configured (http://localhost:PORT)
     ui_url: str           # what the browser opens: another host name for the same server
@@ -93,10 +91,10 @@ class DemoAirflow:
 
 @contextmanager
 def demo_airflow_stack(root: Path, synth: dict, s3):
-    """The demo's set-up (alma_regen.demo.run_demo up to its trigger) on a free port."""
-    from alma_regen import demo
+    """The demo's set-up (alma_regen_dev.demo.run_demo up to its trigger) on a free port."""
     from alma_regen.config import settings
-    from alma_regen.serve_archive import ArchiveServer
+    from alma_regen_dev import demo
+    from alma_regen_dev.serve_archive import ArchiveServer
 
     root = Path(root)
     archive = ArchiveServer(synth["archive_dir"], "127.0.0.1", 0)

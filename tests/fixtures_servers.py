@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from alma_regen.errors import PermanentError
-from alma_regen.local_s3 import S3Server, free_port  # noqa: F401 (re-exported for the tests)
-from alma_regen.local_s3 import seaweedfs_server as _seaweedfs_server
-from alma_regen.local_s3 import weed_binary as _weed_binary
+from alma_regen_dev.local_s3 import S3Server, free_port  # re-exported for the tests
+from alma_regen_dev.local_s3 import seaweedfs_server as _seaweedfs_server
+from alma_regen_dev.local_s3 import weed_binary as _weed_binary
 
-__all__ = ["seaweedfs", "archive_server", "S3Server", "ArchiveHandle", "free_port", "seaweedfs_server"]
+# What test modules import from here: helpers only (the fixtures reach them through pytest_plugins).
+__all__ = ["ArchiveHandle", "S3Server", "cli_env", "free_port", "seaweedfs_server", "weed_binary"]
 
 
 def weed_binary() -> str:
@@ -65,7 +66,7 @@ class ArchiveHandle:
 @pytest.fixture
 def archive_server():
     """Factory: start(archive_dir) -> ArchiveHandle; a real threaded HTTP server on a free port."""
-    from alma_regen.serve_archive import ArchiveServer
+    from alma_regen_dev.serve_archive import ArchiveServer
 
     servers = []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alma_regen.casa.runner import CasaRunner
-from alma_regen.synth import synthesize
+from alma_regen_dev.synth import synthesize
 
 TESTS = Path(__file__).resolve().parent
 

@@ -4,9 +4,10 @@ Each EB of the shared synthetic delivery is restored once with the native
 restore script (include/casa_scripts/restore_eb.py) into a copy of the member
 folder laid out as scriptForPI leaves it: calibrated/working/<EB>.ms (with
 CORRECTED_DATA) and <EB>.ms.split.cal (science spws, target, DATA =
-calibrated), linked at calibrated/ level. Fixtures are session-scoped and
-cached here, so the test modules that import them share one restore and one
-native imaging run.
+calibrated), linked at calibrated/ level. The fixtures are session-scoped and
+loaded once as a pytest plugin (tests/conftest.py), so every test module shares
+one restore and one native imaging run; test modules import only the helpers
+(fresh_member, build_calibrated).
 """
 import json
 import os
@@ -17,8 +18,6 @@ import pytest
 
 from fixtures_synth import restore_by_script
 
-__all__ = ["build_calibrated", "calibrated_member", "native_imaged", "fresh_member"]
-_CACHE = {}
 
 
 def build_calibrated(synth: dict, member: Path, split: bool = True) -> Path:
@@ -38,10 +37,8 @@ def build_calibrated(synth: dict, member: Path, split: bool = True) -> Path:
 @pytest.fixture(scope="session")
 def calibrated_member(synth_delivery, tmp_path_factory):
     """A member folder with calibrated/ as scriptForPI leaves it (split). Do not modify."""
-    if "calibrated" not in _CACHE:
-        root = tmp_path_factory.mktemp("calibrated")
-        _CACHE["calibrated"] = build_calibrated(synth_delivery, root / Path(synth_delivery["member_dir"]).name)
-    return _CACHE["calibrated"]
+    root = tmp_path_factory.mktemp("calibrated")
+    return build_calibrated(synth_delivery, root / Path(synth_delivery["member_dir"]).name)
 
 
 def fresh_member(calibrated: Path, dest: Path) -> Path:
@@ -57,8 +54,6 @@ def fresh_member(calibrated: Path, dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def native_imaged(calibrated_member, tmp_path_factory):
     """(member folder, imaging record) after one native imaging run, 2 workers."""
-    if "native" not in _CACHE:
-        from alma_regen import imaging
-        member = fresh_member(calibrated_member, tmp_path_factory.mktemp("native"))
-        _CACHE["native"] = (member, imaging.image(member, engine="native", workers=2))
-    return _CACHE["native"]
+    from alma_regen import imaging
+    member = fresh_member(calibrated_member, tmp_path_factory.mktemp("native"))
+    return member, imaging.image(member, engine="native", workers=2)

@@ -123,7 +123,15 @@ def test_dockerfile():
     assert "COPY --chown=airflow:0 requirements.txt constraints.txt ./" in text
     assert "-r requirements.txt -c constraints.txt" in text
     assert "COPY --chown=airflow:0 plugins ./plugins" in text and "COPY --chown=airflow:0 include ./include" in text
-    assert "pip install --no-cache-dir --no-deps -e . && rm -rf plugins/*.egg-info" in text
+    # The product only: the developer tools (devtools/, alma-regen-dev) stay out of the image.
+    assert "RUN pip install --no-cache-dir --no-deps -e .\n" in text + "\n"
+    assert "devtools" not in text and "alma-regen-dev" not in text
+    # No egg-info clean-up step: setup.cfg builds the egg-info outside plugins/ (on sys.path in
+    # an editable install), in a folder the image has before the install.
+    assert "egg-info" not in text
+    assert "COPY --chown=airflow:0 pyproject.toml setup.cfg README.md ./" in text
+    egg_base = setup_cfg_egg_base()
+    assert egg_base not in ("plugins", "dags") and f"COPY --chown=airflow:0 {egg_base} ./{egg_base}" in text
     assert "CASASITECONFIG=/opt/alma-regen/include/casa/casasiteconfig.py" in text
     assert "ALMA_REGEN_INCLUDE=/opt/alma-regen/include" in text
     assert "bubblewrap" in text  # the sandbox every CASA child runs in
@@ -138,3 +146,27 @@ def test_dockerfile():
     reqs = [r for r in (ROOT / "requirements.txt").read_text().splitlines() if r and not r.startswith("#")]
     assert reqs and all("==" in r for r in reqs), reqs
     assert "apache-airflow==3.3.2" in reqs
+
+
+def setup_cfg_egg_base() -> str:
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return cfg["egg_info"]["egg_base"]
+
+
+def test_installs_leave_no_egg_info_on_sys_path():
+    """The Makefile installs the product and the dev tools, the Dockerfile the product, both
+    without a clean-up step; the egg-info builds land in a folder that is on no sys.path."""
+    make = (ROOT / "Makefile").read_text()
+    assert "pip install -q --no-deps -e . -e devtools" in make
+    assert "egg-info" not in make
+    assert setup_cfg_egg_base() == "include" and (ROOT / "include").is_dir()
+    # This interpreter's sys.path (plugins/ on it through the editable install) holds each
+    # distribution once: a second alma-regen would make Airflow load the plugin twice.
+    import importlib.metadata as md
+    found = {}
+    for d in md.distributions():
+        if (d.metadata["Name"] or "").startswith("alma-regen"):
+            found.setdefault(d.metadata["Name"], []).append(str(getattr(d, "_path", d)))
+    assert {name: len(paths) for name, paths in found.items()} == {"alma-regen": 1, "alma-regen-dev": 1}, found

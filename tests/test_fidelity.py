@@ -8,7 +8,6 @@ import pytest
 
 from alma_regen import fidelity
 from alma_regen.casa.runner import CasaRunner
-from imaging_fixtures import *  # noqa: F401,F403
 from imaging_fixtures import fresh_member
 
 TESTS = Path(__file__).resolve().parent

@@ -13,7 +13,6 @@ import pytest
 
 from alma_regen import fidelity, imaging
 from alma_regen.errors import CasaError, PermanentError
-from imaging_fixtures import *  # noqa: F401,F403
 from imaging_fixtures import fresh_member
 
 

@@ -17,7 +17,7 @@ import pytest
 from alma_regen import calibration, fidelity, imaging, naming
 from alma_regen.casa.registry import CasaRegistry, default_modular, load_registry
 from alma_regen.errors import CasaError
-from alma_regen.synth import synthesize
+from alma_regen_dev.synth import synthesize
 
 # The pipeline cleans inside an auto-multithresh mask, which stays empty when
 # the PSF's sidelobes are above 1/sidelobethreshold (0.5) of its peak: with

@@ -5,6 +5,11 @@ Every module of alma_regen outside alma_regen.airflow is imported in a fresh int
 `airflow`. The shims at the old import paths of serialized names are the exception, for
 one release. And the import graph of the package (every import, also those inside
 functions) has no cycle.
+
+The product holds no developer tool: synth, serve-archive, the local S3 and the demo are
+the distribution alma-regen-dev (devtools/), which the product (plugins/, dags/) never
+imports; their subcommands reach `alma-regen` through the entry-point group
+`alma_regen.commands`.
 """
 import ast
 import subprocess
@@ -12,14 +17,22 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "plugins" / "alma_regen"
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "plugins" / "alma_regen"
+DEV = ROOT / "devtools" / "alma_regen_dev"
 SHIMS = {"alma_regen.priority", "alma_regen.deadlines"}
+DEV_TOOLS = ("synth", "serve_archive", "local_s3", "demo")
+DEV_COMMANDS = {"synth", "serve-archive", "demo"}
+PRODUCT_COMMANDS = {"inspect", "casa-versions", "restore", "stage", "image", "publish", "clean", "raw-cache", "run"}
 
 
-def module_names() -> dict:
+def module_names(pkg: Path = PKG) -> dict:
+    """Every importable module of a package; `__main__` (`python -m`, it runs on import) aside."""
     out = {}
-    for p in sorted(PKG.rglob("*.py")):
-        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+    for p in sorted(pkg.rglob("*.py")):
+        parts = list(p.relative_to(pkg.parent).with_suffix("").parts)
+        if parts[-1] == "__main__":
+            continue
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = p
@@ -37,6 +50,7 @@ def loads_airflow(module: str) -> str | None:
 def test_the_library_imports_no_airflow():
     library = [m for m in module_names() if not m.startswith("alma_regen.airflow") and m not in SHIMS]
     assert "alma_regen.publish" in library and "alma_regen.admission" in library and len(library) > 40
+    assert {"alma_regen.cli", "alma_regen.cli.common", "alma_regen.cli.workspace"} <= set(library)
     with ThreadPoolExecutor(4) as pool:
         problems = [p for p in pool.map(loads_airflow, library) if p]
     assert problems == []
@@ -111,3 +125,48 @@ def test_no_import_cycles():
     assert "alma_regen.s3" in graph["alma_regen.publish"]  # the graph is read (a cycle would show)
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     assert cycles(graph) == []
+
+
+def _imported_modules(path: Path) -> set:
+    """Every module a file names in an import statement (also inside functions), absolute."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            out.add(node.module or "")
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_the_product_holds_no_dev_tool():
+    mods = module_names()
+    leaves = {m.rpartition(".")[2] for m in mods}
+    assert leaves.isdisjoint(DEV_TOOLS), sorted(leaves & set(DEV_TOOLS))
+    assert not (ROOT / "include" / "casa_scripts" / "synth_delivery.py").exists()
+    product = [*mods.values(), *sorted((ROOT / "dags").glob("*.py"))]
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in _imported_modules(p) if m.split(".")[0] == "alma_regen_dev")
+                 for p in product}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    # ... and the dev tools are where the product's CLI finds them.
+    assert {m.rpartition(".")[2] for m in module_names(DEV)} >= {*DEV_TOOLS, "commands"}
+    assert (DEV / "casa_scripts" / "synth_delivery.py").is_file()
+
+
+def test_the_dev_commands_reach_the_cli_through_entry_points(monkeypatch):
+    import importlib.metadata as md
+
+    from alma_regen import cli
+
+    def commands():
+        sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+        return set(sub.choices)
+
+    declared = {ep.name: ep.dist.name for ep in md.entry_points(group=cli.COMMANDS_GROUP)}
+    assert declared == dict.fromkeys(DEV_COMMANDS, "alma-regen-dev")  # `make` installs devtools/ editable
+    with_dev = commands()
+    # Without alma-regen-dev the product's commands are all there, the dev ones absent.
+    monkeypatch.setattr(md, "entry_points", lambda **kw: [])
+    product = commands()
+    assert product >= PRODUCT_COMMANDS and product.isdisjoint(DEV_COMMANDS)
+    assert with_dev == product | DEV_COMMANDS

@@ -240,7 +240,7 @@ class AlmaRegenRunNotes(AirflowPlugin):
 @pytest.fixture(scope="module")
 def operator_airflow(tmp_path_factory):
     from airflow_procs import AirflowCluster
-    from alma_regen.serve_archive import ArchiveServer
+    from alma_regen_dev.serve_archive import ArchiveServer
     root = tmp_path_factory.mktemp("operator_view")
     build_archive(root / "archive")
     archive = ArchiveServer(root / "archive", "127.0.0.1", 0)

@@ -15,7 +15,6 @@ from alma_regen import fidelity, previews
 from alma_regen.casa.registry import load_registry
 from alma_regen.casa.runner import CasaRunner
 from alma_regen.publish import summary_html
-from imaging_fixtures import *  # noqa: F401,F403
 from imaging_fixtures import fresh_member
 
 RUNNER_LOG = "alma_regen.casa.runner"

@@ -16,7 +16,6 @@ import pytest
 from alma_regen import fidelity, publish
 from alma_regen.errors import PermanentError, TransientError
 from fixtures_servers import S3Server, free_port, weed_binary
-from imaging_fixtures import *  # noqa: F401,F403
 from imaging_fixtures import fresh_member
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,7 +242,7 @@ def test_publish_operator_uses_the_connection_and_emits_the_mous_asset(member, s
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", publish.ENDPOINT_ENV):
         monkeypatch.delenv(k, raising=False)
     op = PublishOperator(task_id="publish", member_dir=str(member), to=f"s3://{bucket}/regen")
-    assert set(op.template_fields) == {"member_dir", "to", "run", "enabled"}
+    assert set(op.template_fields) == {"mous_uid", "workdir", "to", "run", "enabled"}
     assert [o.name for o in op.outlets] == [PRODUCTS_ALIAS]
     events = OutletEventAccessors()
     result = op.execute({"run_id": "manual__2026-01-01T00:00:00+00:00", "outlet_events": events})

@@ -52,7 +52,7 @@ def test_default_modular_casa_from_package_metadata_without_importing_casa():
     code = ("import sys; from alma_regen.casa.registry import load_registry; r = load_registry(config=''); "
             "print(r.modular().as_dict()['version'], r.modular().executable, 'casatools' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}).stdout.split()
+                         env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])}).stdout.split()
     assert out == ["6.7.0-31", os.path.normpath(sys.executable), "False"]
 
 

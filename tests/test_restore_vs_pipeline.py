@@ -15,7 +15,6 @@ import pytest
 
 from alma_regen import calibration, naming
 from alma_regen.calibration import Options
-from fixtures_pipeline_restore import pipeline_restored  # noqa: F401  (pipeline_registry: tests/fixtures_pipeline.py)
 from fixtures_synth import TESTS, run_casa_python
 
 pytestmark = pytest.mark.casa

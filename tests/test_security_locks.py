@@ -57,7 +57,7 @@ def member_of(workdir):
 # A second process that holds the MOUS the way a command-line step does, until told to stop.
 HOLDER = textwrap.dedent("""
     import sys, time, pathlib
-    from alma_regen.commands import member_step
+    from alma_regen.cli.common import member_step
     with member_step(sys.argv[1], sys.argv[4]):
         pathlib.Path(sys.argv[2]).write_text("held")
         while not pathlib.Path(sys.argv[3]).exists():

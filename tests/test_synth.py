@@ -188,7 +188,7 @@ def test_deterministic_for_a_seed(synth_delivery, tmp_path):
 
     CASA's own tables (caltables, flag versions) carry uninitialised padding
     bytes, so those are compared by what the restore makes of them (above)."""
-    from alma_regen.synth import make_spec, synthesize
+    from alma_regen_dev.synth import make_spec, synthesize
     again = synthesize(tmp_path, ebs=2, seed=1)
     assert again["ebs"] == synth_delivery["ebs"] and again["truth"]["ebs"] == synth_delivery["truth"]["ebs"]
     a, b = Path(synth_delivery["archive_dir"]), Path(again["archive_dir"])
@@ -230,7 +230,7 @@ def test_the_line_is_in_the_truth_and_only_in_its_spw(synth_delivery):
 
 
 def test_restore_script_templates():
-    from alma_regen.synth import restore_script
+    from alma_regen_dev.synth import restore_script
     current = restore_script(["uid___A002_X1_X2", "uid___A002_X1_X3"], ["session_1", "session_3"])
     assert current.splitlines() == [
         "h_init()", "try:",
@@ -247,7 +247,7 @@ def test_restore_script_templates():
 
 def test_sessions_are_checked(tmp_path):
     from alma_regen.errors import PermanentError
-    from alma_regen.synth import default_sessions, make_spec
+    from alma_regen_dev.synth import default_sessions, make_spec
     assert default_sessions(3) == [1, 1, 3] and default_sessions(2) == [1, 1] and default_sessions(1) == [1]
     assert [e["session"] for e in make_spec(1, 3, 8, tmp_path, [2, 2, 5])["ebs"]] == ["session_2"] * 2 + ["session_5"]
     for bad in ([1, 1], [3, 1, 1], [0, 1, 1]):

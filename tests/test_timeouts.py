@@ -44,6 +44,20 @@ def test_every_setting_is_read_somewhere():
     assert unread == []
 
 
+def test_parse_time_settings_are_not_taken_from_the_variable(monkeypatch, caplog):
+    """The DAG bakes workdir (and the other PARSE_TIME knobs) into its tasks when it is parsed:
+    a task, a listener and the scheduler must all see that value, not the Variable's."""
+    import logging
+
+    from alma_regen.config import PARSE_TIME, with_variable
+    monkeypatch.setenv("ALMA_REGEN_WORKDIR", "/env/work")
+    with caplog.at_level(logging.WARNING):
+        s = with_variable(json.dumps({"workdir": "/elsewhere", "raw_cache_gb": 5, "bulk_max_runs": 7}))
+    assert (s.workdir, s.raw_cache_gb, s.bulk_max_in_flight) == ("/env/work", 5.0, 7)
+    assert "cannot change workdir" in caplog.text
+    assert PARSE_TIME <= {f.name for f in fields(Settings)}
+
+
 def raw_member(tmp_path, raw_size: int) -> Path:
     member = tmp_path / "work" / "member.uid___A001_X3001_X9"
     (member / "raw" / "uid___A002_X1_X1.asdm.sdm" / "ASDMBinary").mkdir(parents=True)

@@ -38,22 +38,36 @@ def casa_log_to_console():
     casalog.showconsole(True)
 
 
+def read_job(job_path):
+    """The job a script was given: the JSON file the host wrote (alma_regen.casa.jobs)."""
+    import json
+    with open(job_path) as f:
+        return json.load(f)
+
+
+def write_result(result_path, result, **dump_args):
+    """The script's result as JSON, whole or not at all (a temporary file, then renamed): the
+    host never reads half a result. `dump_args` go to json.dump (default=str, ...)."""
+    import json
+    tmp = "%s.tmp" % result_path
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, **dump_args)
+    os.replace(tmp, result_path)
+
+
 def run_job(func, job_path, result_path, errors=(), label="FAILED"):
     """The entry point of our CASA-side scripts: JOB.json in, RESULT.json out.
 
     An expected error (`errors`) prints one clear line for the runner to quote
     and exits 3; anything else keeps its traceback.
     """
-    import json
-    with open(job_path) as f:
-        job = json.load(f)
+    job = read_job(job_path)
     try:
         result = func(job)
     except errors as exc:
         print("%s: %s" % (label, exc), file=sys.stderr)
         sys.exit(3)
-    with open(result_path, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(result_path, result)
 
 
 def script_args():

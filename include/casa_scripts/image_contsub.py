@@ -22,7 +22,6 @@ quantity, and cont_out is not written (its result says so).
 RESULT: per item the channels used, or the problem that stopped it.
 This file must not import airflow or alma_regen.
 """
-import json
 import os
 import shutil
 import sys
@@ -139,13 +138,9 @@ def significance(share, base):
     return float(abs(share[peak]) / rms) if rms else 0.0
 
 
-def main(job_path, result_path):
-    with open(job_path) as f:
-        job = json.load(f)
-    out = {"items": [derive(item) for item in job["items"]]}
-    with open(result_path, "w") as f:
-        json.dump(out, f, indent=1)
+def contsub(job):
+    return {"items": [derive(item) for item in job["items"]]}
 
 
 if __name__ == "__main__":
-    main(*[a for a in sys.argv[1:] if not a.startswith("--")])
+    casa_boot.run_job(contsub, *casa_boot.script_args())

@@ -13,13 +13,12 @@ exported to FITS afterwards. RESULT lists the calls and files.
 This file must not import airflow or alma_regen.
 """
 import builtins
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import casa_boot  # noqa: E402,F401  (offline guard)
+import casa_boot  # noqa: E402  (offline guard; the result file)
 
 _G = globals()
 _CALLS = []
@@ -102,12 +101,11 @@ def main(script, result_path):
         if out not in fits and os.path.normpath(out) not in map(os.path.normpath, fits):
             _G["exportfits"](imagename=img, fitsimage=out, overwrite=True, dropdeg=False)
             exported.append(out)
-    with open(result_path, "w") as f:
-        json.dump({"script": script, "calls": _CALLS, "fits": sorted(fits + exported), "exported_by_us": exported,
-                   "seconds": round(time.time() - t0, 3)}, f, indent=1)
+    casa_boot.write_result(result_path, {"script": script, "calls": _CALLS, "fits": sorted(fits + exported),
+                                         "exported_by_us": exported, "seconds": round(time.time() - t0, 3)})
 
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
+args = casa_boot.script_args()
 if len(args) != 2:
     _fail("usage: image_script_wrapper.py SCRIPT RESULT.json")
 main(*args)

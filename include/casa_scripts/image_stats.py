@@ -20,7 +20,6 @@ of each pair that previews show (b's peak channel) is saved as PAIR.npz
 plane as ID.npz (image, channel); arrays in FITS order [y, x].
 This file must not import airflow or alma_regen.
 """
-import json
 import math
 import os
 import re
@@ -218,9 +217,7 @@ def saved(folder, ident):
     return os.path.join(folder, re.sub(r"[^A-Za-z0-9_.+-]", "_", ident) + ".npz")
 
 
-def main(job_path, result_path):
-    with open(job_path) as f:
-        job = json.load(f)
+def measure(job):
     workdir = job.get("workdir") or os.getcwd()
     os.makedirs(workdir, exist_ok=True)
     images = {}
@@ -245,9 +242,8 @@ def main(job_path, result_path):
                                  workdir, p["id"], out)
         if out and os.path.isfile(out):
             pairs[p["id"]]["planes"] = out
-    with open(result_path, "w") as f:
-        json.dump({"images": images, "pairs": pairs}, f, indent=1)
+    return {"images": images, "pairs": pairs}
 
 
 if __name__ == "__main__":
-    main(*[a for a in sys.argv[1:] if not a.startswith("--")])
+    casa_boot.run_job(measure, *casa_boot.script_args())

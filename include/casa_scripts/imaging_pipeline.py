@@ -13,14 +13,13 @@ holds (stage number, task, seconds, ok) and the failed task's error: the run
 is judged by these task results, not by what the weblog prints.
 This file must not import airflow or alma_regen.
 """
-import json
 import os
 import sys
 import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import casa_boot  # noqa: E402,F401  (offline guard)
+import casa_boot  # noqa: E402  (offline guard; the job and result files)
 
 import pipeline  # noqa: E402
 import pipeline.h.cli as h_cli  # noqa: E402
@@ -76,8 +75,7 @@ def run(job, result_path):
         result["stages"] = _stages(context)
         result["context"] = context.name
         h_cli.h_save()
-        with open(result_path, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+        casa_boot.write_result(result_path, result, default=str)
     if result["failed"]:
         # One clear last line for the runner to quote, then a non-zero exit.
         print("IMAGING PIPELINE FAILED: %s: %s" % (result["failed"]["task"], result["failed"]["error"][-500:]),
@@ -86,6 +84,5 @@ def run(job, result_path):
 
 
 # casashell runs this file in its shell namespace (no __main__ guard there).
-_args = [a for a in sys.argv[1:] if not a.startswith("--")]
-with open(_args[0]) as _f:
-    run(json.load(_f), _args[1])
+_args = casa_boot.script_args()
+run(casa_boot.read_job(_args[0]), _args[1])

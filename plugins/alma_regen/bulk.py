@@ -19,7 +19,7 @@ from pathlib import Path
 from . import admission, attempts, jsonstore, naming
 from .admission import admit, footprint
 from .errors import PermanentError
-from .notify import STEP_FILE
+from .steps import STEP_FILE
 from .reuse import latest_manifest, same_as_published
 
 log = logging.getLogger(__name__)

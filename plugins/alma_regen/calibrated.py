@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PermanentError
+from .member import Member
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class Options:
 
 
 def calibrated_dir(member) -> Path:
-    return Path(member) / "calibrated"
+    """calibrated/ of a member folder (a Member or its path): `Member.calibrated`."""
+    return Member.coerce(member).calibrated
 
 
 def set_aside(path: Path) -> Path | None:

@@ -40,10 +40,11 @@ from pathlib import Path
 from . import naming, safexml
 from .casa.registry import CasaRegistry, Resolution, load_registry
 from .calibrated import ENGINES, Options, calibrated_dir, set_aside  # noqa: F401  (part of this module's API)
+from .casa.jobs import CasaJob
 from .casa.runner import CasaRunner
-from .delivery import Delivery, find_pipeline_manifest, native_restore_limits
+from .delivery import find_pipeline_manifest, native_restore_limits
 from .errors import CasaError, DeliveryError, NoSpaceError, PermanentError
-from .paths import casa_script
+from .member import CALIBRATION_PLAN, Member
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,12 @@ class Plan:
 # mapped restores, the finish): a README or registry edited in the middle of a run cannot
 # put some EBs under another CASA than the one recorded. In the member folder, not in
 # calibrated/: scriptForPI refuses to start when calibrated/ exists.
-PLAN_FILE = ".calibration-plan.json"
+PLAN_FILE = CALIBRATION_PLAN
 
 
 def save_plan(member, p: Plan, options: Options, run_id: str) -> Path:
     from .jsonstore import write_atomic
-    path = Path(member) / PLAN_FILE
+    path = Member.coerce(member).calibration_plan
     write_atomic(path, {"run_id": run_id, "options": asdict(options), "plan": p.as_dict()},
                  what="the calibration plan")
     return path
@@ -101,7 +102,7 @@ def save_plan(member, p: Plan, options: Options, run_id: str) -> Path:
 def load_plan(member, options: Options, run_id: str, registry: CasaRegistry | None = None) -> Plan:
     """The plan `save_plan` wrote for this run and these options; a PermanentError when there is
     none (prepare did not run) or it is another run's or other options' (a stale file)."""
-    path = Path(member) / PLAN_FILE
+    path = Member.coerce(member).calibration_plan
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -122,7 +123,8 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     """Which engine and which CASA, and why (logged and recorded)."""
     options = options or Options()
     registry = registry or load_registry()
-    d = Delivery(member)
+    member = Member.coerce(member)
+    d = member.delivery
     kind = d.calibration_kind()["kind"]
     recorded = d.casa_version()["version"] if not options.casa_version else None
     recorded = options.casa_version or recorded
@@ -130,7 +132,7 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     ebs = d.ppr_ebs()
     engine = options.engine
     # What the native restore would get wrong (renormalisation, single dish, selfcal).
-    limits = native_restore_limits(member) if engine in ("auto", "native") else []
+    limits = native_restore_limits(member.root) if engine in ("auto", "native") else []
     if engine == "auto":
         engine, reason = _auto(kind, registry, recorded, options.casa_version, limits)
     else:
@@ -197,14 +199,14 @@ def disk_needed(raw_bytes: int, spacesaving: int) -> int | None:
 
 def preflight_disk(member, spacesaving: int, ebs: list | None = None):
     """Fail before starting CASA when the disk is too small."""
-    member = Path(member)
-    ebs = ebs if ebs is not None else Delivery(member).ppr_ebs()
-    raw = sum(_tree_size(member / "raw" / naming.asdm_dir(e)) for e in ebs)
+    member = Member.coerce(member)
+    ebs = ebs if ebs is not None else member.delivery.ppr_ebs()
+    raw = sum(_tree_size(member.asdm(e)) for e in ebs)
     need = disk_needed(raw, spacesaving)
     if need is None:
         log.warning("SPACESAVING=-1: disk check skipped")
         return
-    free = shutil.disk_usage(member).free
+    free = shutil.disk_usage(member.root).free
     if free < need:
         raise NoSpaceError(f"{member}: {free / 1e9:.2f} GB free, the calibration needs about "
                            f"{need / 1e9:.2f} GB ({need // max(raw, 1)} x raw/ of {raw / 1e9:.2f} GB, "
@@ -219,8 +221,7 @@ def _tree_size(path: Path) -> int:
 
 def prepare_layout(member, ebs) -> Path:
     """calibrated/ as scriptForPI builds it; idempotent for our own folder."""
-    member = Path(member)
-    cal = calibrated_dir(member)
+    cal = Member.coerce(member).calibrated
     if cal.exists() and not (cal / MARKER).exists():
         set_aside(cal)
     (cal / "working").mkdir(parents=True, exist_ok=True)
@@ -243,11 +244,11 @@ def pipeline_manifest(member) -> dict:
     tarball, flag versions and apply file; plus the recorded versions. From the
     pipeline manifest; without one (Cycle 4 and older), from the restore script's
     `session=[...]` list and the pipeline's file naming."""
-    member = Path(member)
-    found = find_pipeline_manifest(member)
+    member = Member.coerce(member)
+    found = find_pipeline_manifest(member.root)
     if found is None:
         return _manifest_from_restore_script(member)
-    ous = safexml.parse_file(_confined(member, found))
+    ous = safexml.parse_file(_confined(member.root, found))
     ebs = {}
     caltables = {s.get("name"): _first_name(s, "caltables") for s in safexml.find_all(ous, "session")}
     for session in safexml.find_all(ous, "session"):
@@ -275,13 +276,13 @@ def restore_script_sessions(member) -> dict:
     """EB (file form) -> session, from the restore script's hifa_restoredata call,
     read as data (ast), never run. EBs beyond the session list go to the last
     session, as hifa_restoredata assigns them."""
-    member = Path(member)
-    script = Delivery(member).script("restore")
+    member = Member.coerce(member)
+    script = member.delivery.script("restore")
     if script is None:
-        raise DeliveryError(member / "script", "no pipeline manifest and no *casa_piperestorescript.py: "
-                                               "cannot tell which session's caltables belong to which EB")
+        raise DeliveryError(member.script, "no pipeline manifest and no *casa_piperestorescript.py: "
+                                           "cannot tell which session's caltables belong to which EB")
     try:
-        tree = ast.parse(_confined(member, script).read_bytes(), filename=str(script))
+        tree = ast.parse(_confined(member.root, script).read_bytes(), filename=str(script))
     except (SyntaxError, ValueError) as exc:
         raise DeliveryError(script, f"cannot be read as Python: {exc}") from None
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
@@ -304,8 +305,8 @@ def restore_script_sessions(member) -> dict:
             for i, v in enumerate(vis)}
 
 
-def _manifest_from_restore_script(member: Path) -> dict:
-    cal = member / "calibration"
+def _manifest_from_restore_script(member: Member) -> dict:
+    cal = member.calibration
     ebs = {}
     for eb, session in restore_script_sessions(member).items():
         # hifa_restoredata's naming without a manifest: <anything>.<session>.caltables.tgz
@@ -329,31 +330,31 @@ def _confined(member: Path, path: Path) -> Path:
     return real
 
 
-def _cal_file(member: Path, name: str | None, what: str, eb: str) -> Path:
+def _cal_file(member: Member, name: str | None, what: str, eb: str) -> Path:
     if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise DeliveryError(member / "calibration", f"{eb}: no usable {what} named ({name!r})")
-    p = member / "calibration" / name
+        raise DeliveryError(member.calibration, f"{eb}: no usable {what} named ({name!r})")
+    p = member.calibration / name
     if not p.is_file():
         raise DeliveryError(p, f"{eb}: the {what} is missing")
-    return _confined(member, p)
+    return _confined(member.root, p)
 
 
 def restore_job(member, eb, split: bool) -> dict:
-    member = Path(member)
+    member = Member.coerce(member)
     f = naming.uid_to_file(eb)
     man = pipeline_manifest(member)
     entry = man["ebs"].get(f)
     if entry is None:
         where = man["source"] or "the restore script"
-        raise DeliveryError(member / "calibration", f"{where} does not list {f}: its calibration is unknown")
-    asdm = member / "raw" / naming.asdm_dir(eb)
+        raise DeliveryError(member.calibration, f"{where} does not list {f}: its calibration is unknown")
+    asdm = member.asdm(eb)
     if not asdm.is_dir():
         raise DeliveryError(asdm, "missing: stage the raw data first")
     return {
         "eb": f,
         "session": entry["session"],
         "asdm": str(asdm.resolve()),
-        "workdir": str((calibrated_dir(member) / "working").resolve()),
+        "workdir": str(member.working.resolve()),
         "calapply": str(_cal_file(member, entry["applycmds"], "apply file", f)),
         "flagversions": str(_cal_file(member, entry["finalflags"], "flag versions", f)),
         "caltables": str(_cal_file(member, entry["caltables"], f"caltables of {entry['session']}", f)),
@@ -364,20 +365,16 @@ def restore_job(member, eb, split: bool) -> dict:
 def restore_eb(member, eb, *, split: bool, resolution: Resolution, runner: CasaRunner | None = None,
                timeout_s=None) -> dict:
     """Native restore of one EB (the unit the DAG maps). Returns its record."""
-    member = Path(member)
-    cal = calibrated_dir(member)
+    member = Member.coerce(member)
+    cal = member.calibrated
     if not (cal / MARKER).exists():
         raise PermanentError(f"{cal}: not prepared; run the calibration's prepare step first")
     f = naming.uid_to_file(eb)
     job = restore_job(member, eb, split)
-    work = cal / "working"
-    job_path, result_path = work / f"{f}.restore.job.json", work / f"{f}.restore.result.json"
-    result_path.unlink(missing_ok=True)
-    job_path.write_text(json.dumps(job, indent=1))
-    runner = runner or CasaRunner(log)
-    cmd = resolution.launcher.command(casa_script("restore_eb.py"), [job_path.name, result_path.name], shell=False)
-    run = runner.run(cmd, cwd=work, timeout=timeout_s, label=f"restore {f}")
-    result = json.loads(result_path.read_text())
+    work = member.working
+    run, result = CasaJob(work, f"{f}.restore").run(
+        runner or CasaRunner(log), resolution.launcher, "restore_eb.py", job, relative=True, timeout=timeout_s,
+        label=f"restore {f}")
     check_restored(result, split)
     # scriptForPI leaves calibrated/<EB>.ms (or .ms.split.cal) for the user.
     out = Path(result.get("split") or result["vis"])
@@ -423,7 +420,7 @@ def calibrate(member, options: Options | None = None, registry: CasaRegistry | N
               runner: CasaRunner | None = None, parallel: int = 1, p: Plan | None = None) -> dict:
     """`alma-regen restore`: plan (unless given), preflight, every EB, then the finishing steps."""
     options = options or Options()
-    member = Path(member)
+    member = Member.coerce(member)
     p = p or plan(member, options, registry)
     preflight_disk(member, options.spacesaving, p.ebs)
     t0 = time.monotonic()
@@ -452,12 +449,12 @@ def calibrate(member, options: Options | None = None, registry: CasaRegistry | N
 def run_manual(member, eb, resolution: Resolution, options: Options, runner: CasaRunner | None = None) -> dict:
     """One EB's scriptForCalibration.py, in calibrated/<EB>.calibration/ with the
     ASDM linked in under its EB name, as scriptForPI lays out manual data."""
-    member = Path(member)
+    member = Member.coerce(member)
     f = naming.uid_to_file(eb)
-    script = next((s for s in Delivery(member).manual_scripts() if s.name.startswith(f)), None)
+    script = next((s for s in member.delivery.manual_scripts() if s.name.startswith(f)), None)
     if script is None:
-        raise DeliveryError(member / "script", f"no {f}.ms.scriptForCalibration.py for EB {eb}")
-    where = calibrated_dir(member) / f"{f}.calibration"
+        raise DeliveryError(member.script, f"no {f}.ms.scriptForCalibration.py for EB {eb}")
+    where = member.calibrated / f"{f}.calibration"
     if where.exists():
         shutil.rmtree(where)  # ours, from an earlier attempt: rebuilt from raw/
     where.mkdir()
@@ -468,7 +465,7 @@ def run_manual(member, eb, resolution: Resolution, options: Options, runner: Cas
     out = where / f"{f}.ms.split.cal"
     if not out.exists():
         raise CasaError(f"{script.name} finished without making {out.name} in {where}")
-    link = calibrated_dir(member) / out.name
+    link = member.calibrated / out.name
     if link.is_symlink():
         link.unlink()
     link.symlink_to(Path(where.name) / out.name)
@@ -481,7 +478,7 @@ def outputs_of(member, ebs, run, report: dict) -> list:
     calibrated/<EB>.ms.split.cal (a folder moved up from working/, when split) or
     calibrated/<EB>.ms (a link into working/). `report` is what the wrapper saw
     in calibrated/ (include/casa_scripts/run_script_for_pi.py)."""
-    cal = calibrated_dir(member)
+    cal = Member.coerce(member).calibrated
     seen = report.get("calibrated") or {}
     entries, working = seen.get("entries", {}), seen.get("working_ms", {})
     if not any(n.endswith((".ms", ".ms.split.cal")) for n in entries):
@@ -532,9 +529,9 @@ def _output_entry(cal: Path, entries: dict, f: str):
 def finish(member, p: Plan, options: Options, records: list, elapsed_s: float,
            runner: CasaRunner | None = None, by_us: bool = True) -> dict:
     """After every EB: ImagingPrep, SPACESAVING (unless scriptForPI did them), calibration.json."""
-    member = Path(member)
-    cal = calibrated_dir(member)
-    prep = Delivery(member).script("imaging_prep") if by_us else None
+    member = Member.coerce(member)
+    cal = member.calibrated
+    prep = member.delivery.script("imaging_prep") if by_us else None
     prep_run = None
     if prep is not None:
         runner = runner or CasaRunner(log)
@@ -543,7 +540,7 @@ def finish(member, p: Plan, options: Options, records: list, elapsed_s: float,
     removed = apply_spacesaving(cal / "working", options.spacesaving) if by_us else []
     summary = {
         "schema": "alma-regen/calibration/1",
-        "mous_uid": Delivery(member).mous_uid,
+        "mous_uid": member.mous,
         "plan": p.as_dict(),
         "options": {"spacesaving": options.spacesaving, "dosplit": options.dosplit,
                     "docontsub": options.docontsub},
@@ -586,6 +583,7 @@ def apply_spacesaving(work: Path, level: int) -> list:
 def prepare(member, options: Options, run_id: str, registry: CasaRegistry | None = None) -> Plan:
     """The step before the mapped restores: plan, disk preflight, calibrated/ layout, and the
     plan saved for the run's later steps (load_plan)."""
+    member = Member.coerce(member)
     p = plan(member, options, registry)
     preflight_disk(member, options.spacesaving, p.ebs)
     if p.engine == "native":
@@ -599,13 +597,13 @@ def finish_mapped(member, options: Options, run_id: str, registry: CasaRegistry 
     """The step after the mapped restores: gather each EB's record and finish, with the plan
     prepare saved. For the engines that cannot be mapped (scriptForPI, pipeline, manual)
     this is where the whole calibration runs."""
-    member = Path(member)
+    member = Member.coerce(member)
     p = load_plan(member, options, run_id, registry)
     if p.engine != "native":
         return calibrate(member, options, registry, runner, p=p)
     records, missing = [], []
     for eb in p.ebs:
-        rec = calibrated_dir(member) / "working" / f"{naming.uid_to_file(eb)}.calibration.json"
+        rec = member.working / f"{naming.uid_to_file(eb)}.calibration.json"
         if rec.is_file():
             records.append(json.loads(rec.read_text()))
         else:
@@ -617,7 +615,7 @@ def finish_mapped(member, options: Options, run_id: str, registry: CasaRegistry 
 
 
 def load_summary(member) -> dict:
-    path = calibrated_dir(member) / SUMMARY
+    path = Member.coerce(member).calibrated / SUMMARY
     if not path.is_file():
         raise PermanentError(f"{path}: missing: the calibration has not finished")
     return json.loads(path.read_text())

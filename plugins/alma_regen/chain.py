@@ -7,14 +7,13 @@ by hand, and the no-Airflow baseline of bench/orchestration.
 """
 import logging
 import time
-from pathlib import Path
 
 from dataclasses import replace
 
-from . import calibration, naming
+from . import calibration
 from .config import Settings
-from .delivery import Delivery
 from .errors import DeliveryError
+from .member import Member
 from .mous_lock import held
 from .staging import StageOptions, open_source, stage_mous
 from .timeouts import casa_timeout
@@ -35,30 +34,31 @@ def run_mous(mous: str, source_url: str, workdir, *, cal_options: calibration.Op
         timings[name] = round(time.monotonic() - t, 3)
         return out
 
-    naming.uid_to_file(mous)  # a malformed uid (a trailing newline...) is refused before anything is made
+    # A malformed uid (a trailing newline...) is refused before anything is made.
+    member = Member.of(workdir, mous)
     # The MOUS's lock, the one the DAG's runs take: no DAG run or other command works in it meanwhile.
     with held(workdir, mous, "run"):
-        return _run_locked(mous, source_url, workdir, step, timings, cal_options, stage_options, parallel,
+        return _run_locked(member, mous, source_url, workdir, step, timings, cal_options, stage_options, parallel,
                            imaging, publish_to, run_id)
 
 
-def _run_locked(mous, source_url, workdir, step, timings, cal_options, stage_options, parallel, imaging,
+def _run_locked(member, mous, source_url, workdir, step, timings, cal_options, stage_options, parallel, imaging,
                 publish_to, run_id) -> dict:
-    staged = step("stage", stage_mous, mous, open_source(source_url), workdir, stage_options)
-    member = Path(staged["member_dir"])
+    step("stage", stage_mous, mous, open_source(source_url), workdir, stage_options)
     # Every CASA step's limit, from the raw data now staged (alma_regen.timeouts); an explicit one wins.
     casa_limit = casa_timeout(member, Settings.from_env())
     cal_options = cal_options or calibration.Options()
     if not cal_options.timeout_s:
         cal_options = replace(cal_options, timeout_s=casa_limit)
     casa_limit = cal_options.timeout_s
-    plan = step("inspect", lambda: Delivery(member).plan())
+    # The delivery model, read once the files are staged, serves every step after.
+    plan = step("inspect", lambda: member.delivery.plan())
     errors = [p for p in plan["problems"] if p["severity"] == "error"]
     if errors:
         raise DeliveryError(errors[0]["path"], errors[0]["message"] +
                             (f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""))
     cal = step("calibrate", calibration.calibrate, member, cal_options, parallel=parallel)
-    result = {"mous_uid": mous, "member_dir": str(member), "plan": plan, "calibration": cal,
+    result = {"mous_uid": mous, "member_dir": str(member.root), "plan": plan, "calibration": cal,
               "imaging": None, "fidelity": None, "manifest": None, "timings_s": timings}
     if imaging != "none":
         from .fidelity import check_fidelity

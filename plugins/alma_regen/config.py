@@ -1,12 +1,29 @@
-"""Settings that are not secrets, in one typed object.
+"""Every setting of alma-regen that is not a secret, in one typed object.
 
-Read from the environment (`ALMA_REGEN_<FIELD>`, upper case) when a DAG file is
-parsed — parsing must stay fast and must not touch the metadata database —
-and, inside tasks, overridden by the Airflow Variable `alma_regen` (a JSON
-object with the same field names). Secrets live in Airflow Connections:
-`alma_request_handler`, `alma_archive_s3`, `alma_products_s3`.
+Where a value comes from:
+  - the environment, `ALMA_REGEN_<FIELD>` (upper case): always;
+  - then the Airflow Variable `alma_regen` (a JSON object with the same field
+    names), in the processes that may read it: tasks (`runtime_settings`, through
+    the Task SDK) and the scheduler/api-server (`with_variable`, given the text
+    the ORM read; alma_regen.airflow.deadlines and ui_app).
+
+When it is read:
+  - PARSE_TIME fields shape the DAGs themselves (the workdir and products
+    location in the tasks' arguments, connections, schedules, pools, queues,
+    retries): they are read from the environment
+    when a DAG file is parsed (parsing must stay fast and must not touch the
+    metadata database), so the Variable cannot change them (with_variable
+    leaves them out, with a warning); a deployment sets them in the
+    environment of every Airflow process.
+  - Every other field is read when it is used, by the task or server that uses
+    it, so an override in the Variable reaches all of them alike.
+
+Secrets live in Airflow Connections (`alma_request_handler`, `alma_archive_s3`,
+`alma_products_s3`); the command line takes them from the environment
+(AWS_*, ALMA_REQUEST_HANDLER_COOKIE), never from here.
 """
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -18,6 +35,16 @@ WORKSPACE_KEEP = ("all", "raw", "nothing")  # what a published MOUS keeps of its
 
 # Settings renamed: the old name is still read (environment and Variable), as the new one.
 RENAMED = {"bulk_max_runs": "bulk_max_in_flight"}
+
+
+# Read when a DAG file is parsed (see the module's docstring). The Variable does not
+# change them anywhere (with_variable leaves them out), so every process agrees on them.
+PARSE_TIME = frozenset({
+    "workdir", "products_url",  # baked into the tasks' arguments
+    "request_handler_conn", "archive_s3_conn", "products_s3_conn",  # the operators' connections
+    "casa_pool", "casa_queue", "staging_pool", "retries", "retry_delay_s", "max_retry_delay_s",
+    "bulk_schedule", "bulk_worklist",  # the feeder's schedule, and the worklist param's default
+})
 
 
 class InvalidSetting(PermanentError, ValueError):
@@ -44,6 +71,8 @@ class Settings:
     min_timeout_s: int = 1800                  # the floor of both
     stage_min_rate_bps: float = 10000.0        # staging gives up on a source sending less than this over
     stage_min_rate_window_s: float = 120.0     # this window (a transient error; a rerun resumes); 0: never
+    # The deadline's allowance is computed when a run is created (airflow/deadlines.py), from
+    # the environment and the Variable; only "no alert at all" (negative) is read at parse time.
     deadline_minutes: int = 0                  # 0: the default; negative: no deadline alert
     deadline_seconds: int = 0                  # > 0: the allowance exactly (wins over minutes; tests, tight SLAs)
     deadline_minutes_per_gb: int = 30
@@ -72,6 +101,12 @@ class Settings:
     # With keep=raw the cleaned member folders are a cache of the archive's files for reruns;
     # above this size the least recently used go whole (workspace.evict). 0: no limit.
     raw_cache_gb: float = 0.0
+    s3_endpoint: str = ""                      # S3 endpoint of the command line's client (a mirror, SeaweedFS);
+                                               # empty: AWS_ENDPOINT_URL, else AWS. Airflow: the connections'
+    casa_registry: str = ""                    # the CASA registry: a file, or its JSON inline (casa/registry.py);
+                                               # empty: <workdir>/casa-registry.json
+    include: str = ""                          # include/ (CASA site config, our CASA scripts); empty: beside plugins/
+    fidelity_tolerances: str = ""              # JSON object overriding fidelity.py's tolerances
 
     def __post_init__(self):
         if self.workspace_keep not in WORKSPACE_KEEP:
@@ -117,12 +152,26 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+def with_variable(raw) -> Settings:
+    """The environment, then the `alma_regen` Variable's JSON text `raw` (None or empty: not set).
+    PARSE_TIME settings in the Variable are left out, with a warning: the DAGs were built
+    with the environment's, and a task must not work elsewhere than its DAG says."""
+    base = Settings.from_env()
+    overrides = json.loads(raw) if raw else {}
+    ignored = sorted(k for k in overrides if RENAMED.get(k, k) in PARSE_TIME)
+    if ignored:
+        logging.getLogger(__name__).warning(
+            "the %s Variable cannot change %s: read when the DAG files are parsed; set them in the "
+            "environment of every Airflow process", VARIABLE, ", ".join(ignored))
+    overrides = {k: v for k, v in overrides.items() if k not in ignored}
+    return base.with_overrides(overrides) if overrides else base
+
+
 def runtime_settings() -> Settings:
     """Inside a task: the environment, then the `alma_regen` Variable if set."""
-    base = Settings.from_env()
     try:
         from airflow.sdk import Variable
         raw = Variable.get(VARIABLE, default=None)
     except Exception:  # no Airflow context (CLI): the environment is all there is
-        return base
-    return base.with_overrides(json.loads(raw)) if raw else base
+        raw = None
+    return with_variable(raw)

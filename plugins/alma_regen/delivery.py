@@ -130,19 +130,15 @@ class Delivery:
         self.path = Path(member_dir)
         if not self.path.is_dir():
             raise DeliveryError(self.path, "is not a folder (expected an untarred member.<MOUS> folder)")
-        self.problems = Problems()
-        self._script_files = _names(self.path / "script", self.problems)
+        # What listing script/ found (names that are not UTF-8): every plan starts from these.
+        self._listing_problems = Problems()
+        self._script_files = _names(self.path / "script", self._listing_problems)
+        self.problems = Problems(self._listing_problems)
 
     # ------------------------------------------------------------ identity
     @property
     def mous_uid(self) -> str | None:
-        name = self.path.name
-        if name.startswith("member."):
-            try:
-                return naming.file_to_uid(name[len("member."):])
-            except AlmaRegenError:
-                pass
-        return None
+        return naming.mous_of_member_dir(self.path.name)
 
     # ------------------------------------------------------------ scripts
     def script(self, role: str) -> Path | None:
@@ -342,8 +338,9 @@ class Delivery:
         """Everything at once, each problem reported rather than raised.
 
         staged=False: the plan before the raw data are staged (see `raw_state`); the
-        disk is then estimated from `archive_sizes` when given."""
-        p = self.problems
+        disk is then estimated from `archive_sizes` when given. A Delivery is kept for a whole
+        step (alma_regen.member.Member.delivery): each plan reports its own problems afresh."""
+        p = self.problems = Problems(self._listing_problems)
         out = {"schema": SCHEMA, "member_dir": str(self.path), "mous_uid": self.mous_uid, "project": None,
                "staged": staged}
 

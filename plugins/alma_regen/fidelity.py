@@ -19,15 +19,15 @@ $ALMA_REGEN_FIDELITY_TOLERANCES. This module does not import Airflow.
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 
+from .casa.jobs import CasaJob
 from .casa.registry import load_registry
 from .casa.runner import CasaRunner
 from .errors import PermanentError
-from .imaging import imaging_dir, products_dir
-from .paths import casa_script
+from .jsonstore import write_atomic
+from .member import Member
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def tolerances(overrides=None, engine: str | None = None) -> dict:
     """The defaults, then the engine's (ENGINE_TOLERANCES), then $ALMA_REGEN_FIDELITY_TOLERANCES, then overrides."""
     tol = dict(DEFAULT_TOLERANCES)
     tol.update(ENGINE_TOLERANCES.get(engine, {}))
-    env = os.environ.get(TOLERANCES_ENV)
+    from .config import Settings
+    env = Settings.from_env().fidelity_tolerances  # $ALMA_REGEN_FIDELITY_TOLERANCES
     if env:
         try:
             tol.update(json.loads(env))
@@ -147,15 +148,12 @@ def measure(images: list, pairs: list, workdir: Path, thumbnails: Path | None = 
     `planes`: a folder for the planes the previews show."""
     runner = runner or CasaRunner(log)
     registry = registry or load_registry()
-    workdir.mkdir(parents=True, exist_ok=True)
-    job, result = workdir / "stats.job.json", workdir / "stats.result.json"
-    job.write_text(json.dumps({"images": images, "pairs": pairs, "workdir": str(workdir),
-                               "thumbnails": str(thumbnails) if thumbnails else None,
-                               "planes": str(planes) if planes else None}, indent=1))
-    result.unlink(missing_ok=True)
-    cmd = registry.modular().command(casa_script("image_stats.py"), [job, result], shell=False)
-    runner.run(cmd, cwd=workdir, timeout=timeout, label="image statistics")
-    return json.loads(result.read_text())
+    _, result = CasaJob(workdir, "stats").run(
+        runner, registry.modular(), "image_stats.py",
+        {"images": images, "pairs": pairs, "workdir": str(workdir),
+         "thumbnails": str(thumbnails) if thumbnails else None, "planes": str(planes) if planes else None},
+        timeout=timeout, label="image statistics")
+    return result
 
 
 def _rel(a, b):
@@ -229,16 +227,16 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
 
     Raises FidelityError (after writing the file) when a pair is out of tolerance.
     """
-    member_dir = Path(member_dir)
-    d = imaging_dir(member_dir)
-    record = _imaging_record(member_dir)
+    member = Member.coerce(member_dir)
+    d = member.imaging
+    record = _imaging_record(member)
     tol = tolerances(tolerances_, record.get("engine"))
-    regen_dir = products_dir(member_dir)
+    regen_dir = member.imaging_products
     regenerated = sorted(p for p in regen_dir.glob("*.fits") if is_sky(p.name))
     if not regenerated:
         raise PermanentError(f"{regen_dir} holds no regenerated image: run alma-regen image first")
-    pairs_of = counterparts([p.name for p in regenerated], member_dir / "product")
-    derived = like_with_like(record, pairs_of, member_dir / "product", d / "fidelity_work" / "derived",
+    pairs_of = counterparts([p.name for p in regenerated], member.product)
+    derived = like_with_like(record, pairs_of, member.product, d / "fidelity_work" / "derived",
                              runner=runner, registry=registry, timeout=timeout)
     images, pairs = [], []
     for p in regenerated:
@@ -248,7 +246,7 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
             alt = derived.get(p.name) or {"path": str(ref), "pb": _str(pb_for(ref))}
             images.append({"id": "delivered:" + p.name, "path": alt["path"], "pb": alt["pb"]})
             pairs.append({"id": p.name, "a": "regen:" + p.name, "b": "delivered:" + p.name})
-    stats = measure(images, pairs, d / "fidelity_work", d / "thumbnails", runner=runner, registry=registry,
+    stats = measure(images, pairs, d / "fidelity_work", member.thumbnails, runner=runner, registry=registry,
                     timeout=timeout, planes=d / "fidelity_work" / "planes")
     results = []
     for p in regenerated:
@@ -265,18 +263,15 @@ def check_fidelity(member_dir, tolerances_=None, *, runner=None, registry=None, 
             if p.name in derived:
                 entry["delivered_as"] = derived[p.name]["note"]
         results.append(entry)
-    _previews(results, stats, d / "thumbnails", {p.name: pairs_of[p.name] or p for p in regenerated})
+    _previews(results, stats, member.thumbnails, {p.name: pairs_of[p.name] or p for p in regenerated})
     matched = {r["counterpart"] for r in results if r["counterpart"]}
-    delivered_all = sorted(p.name for p in (member_dir / "product").glob("*.fits")
-                           if is_sky(p.name)) if (member_dir / "product").is_dir() else []
+    delivered_all = sorted(p.name for p in member.product.glob("*.fits")
+                           if is_sky(p.name)) if member.product.is_dir() else []
     summary = {s: sum(r["status"] == s for r in results) for s in ("pass", "fail", "no counterpart")}
-    doc = {"schema": SCHEMA, "member_dir": str(member_dir), "tolerances": tol, "summary": summary,
+    doc = {"schema": SCHEMA, "member_dir": str(member.root), "tolerances": tol, "summary": summary,
            "ok": summary["fail"] == 0, "images": results,
            "delivered_not_regenerated": sorted(set(delivered_all) - matched)}
-    out = d / "fidelity.json"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)
+    write_atomic(member.fidelity_record, doc, what="the fidelity record")
     log.info("fidelity: %d pass, %d fail, %d without counterpart", summary["pass"], summary["fail"],
              summary["no counterpart"])
     if not doc["ok"] and raise_on_failure:
@@ -296,8 +291,8 @@ def _previews(results: list, stats: dict, out_dir: Path, fits_of: dict) -> None:
     render_all(results, stats, out_dir, fits_of)
 
 
-def _imaging_record(member_dir) -> dict:
-    f = imaging_dir(member_dir) / "imaging.json"
+def _imaging_record(member: Member) -> dict:
+    f = member.imaging_record
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
@@ -343,15 +338,10 @@ def like_with_like(record: dict, pairs_of: dict, delivered_dir: Path, workdir: P
                                  f"({ref.name} holds every channel, the pipeline's only the line-free ones)"}
     if not items:
         return {}
-    workdir.mkdir(parents=True, exist_ok=True)
-    job, result = workdir / "contsub.job.json", workdir / "contsub.result.json"
-    job.write_text(json.dumps({"items": items}, indent=1))
-    result.unlink(missing_ok=True)
     registry = registry or load_registry()
-    (runner or CasaRunner(log)).run(registry.modular().command(casa_script("image_contsub.py"), [job, result],
-                                                               shell=False),
-                                    cwd=workdir, timeout=timeout, label="delivered continuum ranges")
-    done = json.loads(result.read_text())["items"]
+    _, result = CasaJob(workdir, "contsub").run(runner or CasaRunner(log), registry.modular(), "image_contsub.py",
+                                               {"items": items}, timeout=timeout, label="delivered continuum ranges")
+    done = result["items"]
     problems = {r["cube"]: r["problem"] for r in done if r.get("problem")}
     if problems:
         raise PermanentError("cannot apply the pipeline's continuum ranges to the delivered cubes: "

@@ -34,18 +34,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import naming
+from .casa.jobs import CasaJob
 from .casa.registry import REGISTRY_ENV, load_registry
 from .casa.runner import CasaRunner
-from .delivery import Delivery
 from .errors import AlmaRegenError, CasaError, DeliveryError, PermanentError
-from .paths import casa_script
+from .jsonstore import write_atomic
+from .member import Member
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "pipeline", "script", "native")
 MODES = ("cont", "cube")
-IMAGING_DIR = "imaging"
 # Clean down to 2.5 x the residual's robust rms (re-measured by tclean each
 # major cycle): early on that rms still holds the uncleaned sources'
 # sidelobes, and at 3 x a sparse array's images stay sidelobe-limited (on the
@@ -62,16 +61,18 @@ class ImagingError(PermanentError):
 # ------------------------------------------------------------------ inputs
 
 def imaging_dir(member_dir) -> Path:
-    return Path(member_dir) / IMAGING_DIR
+    """imaging/ of a member folder (a Member or its path): `Member.imaging`."""
+    return Member.coerce(member_dir).imaging
 
 
 def products_dir(member_dir) -> Path:
-    return imaging_dir(member_dir) / "products"
+    """imaging/products/, the regenerated FITS images: `Member.imaging_products`."""
+    return Member.coerce(member_dir).imaging_products
 
 
 def calibrated_ms(member_dir) -> list:
     """The calibrated MSs at calibrated/ level: *.ms.split.cal if any, else *.ms (links followed)."""
-    cal = Path(member_dir) / "calibrated"
+    cal = Member.coerce(member_dir).calibrated
     if not cal.is_dir():
         raise ImagingError(f"{cal} does not exist: restore the calibration first (alma-regen restore)")
     split = sorted(p for p in cal.glob("*.ms.split.cal") if p.resolve().is_dir())
@@ -84,13 +85,6 @@ def calibrated_ms(member_dir) -> list:
 
 def _unit_file_id(unit_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", unit_id)
-
-
-def _write_json(path: Path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 # What the imaging steps and the fidelity check write in imaging/ (CASA adds its logs
@@ -112,7 +106,7 @@ def _reset(member_dir):
 
     Only what our steps wrote is removed; a file of anyone else's in imaging/ (or
     anything but FITS in imaging/products/) stops the run with an ImagingError."""
-    d = imaging_dir(member_dir)
+    d = Member.coerce(member_dir).imaging
     if d.is_symlink() or (d.exists() and not d.is_dir()):
         raise ImagingError(f"{d} is not a folder imaging made: move it away and run again (nothing was removed)")
     if d.is_dir():
@@ -147,7 +141,7 @@ def choose_engine(member_dir, engine: str = "auto", registry=None) -> dict:
     if engine != "auto":
         return {"engine": engine, "reason": f"engine {engine} requested"}
     registry = registry or load_registry()
-    kind = Delivery(member_dir).imaging_kind()
+    kind = Member.coerce(member_dir).delivery.imaging_kind()
     if kind["kind"] == "pipeline":
         if any(c.has_pipeline for c in registry.launchers):
             choice = {"engine": "pipeline", "reason": f"{kind['reason']}; a pipeline CASA is installed"}
@@ -162,9 +156,9 @@ def choose_engine(member_dir, engine: str = "auto", registry=None) -> dict:
     return choice
 
 
-def _recorded_casa(member_dir):
+def _recorded_casa(member: Member):
     try:
-        return Delivery(member_dir).casa_version()["version"]
+        return member.delivery.casa_version()["version"]
     except DeliveryError:
         return None
 
@@ -179,14 +173,14 @@ def image(member_dir, engine: str = "auto", *, workers: int = 1, registry=None, 
     runner_factory: makes the CasaRunner of each child (the operator keeps
       them to kill on on_kill).
     """
-    member_dir = Path(member_dir)
+    member = Member.coerce(member_dir)
     registry = registry or load_registry()
-    choice = choose_engine(member_dir, engine, registry)
+    choice = choose_engine(member, engine, registry)
     t0 = time.monotonic()
     if choice["engine"] == "native":
-        units = native_units(member_dir, registry=registry, runner=runner_factory(), choice=choice, timeout=timeout)
+        units = native_units(member, registry=registry, runner=runner_factory(), choice=choice, timeout=timeout)
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = [pool.submit(run_native_unit, member_dir, u, registry=registry, runner=runner_factory(),
+            futures = [pool.submit(run_native_unit, member, u, registry=registry, runner=runner_factory(),
                                    timeout=timeout, modes=modes) for u in units]
             errors = []
             for f in futures:
@@ -196,14 +190,14 @@ def image(member_dir, engine: str = "auto", *, workers: int = 1, registry=None, 
                     errors.append(exc)
         if errors:
             raise errors[0]
-        record = imaging_record(member_dir)
+        record = imaging_record(member)
     elif choice["engine"] == "script":
-        record = run_script(member_dir, registry=registry, runner=runner_factory(), choice=choice, timeout=timeout)
+        record = run_script(member, registry=registry, runner=runner_factory(), choice=choice, timeout=timeout)
     else:
-        record = run_pipeline(member_dir, registry=registry, runner=runner_factory(), choice=choice, timeout=timeout)
+        record = run_pipeline(member, registry=registry, runner=runner_factory(), choice=choice, timeout=timeout)
     record["seconds"] = round(time.monotonic() - t0, 3)
     record["workers"] = workers
-    _write_json(imaging_dir(member_dir) / "imaging.json", record)
+    write_atomic(member.imaging_record, record, what="the imaging record")
     log.info("imaging (%s) made %d FITS images in %.1f s", record["engine"], len(record["products"]),
              record["seconds"])
     return record
@@ -215,10 +209,11 @@ def plan_mapped(member_dir, engine: str = "auto", *, registry=None, runner=None,
     if engine == "none":
         log.info("imaging: engine none requested: no images")
         return []
-    choice = choose_engine(member_dir, engine, registry)
+    member = Member.coerce(member_dir)
+    choice = choose_engine(member, engine, registry)
     if choice["engine"] != "native":
         return []
-    return native_units(member_dir, registry=registry, runner=runner, choice=choice, timeout=timeout)
+    return native_units(member, registry=registry, runner=runner, choice=choice, timeout=timeout)
 
 
 def finish_mapped(member_dir, engine: str = "auto", *, registry=None, runner_factory=CasaRunner,
@@ -227,18 +222,20 @@ def finish_mapped(member_dir, engine: str = "auto", *, registry=None, runner_fac
     cannot be split; None when no imaging was asked for."""
     if engine == "none":
         return None
-    choice = choose_engine(member_dir, engine, registry)
+    member = Member.coerce(member_dir)
+    choice = choose_engine(member, engine, registry)
     if choice["engine"] == "native":
-        record = imaging_record(member_dir)
+        record = imaging_record(member)
         log.info("imaging (native) made %d FITS images", len(record["products"]))
         return record
-    return image(member_dir, choice["engine"], registry=registry, runner_factory=runner_factory, timeout=timeout)
+    return image(member, choice["engine"], registry=registry, runner_factory=runner_factory, timeout=timeout)
 
 
 def imaging_record(member_dir) -> dict:
     """The record of the last imaging run: plan.json plus every unit's result, and the products."""
-    d = imaging_dir(member_dir)
-    final = d / "imaging.json"
+    member = Member.coerce(member_dir)
+    d = member.imaging
+    final = member.imaging_record
     if final.is_file() and not (d / "units").is_dir():
         return json.loads(final.read_text())
     plan_file = d / "plan.json"
@@ -253,14 +250,14 @@ def imaging_record(member_dir) -> dict:
     if missing:
         raise ImagingError(f"imaging is incomplete: work unit(s) {', '.join(missing)} did not finish")
     record["unit_results"] = [units[u["id"]] for u in record.get("units", [])]
-    record["products"] = _products(member_dir)
+    record["products"] = _products(member)
     record["casa_runs"] = [r.get("casa") for r in record["unit_results"]]
-    _write_json(final, record)
+    write_atomic(final, record, what="the imaging record")
     return record
 
 
-def _products(member_dir) -> list:
-    return sorted(p.name for p in products_dir(member_dir).glob("*.fits"))
+def _products(member: Member) -> list:
+    return sorted(p.name for p in member.imaging_products.glob("*.fits"))
 
 
 # ------------------------------------------------------------------ native
@@ -269,36 +266,28 @@ def _modular(registry):
     return registry.modular()
 
 
-def _run_json(runner, launcher, script, args, cwd, timeout, label):
-    """Run one of our CASA scripts (plain Python of a modular CASA) and return its CasaRun."""
-    cmd = launcher.command(casa_script(script), args, shell=False)
-    return runner.run(cmd, cwd=cwd, timeout=timeout, label=label)
-
-
 def native_units(member_dir, *, registry=None, runner=None, choice=None, timeout=None) -> list:
     """Start a native imaging run: reset imaging/, list the work units (one per target and spw),
     write plan.json. The units are plain JSON: an Airflow mapped task can take one each."""
-    member_dir = Path(member_dir)
+    member = Member.coerce(member_dir)
     registry = registry or load_registry()
     runner = runner or CasaRunner(log)
-    vis = [str(p) for p in calibrated_ms(member_dir)]
-    _reset(member_dir)
-    d = imaging_dir(member_dir)
+    vis = [str(p) for p in calibrated_ms(member)]
+    _reset(member)
+    d = member.imaging
     launcher = _modular(registry)
-    _write_json(d / "plan.job.json", {"vis": vis})
-    run = _run_json(runner, launcher, "image_native.py", ["plan", d / "plan.job.json", d / "plan.result.json"], d,
-                    timeout, "native imaging plan")
-    plan = json.loads((d / "plan.result.json").read_text())
+    run, plan = CasaJob(d, "plan").run(runner, launcher, "image_native.py", {"vis": vis}, mode="plan",
+                                       timeout=timeout, label="native imaging plan")
     if not plan["units"]:
         raise ImagingError(f"no science target with a science spw in {', '.join(vis)}: nothing to image")
     for u in plan["units"]:
         u["file_id"] = _unit_file_id(u["id"])
     choice = choice or {"engine": "native", "reason": "engine native requested"}
-    record = {"schema": SCHEMA, "member_dir": str(member_dir), "engine": "native", "reason": choice["reason"],
+    record = {"schema": SCHEMA, "member_dir": str(member.root), "engine": "native", "reason": choice["reason"],
               "casa": launcher.as_dict(), "inputs": vis, "datacolumn": plan["datacolumn"],
               "longest_baseline_m": plan["longest_baseline_m"], "units": plan["units"],
               "plan_casa": run.as_dict()}
-    _write_json(d / "plan.json", record)
+    write_atomic(d / "plan.json", record, what="the imaging plan")
     log.info("native imaging: %d work unit(s): %s", len(plan["units"]), ", ".join(u["id"] for u in plan["units"]))
     return plan["units"]
 
@@ -306,26 +295,24 @@ def native_units(member_dir, *, registry=None, runner=None, choice=None, timeout
 def run_native_unit(member_dir, unit: dict, *, registry=None, runner=None, timeout=None, modes=MODES,
                     niter: int = 1000, nsigma: float = NSIGMA, pbmask: float = 0.2) -> dict:
     """Image one work unit (continuum and cube of one target and spw); write units/<unit>.json."""
-    member_dir = Path(member_dir)
+    member = Member.coerce(member_dir)
     registry = registry or load_registry()
     runner = runner or CasaRunner(log)
-    d = imaging_dir(member_dir)
+    d = member.imaging
     if not (d / "plan.json").is_file():
         raise ImagingError(f"{d}/plan.json is missing: list the work units first (native_units)")
     fid = unit.get("file_id") or _unit_file_id(unit["id"])
     work = d / "work" / fid
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    mous = Delivery(member_dir).mous_uid
-    job = {"unit": unit, "workdir": str(work), "outdir": str(products_dir(member_dir)),
-           "mous_file": naming.uid_to_file(mous) if mous else "unknown", "modes": list(modes),
+    job = {"unit": unit, "workdir": str(work), "outdir": str(member.imaging_products),
+           "mous_file": member.mous_file or "unknown", "modes": list(modes),
            "niter": niter, "nsigma": nsigma, "pbmask": pbmask}
-    _write_json(work / "job.json", job)
-    run = _run_json(runner, _modular(registry), "image_native.py", ["unit", work / "job.json", work / "result.json"],
-                    work, timeout, f"native imaging {unit['id']}")
-    result = json.loads((work / "result.json").read_text())
+    run, result = CasaJob(work).run(runner, _modular(registry), "image_native.py", job, mode="unit",
+                                    timeout=timeout, label=f"native imaging {unit['id']}")
     result["casa"] = run.as_dict()
-    _write_json(d / "units" / f"{fid}.json", result)
+    (d / "units").mkdir(exist_ok=True)
+    write_atomic(d / "units" / f"{fid}.json", result, what="the result of an imaging unit")
     return result
 
 
@@ -333,41 +320,39 @@ def run_native_unit(member_dir, unit: dict, *, registry=None, runner=None, timeo
 
 def run_script(member_dir, *, registry=None, runner=None, choice=None, timeout=None) -> dict:
     """The delivery's scriptForImaging.py, unattended, in calibrated/ (see image_script_wrapper.py)."""
-    member_dir = Path(member_dir)
+    member = Member.coerce(member_dir)
     registry = registry or load_registry()
     runner = runner or CasaRunner(log)
-    delivery = Delivery(member_dir)
+    delivery = member.delivery
     script = delivery.script("imaging")
     if script is None:
-        raise ImagingError(f"{member_dir / 'script'} holds no scriptForImaging.py: the script engine has nothing to run")
+        raise ImagingError(f"{member.script} holds no scriptForImaging.py: the script engine has nothing to run")
     if delivery.imaging_kind()["kind"] != "script":
         raise ImagingError(f"{script.name} has only comments (the pipeline made the images): "
                            "use the pipeline or native engine")
-    cal = member_dir / "calibrated"
+    cal = member.calibrated
     if not cal.is_dir():
         raise ImagingError(f"{cal} does not exist: restore the calibration first (alma-regen restore)")
-    launcher, why = _script_casa(registry, _recorded_casa(member_dir))
-    _reset(member_dir)
-    d = imaging_dir(member_dir)
-    result_file = d / "script.result.json"
+    launcher, why = _script_casa(registry, _recorded_casa(member))
+    _reset(member)
+    job = CasaJob(member.imaging, "script")  # no job file: the wrapper takes the script and its result file
     # The wrapper runs with calibrated/ as its working directory, where the
     # script expects its MSs; the delivery's copy is read where it is.
-    cmd = launcher.command(casa_script("image_script_wrapper.py"), [script.resolve(), result_file], shell=True)
-    run = runner.run(cmd, cwd=cal, timeout=timeout, label=f"{script.name} (unattended)")
-    result = json.loads(result_file.read_text())
+    run, result = job.run(runner, launcher, "image_script_wrapper.py", None, args=[script.resolve(), job.result_path],
+                          cwd=cal, shell=True, timeout=timeout, label=f"{script.name} (unattended)")
     if not result["fits"]:
         raise ImagingError(f"{script.name} ran but made no FITS image (nor a CASA image to export)")
     for f in result["fits"]:
         src = (cal / f).resolve()
-        dst = products_dir(member_dir) / src.name
+        dst = member.imaging_products / src.name
         shutil.copy2(src, dst)
-    record = {"schema": SCHEMA, "member_dir": str(member_dir), "engine": "script",
+    record = {"schema": SCHEMA, "member_dir": str(member.root), "engine": "script",
               "reason": (choice or {}).get("reason", "engine script requested"), "casa": launcher.as_dict(),
               "casa_choice": why, "script": script.name, "calls": result["calls"], "inputs": [],
-              "exported_by_us": result["exported_by_us"], "products": _products(member_dir),
+              "exported_by_us": result["exported_by_us"], "products": _products(member),
               "casa_runs": [run.as_dict()]}
     try:
-        record["inputs"] = [str(p) for p in calibrated_ms(member_dir)]
+        record["inputs"] = [str(p) for p in calibrated_ms(member)]
     except ImagingError:
         pass
     return record
@@ -435,7 +420,7 @@ def _pipeline_casa(registry, recorded):
     return registry.resolve(recorded, needs_pipeline=True)
 
 
-def _pipeline_workdir(member_dir, working: Path, vis: list) -> Path:
+def _pipeline_workdir(member: Member, working: Path, vis: list) -> Path:
     """imaging/pipeline/, the recipe's working folder, with the restored MSs linked in.
 
     Links, not copies: hifa_importdata imports an MS found in its working
@@ -443,18 +428,18 @@ def _pipeline_workdir(member_dir, working: Path, vis: list) -> Path:
     _targets_line.ms), images and context next to them, leaving
     calibrated/working/ as the restore left it (but for the data type
     hifa_importdata notes in each MS's HISTORY)."""
-    work = imaging_dir(member_dir) / "pipeline"
+    work = member.imaging / "pipeline"
     work.mkdir(parents=True)
     for v in vis:
         os.symlink(working / v, work / v)
     return work
 
 
-def _judge_pipeline(result_file: Path, error: CasaError | None) -> dict:
+def _judge_pipeline(job: CasaJob, error: CasaError | None, run=None) -> dict:
     """The recipe's own record: every task it ran must have succeeded."""
-    if not result_file.is_file():
-        raise error or ImagingError(f"the imaging pipeline left no result ({result_file.name})")
-    result = json.loads(result_file.read_text())
+    if not job.result_path.is_file():
+        raise error or ImagingError(f"the imaging pipeline left no result ({job.result_path.name})")
+    result = job.result(run or getattr(error, "run", None), "imaging pipeline (hifa_image)")
     failed = result.get("failed")
     if failed:
         raise ImagingError(f"imaging pipeline task {failed['task']} failed: {failed['error'][-600:]}")
@@ -475,44 +460,45 @@ def run_pipeline(member_dir, *, registry=None, runner=None, choice=None, timeout
     not by the tracebacks its QA handlers and weblog print and catch.
     weblog: render the pipeline's weblog (plots: CPU time, and plotms wants a display).
     """
-    member_dir = Path(member_dir)
+    member = Member.coerce(member_dir)
     registry = registry or load_registry()
     runner = runner or CasaRunner(log)
-    res = _pipeline_casa(registry, _recorded_casa(member_dir))
-    working = member_dir / "calibrated" / "working"
+    res = _pipeline_casa(registry, _recorded_casa(member))
+    working = member.working
     # The pipeline images the full calibrated MSs (CORRECTED_DATA), not the splits.
     vis = sorted(p.name for p in working.glob("*.ms") if p.is_dir()) if working.is_dir() else []
     if not vis:
         raise ImagingError(f"{working} holds no calibrated <EB>.ms for the imaging pipeline: restore first")
-    mous = Delivery(member_dir).mous_uid
+    mous = member.mous
     if not mous:
-        raise ImagingError(f"{member_dir} names no MOUS: the pipeline names its images after it")
-    _reset(member_dir)
-    d = imaging_dir(member_dir)
-    work = _pipeline_workdir(member_dir, working, vis)
+        raise ImagingError(f"{member} names no MOUS: the pipeline names its images after it")
+    _reset(member)
+    d = member.imaging
+    work = _pipeline_workdir(member, working, vis)
     exported = d / "pipeline_products"
     recipe = [[task, dict(params, products_dir=str(exported)) if task == "hifa_exportdata" else params]
               for task, params in PIPELINE_RECIPE]
-    job, result_file = d / "pipeline.job.json", d / "pipeline.result.json"
-    _write_json(job, {"vis": vis, "mous": mous, "weblog": weblog, "recipe": recipe})
-    cmd = res.launcher.command(casa_script("imaging_pipeline.py"), [job, result_file], pipeline=True)
+    # The recipe judges itself: its result is read whatever the exit (a failed task exits non-zero).
+    job = CasaJob(d, "pipeline")
+    job.write({"vis": vis, "mous": mous, "weblog": weblog, "recipe": recipe})
+    cmd = job.command(res.launcher, "imaging_pipeline.py", pipeline=True, shell=True)
     run, error = None, None
     try:
         run = runner.run(cmd, cwd=work, timeout=timeout, label="imaging pipeline (hifa_image)", strict=False)
     except CasaError as exc:
         error = exc
-    result = _judge_pipeline(result_file, error)
-    products = _collect_pipeline_fits(exported, products_dir(member_dir))
+    result = _judge_pipeline(job, error, run)
+    products = _collect_pipeline_fits(exported, member.imaging_products)
     if not products:
         raise ImagingError(f"the imaging pipeline ran but exported no FITS image into {exported}")
     log.info("imaging pipeline: %d stages in %.0f s, %d FITS", len(result["stages"]),
              sum(s["seconds"] for s in result["steps"]), len(products))
     continuum = read_cont_dat(work / "cont.dat")
-    return {"schema": SCHEMA, "member_dir": str(member_dir), "engine": "pipeline",
+    return {"schema": SCHEMA, "member_dir": str(member.root), "engine": "pipeline",
             "reason": (choice or {}).get("reason", "engine pipeline requested"), "casa": res.launcher.as_dict(),
             "casa_choice": res.reason, "pipeline_version": result["pipeline_version"],
             "inputs": [str(working / v) for v in vis], "recipe": result["steps"], "stages": result["stages"],
-            "exported": str(exported), "products": _products(member_dir),
+            "exported": str(exported), "products": _products(member),
             "continuum": continuum, "continuum_subtracted": _contsub_cubes(products, continuum, work, vis),
             "casa_runs": [run.as_dict()]}
 

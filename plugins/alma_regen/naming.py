@@ -79,8 +79,21 @@ def readme_name(mous: str) -> str:
     return f"member.{uid_to_file(mous)}.README.txt"
 
 
+MEMBER_PREFIX = "member."
+
+
 def member_dir(mous: str) -> str:
-    return f"member.{uid_to_file(mous)}"
+    """`uid://A001/X1296/X133` -> `member.uid___A001_X1296_X133`, the folder a MOUS is staged into."""
+    return f"{MEMBER_PREFIX}{uid_to_file(mous)}"
+
+
+def mous_of_member_dir(name: str) -> str | None:
+    """The inverse of `member_dir`: `member.uid___A001_X1296_X133` -> `uid://A001/X1296/X133`; None
+    for a name that is not `member.<MOUS>`. The one place a folder name is read back as a MOUS."""
+    if not isinstance(name, str) or not name.startswith(MEMBER_PREFIX):
+        return None
+    m = FILE_UID_RE.match(name[len(MEMBER_PREFIX):])
+    return "uid://{}/{}/{}".format(*m.groups()) if m else None
 
 
 # The id of an alma_regenerate run: the MOUS in file form, then the UTC time it was

@@ -3,12 +3,12 @@
 include/ (CASA site config, scripts that run inside CASA's Python) sits beside
 plugins/ in the repository and in the Airflow image; ALMA_REGEN_INCLUDE moves it.
 """
-import os
 from pathlib import Path
 
 
 def include_dir() -> Path:
-    env = os.environ.get("ALMA_REGEN_INCLUDE")
+    from .config import settings
+    env = settings().include  # $ALMA_REGEN_INCLUDE
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[2] / "include"

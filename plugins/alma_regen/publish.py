@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, naming
-from .delivery import Delivery
+from .member import Member
 from .publish_claim import claim_run, default_owner
 from .s3 import ENDPOINT_ENV, classify as _classify, is_missing, key as s3_key, parse_s3_url, s3_client  # noqa: F401
 from .errors import DeliveryError, PermanentError, TransientError
@@ -370,8 +370,8 @@ def tar_chunks(folder: Path, arcname: str, part_size: int):
 
 # ------------------------------------------------------------------ what to publish
 
-def _calibration_json(member: Path) -> Path | None:
-    for p in (member / "calibrated" / "calibration.json", member / "calibration.json"):
+def _calibration_json(member: Member) -> Path | None:
+    for p in (member.calibration_summary, member.root / "calibration.json"):
         if p.is_file():
             return p
     return None
@@ -379,25 +379,23 @@ def _calibration_json(member: Path) -> Path | None:
 
 def collect(member_dir, include_ms: bool = False) -> dict:
     """{relative key: local Path} of the files to publish, plus the MSs to stream."""
-    member = Path(member_dir)
-    img = member / "imaging"
-    products = sorted((img / "products").glob("*.fits"))
+    member = Member.coerce(member_dir)
+    products = sorted(member.imaging_products.glob("*.fits"))
     if not products:
-        raise PermanentError(f"{img / 'products'} holds no FITS image: run alma-regen image first")
+        raise PermanentError(f"{member.imaging_products} holds no FITS image: run alma-regen image first")
     files = {f"products/{p.name}": p for p in products}
-    for name in ("fidelity.json", "imaging.json"):
-        if (img / name).is_file():
-            files[name] = img / name
+    for p in (member.fidelity_record, member.imaging_record):
+        if p.is_file():
+            files[p.name] = p
     cal = _calibration_json(member)
     if cal:
         files["calibration.json"] = cal
-    for p in sorted((img / "thumbnails").glob("*.png")):
+    for p in sorted(member.thumbnails.glob("*.png")):
         files[f"thumbnails/{p.name}"] = p
-    for where in ("calibrated", "imaging"):
-        base = member / where
+    for base in (member.calibrated, member.imaging):
         if base.is_dir():
             for log_file in sorted(base.rglob("casa-*.log")):
-                files[f"logs/{log_file.relative_to(member)}"] = log_file
+                files[f"logs/{log_file.relative_to(member.root)}"] = log_file
     streams = {}
     if include_ms:
         from .imaging import calibrated_ms
@@ -409,8 +407,8 @@ def collect(member_dir, include_ms: bool = False) -> dict:
 def inputs_of(member_dir) -> list:
     """The inputs with sizes and checksums: the staging stamps where staging left them
     (size and sha256 of each archive file as downloaded), else hashes of the member's files."""
-    member = Path(member_dir)
-    stamps = sorted(list(member.glob(".*.staged.json")) + list((member / "raw").glob(".*.staged.json")))
+    member = Member.coerce(member_dir)
+    stamps = member.stamps()
     if stamps:
         out = []
         for s in stamps:
@@ -419,11 +417,11 @@ def inputs_of(member_dir) -> list:
                         "source": d.get("source"), "kind": d.get("kind")})
         return out
     out = []
-    for sub in ("script", "calibration"):
-        for p in sorted((member / sub).glob("*")):
+    for folder in (member.script, member.calibration):
+        for p in sorted(folder.glob("*")):
             if p.is_file():
-                out.append({"file": f"{sub}/{p.name}", "size": p.stat().st_size, "sha256": _sha256_file(p)})
-    for asdm in sorted((member / "raw").glob("*.asdm.sdm")):
+                out.append({"file": f"{folder.name}/{p.name}", "size": p.stat().st_size, "sha256": _sha256_file(p)})
+    for asdm in sorted(member.raw.glob("*.asdm.sdm")):
         size, digest = _tree_digest(asdm)
         out.append({"file": f"raw/{asdm.name}", "size": size, "sha256_tree": digest})
     return out
@@ -540,12 +538,12 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
     owner: who publishes (default host:pid); a claim of the same owner is resumed (publish_claim).
     """
     t0 = time.monotonic()
-    member = Path(member_dir)
+    member = Member.coerce(member_dir)
     bucket, prefix = parse_s3_url(to)
-    mous = Delivery(member).mous_uid
+    mous = member.mous
     if not mous:
         raise PermanentError(f"{member} is not a member.<MOUS> folder: cannot tell which MOUS to publish")
-    mous_f = naming.uid_to_file(mous)
+    mous_f = member.mous_file
     run = run or new_run_id()
     if not _RUN_RE.match(run):
         raise PermanentError(f"run id {run!r} must be letters, digits, '.', '_' or '-' (at most 128)")
@@ -563,8 +561,8 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
         # One publisher per run id, decided by the store (a conditional PUT): before any upload.
         claim = claim_run(client, bucket, base, owner or default_owner(), location,
                           lambda: up.head(base + "manifest.json") is not None)
-        imaging_doc = _load(member / "imaging" / "imaging.json")
-        fidelity_doc = _load(member / "imaging" / "fidelity.json")
+        imaging_doc = _load(member.imaging_record)
+        fidelity_doc = _load(member.fidelity_record)
         outputs = []
         files = what["files"]
         log.info("publishing %d file(s)%s to %s", len(files),
@@ -618,7 +616,8 @@ def _upload_bytes(up: Uploader, key: str, data: bytes) -> dict:
         return up.upload_file(Path(tmp.name), key)
 
 
-def _engines(member: Path, imaging_doc, requested: dict | None = None) -> dict:
+def _engines(member, imaging_doc, requested: dict | None = None) -> dict:
+    member = Member.coerce(member)
     cal = _load(_calibration_json(member)) or {}
     engines = {
         "imaging": {k: (imaging_doc or {}).get(k) for k in ("engine", "reason", "casa", "casa_choice")},
@@ -636,9 +635,9 @@ def _engines(member: Path, imaging_doc, requested: dict | None = None) -> dict:
     return engines
 
 
-def _delivery_reason(member: Path, step: str) -> str:
+def _delivery_reason(member: Member, step: str) -> str:
     try:
-        kind = Delivery(member).imaging_kind() if step == "imaging" else Delivery(member).calibration_kind()
+        kind = member.delivery.imaging_kind() if step == "imaging" else member.delivery.calibration_kind()
         return kind["reason"] or "as the delivery says"
     except DeliveryError:
         return "as the delivery says"

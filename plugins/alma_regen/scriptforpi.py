@@ -22,11 +22,11 @@ import logging
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from .calibrated import Options, calibrated_dir, set_aside
+from .calibrated import Options, set_aside
 from .casa.registry import CasaLauncher
 from .casa.runner import CasaRunner
-from .delivery import Delivery
 from .errors import CasaError, DeliveryError
+from .member import Member
 from .paths import casa_script
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ RESULT = "scriptForPI.result.json"  # the wrapper's report, kept in calibrated/
 @contextmanager
 def restore_script_set_aside(member):
     """Hide casa_piperestorescript.py from scriptForPI for the duration."""
-    restore = Delivery(member).script("restore")
+    restore = Member.coerce(member).delivery.script("restore")
     if restore is None:
         yield None
         return
@@ -54,10 +54,12 @@ def restore_script_set_aside(member):
 def put_back_leftovers(member):
     """A run killed outright (SIGKILL, a lost worker) could not put the restore script
     back; without it the next run would silently do a full calibration instead."""
-    for aside in (Path(member) / "script").glob("*" + ASIDE_SUFFIX):
+    member = Member.coerce(member)
+    for aside in member.script.glob("*" + ASIDE_SUFFIX):
         original = aside.with_name(aside.name[: -len(ASIDE_SUFFIX)])
         if not original.exists():
             aside.rename(original)
+            member.forget_delivery()  # script/ changed: the step's delivery model lists it again
             log.warning("put %s back: an earlier run was killed before it could", original.name)
 
 
@@ -73,14 +75,14 @@ def run_script_for_pi(member, launcher: CasaLauncher, options: Options | None = 
 
     Raises CasaError when the script stopped on an error or a pipeline task failed."""
     options = options or Options()
-    member = Path(member)
+    member = Member.coerce(member)
     put_back_leftovers(member)
-    script = Delivery(member).script("scriptForPI")
+    script = member.delivery.script("scriptForPI")
     if script is None:
-        raise DeliveryError(member / "script", "no scriptForPI.py (nor member.<MOUS>.scriptForPI.py)")
-    set_aside(calibrated_dir(member))
+        raise DeliveryError(member.script, "no scriptForPI.py (nor member.<MOUS>.scriptForPI.py)")
+    set_aside(member.calibrated)
     # Outside calibrated/: scriptForPI must find no ../calibrated when it starts.
-    report_path = member / f".{RESULT}"
+    report_path = member.root / f".{RESULT}"
     report_path.unlink(missing_ok=True)
     env = {"ALMA_REGEN_SCRIPT_FOR_PI": script.name, "ALMA_REGEN_RESULT": str(report_path.resolve()),
            "ALMA_REGEN_SCRIPT_FOR_PI_GLOBALS": json.dumps(script_globals(options))}
@@ -88,7 +90,7 @@ def run_script_for_pi(member, launcher: CasaLauncher, options: Options | None = 
     runner = runner or CasaRunner(log)
     with restore_script_set_aside(member) if force_full else nullcontext():
         try:
-            run = runner.run(cmd, cwd=member / "script", env=env, timeout=options.timeout_s, label=script.name,
+            run = runner.run(cmd, cwd=member.script, env=env, timeout=options.timeout_s, label=script.name,
                              strict=False)
         except CasaError as exc:  # a non-zero exit: the report, when written, says why
             report = _take_report(member, report_path)
@@ -105,12 +107,12 @@ def run_script_for_pi(member, launcher: CasaLauncher, options: Options | None = 
     return run, report
 
 
-def _take_report(member: Path, path: Path) -> dict | None:
+def _take_report(member: Member, path: Path) -> dict | None:
     """Read the wrapper's report and keep it in calibrated/ beside the outputs."""
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    cal = calibrated_dir(member)
+    cal = member.calibrated
     if cal.is_dir():
         path.replace(cal / RESULT)
     return report

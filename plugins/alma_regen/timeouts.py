@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .member import Member
+
 GB = 1024 ** 3
 
 
@@ -49,12 +51,13 @@ def tree_bytes(path) -> int:
 
 
 def raw_bytes(member_dir) -> int:
-    """The size of a member folder's raw ASDMs (raw/), what the CASA steps' time grows with."""
-    return tree_bytes(Path(member_dir) / "raw")
+    """The size of a member folder's raw ASDMs (raw/), what the CASA steps' time grows with
+    (a Member, or the folder's path)."""
+    return tree_bytes(Member.coerce(member_dir).raw)
 
 
 def casa_timeout(member_dir, settings) -> float:
-    """The CASA runner's limit for a step on this member folder."""
+    """The CASA runner's limit for a step on this member folder (a Member, or its path)."""
     return step_timeout(raw_bytes(member_dir), settings.casa_timeout_s_per_gb, settings.min_timeout_s)
 
 

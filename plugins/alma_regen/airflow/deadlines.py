@@ -30,7 +30,6 @@ one alert.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -112,9 +111,9 @@ def mous_size_deadline(s) -> tuple:
 
 
 def server_settings(session=None):
-    """Settings in a server process: the environment, then the `alma_regen` Variable from the database."""
-    from ..config import VARIABLE, Settings
-    base = Settings.from_env()
+    """Settings in a server process (scheduler, api-server): the environment, then the
+    `alma_regen` Variable read from the metadata database (the Task SDK is for tasks)."""
+    from ..config import VARIABLE, Settings, with_variable
     try:
         from sqlalchemy import select
 
@@ -129,12 +128,12 @@ def server_settings(session=None):
             raw = var.val if var is not None else None
     except Exception as exc:  # noqa: BLE001 - a broken Variable must not stop run creation
         log.warning("deadline: cannot read the %s Variable: %s", VARIABLE, exc)
-        return base
+        return Settings.from_env()
     try:
-        return base.with_overrides(json.loads(raw)) if raw else base
+        return with_variable(raw)
     except (ValueError, TypeError) as exc:
         log.warning("deadline: ignoring the %s Variable: %s", VARIABLE, exc)
-        return base
+        return Settings.from_env()
 
 
 def allowance_for(s, mous: str | None, source: str = "request_handler") -> timedelta:
@@ -206,7 +205,8 @@ async def run_late(context: dict, **kwargs):
 
     from .. import naming
     from ..config import runtime_settings
-    from ..notify import current_step, run_url, send
+    from ..steps import current_step
+    from .alerts import run_url, send
 
     dag_run = context.get("dag_run") or {}
     deadline_time = str((context.get("deadline") or {}).get("deadline_time"))

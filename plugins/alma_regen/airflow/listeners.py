@@ -1,7 +1,7 @@
 """Listeners of the alma-regen plugin (they run in the task's process).
 
 - every alma_regenerate task, when it starts, notes its step in the member
-  folder (`notify.record_step`): what the deadline alert falls back on;
+  folder (`steps.record_step`): what the deadline alert falls back on;
 - every alma_regenerate task that fails notes its error for the MOUS's attempts
   (attempts.py; the run's teardown decides whether the run failed);
 - every alma-regen task, when it ends, records its duration as a metric:
@@ -52,7 +52,7 @@ def on_task_instance_running(previous_state, task_instance):
 
             from .. import naming
             from ..config import runtime_settings
-            from ..notify import record_step
+            from ..steps import record_step
             record_step(Path(runtime_settings().workdir) / naming.member_dir(mous), task_instance.task_id,
                         task_instance.run_id)
     except Exception as exc:  # noqa: BLE001

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import PurePath
 
 from airflow.sdk import BaseOperatorLink
 
@@ -58,13 +59,14 @@ def products_url(mous_uid: str, run: str, name: str) -> str:
 
 
 def _mous_of(operator, ti_key) -> str | None:
-    """The MOUS of the task: from its member folder (member.uid___...), else the publish XCom."""
-    member = str(getattr(operator, "member_dir", "") or "")
-    m = re.search(r"member\.(uid___[A-Za-z0-9_]+)", member)
-    if m:
-        from ..naming import file_to_uid
-        return file_to_uid(m.group(1))
-    return None
+    """The MOUS of the task: its `mous_uid` (rendered by the time the links are made), else read
+    from the name of its member folder (member.uid___...) by the one parser of that name."""
+    from ..naming import FILE_UID_RE, UID_RE, file_to_uid, mous_of_member_dir
+    uid = str(getattr(operator, "mous_uid", "") or "")
+    if UID_RE.match(uid) or FILE_UID_RE.match(uid):
+        return file_to_uid(uid)
+    member = getattr(operator, "member_dir", None)
+    return mous_of_member_dir(PurePath(str(member)).name) if member else None
 
 
 class _ProductsLink(BaseOperatorLink):

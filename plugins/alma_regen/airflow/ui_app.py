@@ -268,21 +268,11 @@ def add_links(rows: list, ui: str) -> None:
 
 
 def _products_client():
-    """boto3 S3 client of the `alma_products_s3` connection (read in the api-server)."""
-    import boto3
-    from botocore.config import Config
-
-    from airflow.models.connection import Connection
-
+    """The client of the products connection, and the settings that name it (api-server)."""
     from .deadlines import server_settings
+    from .hooks.products import api_server_client
     s = server_settings()
-    conn = Connection.get_connection_from_secrets(s.products_s3_conn)
-    extra = conn.extra_dejson
-    endpoint = extra.get("endpoint_url") or extra.get("host")
-    return boto3.client("s3", endpoint_url=endpoint, region_name=extra.get("region_name", "us-east-1"),
-                        aws_access_key_id=conn.login or None, aws_secret_access_key=conn.password or None,
-                        config=Config(s3={"addressing_style": "path"} if endpoint else {},
-                                      connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})), s
+    return api_server_client(s.products_s3_conn), s
 
 
 def manifests(rows: list) -> None:

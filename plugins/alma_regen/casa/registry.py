@@ -301,14 +301,15 @@ def parse_config(text: str, where: str = "registry") -> list:
 def registry_file() -> Path:
     """The registry file `casa-versions add-pipeline` writes and `load_registry` reads:
     $ALMA_REGEN_CASA_REGISTRY when it names a file, else <workdir>/casa-registry.json."""
-    text = os.environ.get(REGISTRY_ENV, "").strip()
+    from ..config import settings
+    s = settings()
+    text = s.casa_registry.strip()  # $ALMA_REGEN_CASA_REGISTRY
     if text.startswith(("{", "[")):
         raise CasaError(f"${REGISTRY_ENV} holds the registry inline, not a file to add to; "
                         "give the file with --registry, or move the JSON into a file")
     if text:
         return Path(text)
-    from ..config import settings
-    return Path(settings().workdir) / DEFAULT_REGISTRY_NAME
+    return Path(s.workdir) / DEFAULT_REGISTRY_NAME
 
 
 def save_entry(path, entry: dict, replaces) -> list:
@@ -350,7 +351,8 @@ def load_registry(config=None, *, include_default: bool = True) -> CasaRegistry:
     a modular CASA of the same version with the same Python.
     """
     if config is None:
-        config = os.environ.get(REGISTRY_ENV, "")
+        from ..config import settings
+        config = settings().casa_registry  # $ALMA_REGEN_CASA_REGISTRY
         if not config.strip():
             default_file = registry_file()
             config = str(default_file) if default_file.is_file() else ""

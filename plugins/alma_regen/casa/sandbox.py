@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import CasaError
+from ..naming import mous_of_member_dir
 from ..paths import include_dir
 
 MODES = ("bwrap", "bwrap-strict", "none")
@@ -185,7 +186,7 @@ def _writable_roots(cwd) -> list:
     As named and at its real path when a link leads there: both are mount points of the same folder."""
     roots = []
     for where in (Path(os.path.abspath(cwd)), Path(cwd).resolve()):
-        root = next((p for p in (where, *where.parents) if p.name.startswith("member.")), where.parent)
+        root = next((p for p in (where, *where.parents) if _is_member(p)), where.parent)
         real = root.resolve()
         for never in _NEVER_WRITABLE:
             if real == Path(never) or Path(never).is_relative_to(real) or real == Path.home().resolve():
@@ -194,6 +195,11 @@ def _writable_roots(cwd) -> list:
         if root not in roots:
             roots.append(root)
     return roots
+
+
+def _is_member(folder: Path) -> bool:
+    """A member folder, member.<MOUS> (read by the one parser of that name, alma_regen.naming)."""
+    return mous_of_member_dir(folder.name) is not None
 
 
 def _prefix(executable: Path) -> Path:
@@ -242,7 +248,7 @@ def _linked_members(writable, depth: int = 3) -> list:
                 if e.is_symlink():
                     target = Path(e.path).resolve()
                     if (target.exists() and not any(target.is_relative_to(w) for w in writable)
-                            and any(p.name.startswith("member.") for p in (target, *target.parents))):
+                            and any(_is_member(p) for p in (target, *target.parents))):
                         found.append(target)
                 elif level + 1 < depth and e.is_dir(follow_symlinks=False) and not e.name.endswith(".ms"):
                     stack.append((Path(e.path), level + 1))

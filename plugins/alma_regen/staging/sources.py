@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+from .. import s3
 from ..errors import PermanentError, TransientError
 from .datalink import RemoteFile, check_url, parse_votable
 from .errors import AccessDeniedError, NotFoundError, SourceChangedError
@@ -279,23 +280,17 @@ def _check_no_more(resp, f: RemoteFile, offset: int) -> None:
                                  f"(content_length); the file changed or the listing is wrong")
 
 
+# The one table of S3 error codes is alma_regen.s3.kind; staging tells more kinds apart
+# than the other steps (a missing file, a changed one, a login problem).
+_S3_KINDS = {"missing": NotFoundError, "changed": SourceChangedError, "denied": AccessDeniedError,
+             "transient": TransientError, "permanent": PermanentError}
+
+
 def _s3_error(exc: Exception, what: str) -> Exception:
-    from botocore.exceptions import ClientError
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        msg = f"{what}: S3 {code or status}: {err.get('Message', '')}".rstrip(": ")
-        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
-            return NotFoundError(msg)
-        if code in ("PreconditionFailed", "InvalidRange") or status in (412, 416):
-            return SourceChangedError(msg)
-        if status in (401, 403) or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return AccessDeniedError(msg)
-        if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-            return TransientError(msg)
-        return PermanentError(msg)
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+    if not isinstance(getattr(exc, "response", None), dict):
+        # botocore raises many unrelated classes for a network fault; none of them is final
+        return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+    return _S3_KINDS[s3.kind(exc)](s3.describe(exc, what))
 
 
 def _s3_call(fn, what: str, **kw):
@@ -319,11 +314,8 @@ def semantics_of(name: str) -> str:
 
 
 def default_s3_client(max_pool: int = 32):
-    """A boto3 client from the environment (AWS_* variables, AWS_ENDPOINT_URL for a mirror)."""
-    import boto3
-    from botocore.config import Config
-    return boto3.client("s3", config=Config(max_pool_connections=max_pool, retries={"mode": "standard"},
-                                            connect_timeout=20, read_timeout=60))
+    """A boto3 client from the environment (alma_regen.s3.s3_client), with a pool for the ranged GETs."""
+    return s3.s3_client(workers=max_pool)
 
 
 class S3Source:

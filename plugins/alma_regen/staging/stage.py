@@ -1,6 +1,6 @@
 """Stage a MOUS: README, auxiliary and product tars, and every raw ASDM, into the member folder.
 
-On disk, for an EB `<EB>` of member folder M (`member_path(workdir, mous)`):
+On disk, for an EB `<EB>` of member folder M (`Member.of(workdir, mous)`, alma_regen.member):
     M/raw/<EB>.asdm.sdm/                 the ASDM, renamed in only once verified
     M/raw/.<EB>.asdm.sdm.staged.json     the stamp, next to the ASDM (hidden, so nothing that
                                          lists raw/ for ASDMs trips over it): file, size, sha256
@@ -38,9 +38,10 @@ from typing import Iterable, Optional
 
 from .. import naming
 from ..errors import AlmaRegenError, DeliveryError, NoSpaceError, PermanentError, TransientError
+from ..member import Member
 from .datalink import RemoteFile
 from .errors import Interrupted, NotFoundError, SourceChangedError, TooSlowError
-from .layout import ASDM, AUXILIARY, PRODUCT, README, MemberLayout, member_path
+from .layout import ASDM, AUXILIARY, PRODUCT, README, MemberLayout
 from .lock import file_lock
 from .progress import Progress, RateFloor, human
 from .tarstream import ResumeError, TarStreamExtractor
@@ -136,16 +137,11 @@ def _archive_said(errors: list) -> str:
         (f"; {len(errors) - 3} more" if len(errors) > 3 else "") + ")"
 
 
-def ppr_ebs(member: Path) -> Optional[list]:
-    """The EBs the PPR lists, when the delivery model is available; None to use the listing."""
+def ppr_ebs(member: Member) -> Optional[list]:
+    """The EBs the PPR lists (the member's delivery model, read once the auxiliary tar is in place);
+    None to use the listing."""
     try:
-        from ..delivery import Delivery  # written by the delivery-model work; optional here
-    except ImportError:
-        return None
-    try:
-        ebs = Delivery(member).ppr_ebs()
-    except AttributeError:
-        return None
+        ebs = member.delivery.ppr_ebs()
     except DeliveryError as exc:
         log.warning("no EB list from the PPR (%s); staging every ASDM of the listing", exc)
         return None
@@ -158,14 +154,16 @@ class Slot:
     """Where one archive file goes and its bookkeeping files."""
     kind: str
     rfile: RemoteFile
-    member: Path
+    member: Member
     eb: Optional[str] = None
 
     @property
+    def root(self) -> Path:
+        return self.member.root
+
+    @property
     def base(self) -> Path:
-        if self.kind == ASDM:
-            return self.member / "raw" / f".{naming.asdm_dir(self.eb)}"
-        return self.member / f".{self.rfile.name}"
+        return self.member.staging_base(self.rfile.name, self.eb if self.kind == ASDM else None)
 
     stamp = property(lambda s: s.base.with_name(s.base.name + ".staged.json"))
     partial = property(lambda s: s.base.with_name(s.base.name + ".partial"))
@@ -174,12 +172,12 @@ class Slot:
     def targets(self, tree: Optional[Path] = None) -> list:
         """The paths this file fills in the member folder (from the extracted tree if given)."""
         if self.kind == ASDM:
-            return [self.member / "raw" / naming.asdm_dir(self.eb)]
+            return [self.member.asdm(self.eb)]
         if self.kind == README:
-            return [self.member / self.rfile.name]
+            return [self.root / self.rfile.name]
         if tree is not None:
-            return [self.member / p.name for p in sorted(tree.iterdir())]
-        return [self.member / t for t in self.stamp_targets()]
+            return [self.root / p.name for p in sorted(tree.iterdir())]
+        return [self.root / t for t in self.stamp_targets()]
 
     def stamp_targets(self) -> list:
         try:
@@ -214,7 +212,7 @@ def stamp_matches(slot: Slot, source) -> Optional[dict]:
     f = slot.rfile
     if stamp.get("file") != f.name or stamp.get("size") != f.size:
         return None
-    targets = [slot.member / t for t in stamp.get("targets", [])]
+    targets = [slot.root / t for t in stamp.get("targets", [])]
     if not targets or not all(t.exists() for t in targets):
         return None
     if _tree_summary(targets) != stamp.get("tree"):
@@ -492,17 +490,17 @@ def _disk_error(exc: OSError, what: str) -> PermanentError:
     return PermanentError(f"{what}: cannot write{where}: {exc.strerror or type(exc).__name__}")
 
 
-def prepare_member(workdir, mous: str) -> Path:
+def prepare_member(workdir, mous: str) -> Member:
     """The member folder, created; a one-line error when the workdir cannot hold it."""
     work = Path(workdir)
     if work.exists() and not work.is_dir():
         raise PermanentError(f"workdir {work} is a file, not a folder")
-    member = member_path(work, mous)
+    member = Member.of(work, mous)
     try:
-        member.mkdir(parents=True, exist_ok=True)
+        member.root.mkdir(parents=True, exist_ok=True)
         # Writable? (mkdir of an existing folder says nothing; a read-only mount or mode
         # would otherwise surface later as a traceback from deep inside a transfer.)
-        probe = member / f".write-test-{os.getpid()}-{threading.get_ident()}"
+        probe = member.root / f".write-test-{os.getpid()}-{threading.get_ident()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -548,7 +546,7 @@ def _stage_file(slot: Slot, source, project: str, mous: str, opts: StageOptions)
             "file": f.name, "kind": slot.kind, "size": f.size, "sha256": sha, "source": f.url,
             "etag": identity["etag"], "last_modified": identity["last_modified"],
             "staged_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "targets": [str(t.relative_to(slot.member)) for t in targets],
+            "targets": [str(t.relative_to(slot.root)) for t in targets],
             "tree": _tree_summary(targets),
         }
         if slot.kind == ASDM:
@@ -581,9 +579,11 @@ def _summary(result: dict) -> dict:
 def stage_auxiliary(mous: str, source, workdir, opts: Optional[StageOptions] = None,
                     listing: Optional[MousFiles] = None) -> dict:
     """Stage README, auxiliary tar and product tars; return a summary with the EBs to stage."""
-    opts = opts or StageOptions()
     listing = listing or list_mous(source, mous)
-    member = prepare_member(workdir, mous)
+    return _stage_auxiliary(prepare_member(workdir, mous), mous, source, opts or StageOptions(), listing)
+
+
+def _stage_auxiliary(member: Member, mous: str, source, opts: StageOptions, listing: MousFiles) -> dict:
     results = []
     if listing.readme is None:
         log.warning("%s: the source lists no README", mous)
@@ -592,11 +592,12 @@ def stage_auxiliary(mous: str, source, workdir, opts: Optional[StageOptions] = N
     results.append(stage_file(Slot(AUXILIARY, listing.auxiliary, member), source, listing.project, mous, opts))
     for p in listing.products:
         results.append(stage_file(Slot(PRODUCT, p, member), source, listing.project, mous, opts))
-    return {"mous": mous, "project": listing.project, "member_dir": str(member),
+    # The auxiliary tar is in place now: the member's delivery model is read from here on.
+    return {"mous": mous, "project": listing.project, "member_dir": str(member.root),
             "ebs": ebs_to_stage(member, listing), "files": [_summary(r) for r in results]}
 
 
-def ebs_to_stage(member: Path, listing: MousFiles) -> list:
+def ebs_to_stage(member: Member, listing: MousFiles) -> list:
     """The PPR's EBs (each must be in the listing), or every ASDM listed when no PPR model exists."""
     ebs = ppr_ebs(member)
     if ebs is None:
@@ -632,12 +633,12 @@ def stage_mous(mous: str, source, workdir, opts: Optional[StageOptions] = None) 
     check_uid(mous)
     member = prepare_member(workdir, mous)  # before the listing: a bad workdir is the user's first error
     listing = list_mous(source, mous)
-    summary = stage_auxiliary(mous, source, workdir, opts, listing)
+    summary = _stage_auxiliary(member, mous, source, opts, listing)
     ebs = summary["ebs"]
     pending = [Slot(ASDM, listing.asdms[eb], member, eb) for eb in ebs]
     need = sum(s.rfile.size for s in pending if not stamp_matches(s, source))
     if need:
-        _check_space(member, need, f"{mous} raw ASDMs")
+        _check_space(member.root, need, f"{mous} raw ASDMs")
     results, errors = [], []
     pool = ThreadPoolExecutor(max(1, opts.parallel), thread_name_prefix="stage-eb")
     futures = [(s, pool.submit(stage_file, s, source, listing.project, mous, opts)) for s in pending]

@@ -18,6 +18,19 @@ class AlmaProductsS3Hook(S3Hook):
         super().__init__(aws_conn_id=aws_conn_id, **kwargs)
 
 
+def api_server_client(conn_id: str):
+    """The client of connection `conn_id` for a page of the api-server: read through the
+    secrets backends (no task context there), short timeouts so a dead bucket fails the
+    panel, not the page."""
+    from airflow.models.connection import Connection
+
+    from ...s3 import make_client
+    conn = Connection.get_connection_from_secrets(conn_id)
+    extra = conn.extra_dejson
+    return make_client(endpoint=extra.get("endpoint_url") or extra.get("host"), region=extra.get("region_name"),
+                       key_id=conn.login, secret=conn.password, connect_timeout=5, read_timeout=10, attempts=2)
+
+
 def s3_client(conn_id: str):
     """The boto3 S3 client of the Airflow connection `conn_id` (an `aws` connection: the
     products bucket, or the archive's S3 mirror for a worklist kept there)."""

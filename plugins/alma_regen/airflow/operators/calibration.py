@@ -1,8 +1,8 @@
 """Thin calibration operators: parameters, `template_fields`, one library call each.
 
-    prep = PrepareCalibrationOperator(task_id="prepare_calibration", member_dir=..., ...)
-    RestoreEbOperator.partial(task_id="restore_eb", member_dir=..., ...).expand(eb_uid=prep.output["map_ebs"])
-    FinishCalibrationOperator(task_id="finish_calibration", member_dir=..., ...)
+    prep = PrepareCalibrationOperator(task_id="prepare_calibration", mous_uid=..., workdir=..., ...)
+    RestoreEbOperator.partial(task_id="restore_eb", mous_uid=..., ...).expand(eb_uid=prep.output["map_ebs"])
+    FinishCalibrationOperator(task_id="finish_calibration", mous_uid=..., workdir=..., ...)
 
 The native restore maps per EB across workers; the other engines (scriptForPI,
 the full pipeline, manual scripts) cannot be split, so `map_ebs` is empty for
@@ -16,19 +16,22 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
+from .mous import MousFields
 from .timeouts import CasaTimeouts
 
-CAL_FIELDS = ("member_dir", "engine", "casa_version", "dosplit", "spacesaving", "docontsub")
+CAL_FIELDS = ("mous_uid", "workdir", "engine", "casa_version", "dosplit", "spacesaving", "docontsub")
 
 
-class _CalibrationBase(CasaTimeouts, BaseOperator):
+class _CalibrationBase(CasaTimeouts, MousFields, BaseOperator):
     template_fields: Sequence[str] = CAL_FIELDS
     ui_color = "#fdebd0"
 
-    def __init__(self, *, member_dir: str, engine: str = "auto", casa_version: str = "", dosplit=False,
-                 spacesaving=1, docontsub=False, casa_timeout_s: float | None = None, **kwargs):
+    def __init__(self, *, mous_uid: str | None = None, workdir: str | None = None, member_dir: str | None = None,
+                 engine: str = "auto", casa_version: str = "", dosplit=False, spacesaving=1, docontsub=False,
+                 casa_timeout_s: float | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.member_dir, self.engine, self.casa_version = member_dir, engine, casa_version
+        self._set_mous(mous_uid, workdir, member_dir)
+        self.engine, self.casa_version = engine, casa_version
         self.dosplit, self.spacesaving, self.docontsub = dosplit, spacesaving, docontsub
         self.casa_timeout_s = casa_timeout_s
         self._runner = None
@@ -65,7 +68,7 @@ class PrepareCalibrationOperator(_CalibrationBase):
 
     def execute(self, context: Any) -> list:
         from ...calibration import prepare
-        p = prepare(self.member_dir, self._options(), context["run_id"])
+        p = prepare(self.member, self._options(), context["run_id"])
         self.log.info("calibration plan: engine %s (%s); CASA %s (%s)", p.engine, p.reason,
                       p.resolution.launcher.describe(), p.resolution.reason)
         context["ti"].xcom_push(key="plan", value=p.as_dict())
@@ -85,8 +88,9 @@ class RestoreEbOperator(_CalibrationBase):
 
     def execute(self, context: Any) -> dict:
         from ...calibration import load_plan, restore_eb
-        p = load_plan(self.member_dir, self._options(), context["run_id"])
-        rec = restore_eb(self.member_dir, self.eb_uid, split=p.split, resolution=p.resolution,
+        member = self.member
+        p = load_plan(member, self._options(), context["run_id"])
+        rec = restore_eb(member, self.eb_uid, split=p.split, resolution=p.resolution,
                          runner=self._casa_runner(), timeout_s=self.casa_limit())
         return {k: rec[k] for k in ("eb", "output", "flag_fraction", "duration_s", "max_rss_mb")}
 
@@ -97,6 +101,6 @@ class FinishCalibrationOperator(_CalibrationBase):
 
     def execute(self, context: Any) -> dict:
         from ...calibration import finish_mapped
-        s = finish_mapped(self.member_dir, self._options(), context["run_id"], runner=self._casa_runner())
+        s = finish_mapped(self.member, self._options(), context["run_id"], runner=self._casa_runner())
         return {"engine": s["plan"]["engine"], "casa": s["plan"]["casa"]["casa"]["version"],
                 "outputs": [r["output"] for r in s["ebs"]], "elapsed_s": s["elapsed_s"]}

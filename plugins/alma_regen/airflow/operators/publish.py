@@ -1,6 +1,6 @@
 """The thin publishing operator: one call to `alma_regen.publish.publish`, then an Asset event.
 
-    PublishOperator(task_id="publish", member_dir=..., to="s3://alma-products/regen")
+    PublishOperator(task_id="publish", mous_uid=..., workdir=..., to="s3://alma-products/regen")
 
 The run id defaults to the DAG run's id (made safe for a key), so a retry of
 the same DAG run resumes the same, unpublished set; once its manifest exists
@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 
 from ..ui import ManifestLink, SummaryPageLink
+from .mous import MousFields
 
 PRODUCTS_ALIAS = "alma_regen_products"
 
@@ -37,16 +38,18 @@ def mous_asset(to: str, mous_uid: str) -> Asset:
     return Asset(uri=f"s3://{bucket}/{path}/", name=f"alma_products_{mous_f}", group="alma-regen")
 
 
-class PublishOperator(BaseOperator):
-    template_fields: Sequence[str] = ("member_dir", "to", "run", "enabled")
+class PublishOperator(MousFields, BaseOperator):
+    template_fields: Sequence[str] = ("mous_uid", "workdir", "to", "run", "enabled")
     ui_color = "#d5f5e3"
     operator_extra_links = (SummaryPageLink(), ManifestLink())  # the UI's links to the products
 
-    def __init__(self, *, member_dir: str, to: str, run: str | None = None, include_ms: bool = False,
+    def __init__(self, *, to: str, mous_uid: str | None = None, workdir: str | None = None,
+                 member_dir: str | None = None, run: str | None = None, include_ms: bool = False,
                  aws_conn_id: str = "alma_products_s3", workers: int = 8, enabled=True, **kwargs):
         kwargs.setdefault("outlets", [AssetAlias(PRODUCTS_ALIAS)])
         super().__init__(**kwargs)
-        self.member_dir, self.to, self.run = member_dir, to, run
+        self._set_mous(mous_uid, workdir, member_dir)
+        self.to, self.run = to, run
         self.include_ms, self.aws_conn_id, self.workers = include_ms, aws_conn_id, workers
         self.enabled = enabled
 
@@ -66,7 +69,7 @@ class PublishOperator(BaseOperator):
         # What the operator asked for goes into the manifest with what ran (the DAG's params).
         params = context.get("params") or {}
         requested = {k: params[k] for k in ("calibration", "imaging") if params.get(k)}
-        manifest = publish(self.member_dir, self.to, run=run, include_ms=self.include_ms, workers=self.workers,
+        manifest = publish(self.member, self.to, run=run, include_ms=self.include_ms, workers=self.workers,
                            client=s3_client(self.aws_conn_id), requested=requested or None,
                            # the DAG run owns its run id: a retry of this task resumes its own claim
                            owner=f"airflow:{getattr(context.get('dag_run'), 'dag_id', '?')}/{context.get('run_id')}")
@@ -96,17 +99,17 @@ class PublishOperator(BaseOperator):
         from ...errors import AlmaRegenError
         from ...workspace import clean, plan_clean, summary
         if keep == "all":
-            self.log.info("working space kept (keep=all): %s", self.member_dir)
+            self.log.info("working space kept (keep=all): %s", self.member)
             return {"keep": "all", "removed": [], "bytes_freed": 0}
         run = context.get("dag_run")
         try:
             if run is None:
                 raise AlmaRegenError("no DAG run in the context: cannot tell whether this run holds the MOUS lock")
-            result = clean(plan_clean(self.member_dir, keep), manifest=manifest, holder=(run.dag_id, run.run_id))
+            result = clean(plan_clean(self.member, keep), manifest=manifest, holder=(run.dag_id, run.run_id))
         except (AlmaRegenError, OSError) as exc:
             self.log.warning("working space NOT cleaned (keep=%s): %s", keep, exc)
             return {"keep": keep, "removed": [], "bytes_freed": 0, "error": str(exc)}
-        self.log.info("%s", summary(result, self.member_dir))
+        self.log.info("%s", summary(result, self.member))
         self._after_clean(run, result)
         return result
 
@@ -114,19 +117,17 @@ class PublishOperator(BaseOperator):
         """The run's disk reservation down to what its member folder still holds (the feeder
         can admit the next run now, not at the teardown); with keep=raw, the raw cache back
         under its quota. Bookkeeping: faults are logged."""
-        from pathlib import Path
-
         from ... import admission, workspace
         from ...config import runtime_settings
-        member = Path(self.member_dir)
+        member = self.member
         try:
-            left = 0 if result.get("whole_folder") or not member.exists() else admission.usage(member)
-            now = admission.shrink(member.parent, run.run_id, left)
+            left = 0 if result.get("whole_folder") or not member.root.exists() else admission.usage(member.root)
+            now = admission.shrink(member.workdir, run.run_id, left)
             if now is not None:
                 self.log.info("disk reservation now %.2f GB (what the member folder still holds)", now / admission.GB)
             quota = runtime_settings().raw_cache_gb
             if result.get("keep") == "raw" and quota > 0:
-                for c in workspace.evict(member.parent, int(quota * admission.GB)):
+                for c in workspace.evict(member.workdir, int(quota * admission.GB)):
                     self.log.info("raw cache over its %g GB quota: removed %s (least recently used)", quota, c.member)
         except Exception as exc:  # noqa: BLE001
             self.log.warning("after cleaning: %s", exc)

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 
 from ...errors import DeliveryError
+from .mous import MousFields
 
 
 def state_of(dag_id: str, run_id: str):
@@ -28,18 +29,13 @@ def state_of(dag_id: str, run_id: str):
     return str(getattr(state, "value", state)).lower()
 
 
-class _MousBase(BaseOperator):
+class _MousBase(MousFields, BaseOperator):
     template_fields: Sequence[str] = ("mous_uid", "workdir")
     ui_color = "#e8f8f5"
 
     def __init__(self, *, mous_uid: str, workdir: str, **kwargs):
         super().__init__(**kwargs)
-        self.mous_uid, self.workdir = mous_uid, workdir
-
-    @property
-    def member_dir(self):
-        from ...staging import member_path
-        return member_path(self.workdir, self.mous_uid)
+        self._set_mous(mous_uid, workdir)
 
 
 class LockMousOperator(_MousBase):
@@ -157,10 +153,11 @@ class InspectDeliveryOperator(_MousBase):
             return None
 
     def execute(self, context: Any) -> dict:
-        from ...delivery import Delivery, format_plan
-        from ...notify import record_step
-        record_step(self.member_dir, self.task_id, context["dag_run"].run_id)
-        plan = Delivery(self.member_dir).plan(staged=False, archive_sizes=self._archive_sizes())
+        from ...delivery import format_plan
+        from ...steps import record_step
+        member = self.member
+        record_step(member.root, self.task_id, context["dag_run"].run_id)
+        plan = member.delivery.plan(staged=False, archive_sizes=self._archive_sizes())
         self.log.info("regeneration plan, before staging the raw data:\n%s", format_plan(plan))
         _fail_on_errors(plan)
         return _summary(plan)
@@ -170,8 +167,8 @@ class CheckStagedOperator(_MousBase):
     """After staging: the plan again, now with raw/ as staged; fails on any error (permanent)."""
 
     def execute(self, context: Any) -> dict:
-        from ...delivery import Delivery, format_plan
-        plan = Delivery(self.member_dir).plan()
+        from ...delivery import format_plan
+        plan = self.member.delivery.plan()
         self.log.info("staged; the plan as it now stands:\n%s", format_plan(plan))
         _fail_on_errors(plan)
         return _summary(plan)

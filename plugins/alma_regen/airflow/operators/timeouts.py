@@ -28,7 +28,7 @@ def _bound_task(op, step_s: float, what: str) -> None:
 
 
 class CasaTimeouts:
-    """For operators with a `member_dir`: the CASA limit from the raw ASDMs in raw/.
+    """For operators with a `member` (operators/mous.py): the CASA limit from the raw ASDMs in raw/.
 
     An explicit `casa_timeout_s` / `timeout_s` of the operator wins."""
 
@@ -39,7 +39,7 @@ class CasaTimeouts:
         if getattr(self, "_casa_limit_s", None) is None:
             from ...config import runtime_settings
             from ...timeouts import casa_timeout
-            self._casa_limit_s = casa_timeout(self.member_dir, runtime_settings())
+            self._casa_limit_s = casa_timeout(self.member, runtime_settings())
         return self._casa_limit_s
 
     def pre_execute(self, context) -> None:

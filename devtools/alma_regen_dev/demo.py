@@ -27,12 +27,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import naming
-from .chain import run_mous
-from .config import settings
-from .errors import AlmaRegenError
+from alma_regen import naming
+from alma_regen.config import settings
+from alma_regen.errors import AlmaRegenError
+from alma_regen.paths import include_dir
+
 from .local_s3 import seaweedfs_server
-from .paths import include_dir
 from .serve_archive import ArchiveServer
 from .synth import synthesize
 
@@ -77,24 +77,32 @@ class CasaProgress(logging.Handler):
             self.stream.flush()
 
 
+# The loggers whose records (CASA's output among them) go to the demo's log file: the
+# library's and the dev tools' (synth's CASA child logs under alma_regen_dev.synth).
+LOGGERS = ("alma_regen", "alma_regen_dev")
+
+
 @contextmanager
 def logs_to(path: Path, *extra: logging.Handler):
-    """Send the library's log (CASA's output among it) to `path`, and to `extra`, not the terminal."""
-    lib = logging.getLogger("alma_regen")
+    """Send the library's and the dev tools' log (CASA's output among it) to `path`, and to
+    `extra`, not the terminal."""
+    loggers = [logging.getLogger(name) for name in LOGGERS]
     fh = logging.FileHandler(path, encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    saved = lib.propagate, lib.level
+    saved = [(lg.propagate, lg.level) for lg in loggers]
     handlers = [fh, *extra]
-    for h in handlers:
-        lib.addHandler(h)
-    lib.propagate, lib.level = False, logging.INFO
+    for lg in loggers:
+        for h in handlers:
+            lg.addHandler(h)
+        lg.propagate, lg.level = False, logging.INFO
     try:
         yield
     finally:
-        for h in handlers:
-            lib.removeHandler(h)
+        for lg, (propagate, level) in zip(loggers, saved):
+            for h in handlers:
+                lg.removeHandler(h)
+            lg.propagate, lg.level = propagate, level
         fh.close()
-        lib.propagate, lib.level = saved
 
 
 def _synthetic(root: Path, log_file: Path) -> dict:
@@ -299,32 +307,3 @@ def _report(s, state, client, af, root):
     print(f"  Airflow logs  {af.home / 'logs'} (each task's log, CASA's output in it)")
     print(f"  demo log      {root / 'demo.log'} (the synthetic delivery's CASA log, the demo's own)")
 
-
-def register_cli(sub):
-    s = sub.add_parser("demo", help="run the main job end to end on embedded defaults (.demo/)")
-    s.add_argument("--dir", default=".demo", help="where the demo works (default .demo)")
-    s.add_argument("--port", type=int, default=8080, help="the Airflow UI's port (default 8080)")
-    s.add_argument("--no-wait", action="store_true", help="stop Airflow when the run has ended")
-    s.set_defaults(func=lambda a: 0 if run_demo(a.dir, a.port, not a.no_wait) == "success" else 1)
-
-
-def run_cli(sub):
-    s = sub.add_parser("run", help="the whole chain for one MOUS without Airflow")
-    s.add_argument("mous", help="uid://A001/X.../X...")
-    s.add_argument("--source", required=True, help="http(s)://request-handler or s3://bucket/prefix")
-    s.add_argument("--workdir", required=True)
-    s.add_argument("--publish-to", default=None, help="s3://bucket/prefix (credentials from the environment)")
-    s.add_argument("--imaging", default="auto", choices=["auto", "pipeline", "script", "native", "none"])
-    s.add_argument("--parallel", type=int, default=2, help="EBs (and imaging units) at once")
-
-    def cmd(a):
-        naming.uid_to_file(a.mous)  # a clear error for a malformed uid
-        r = run_mous(a.mous, a.source, a.workdir, parallel=a.parallel, imaging=a.imaging,
-                     publish_to=a.publish_to)
-        print(json.dumps({"mous_uid": r["mous_uid"], "member_dir": r["member_dir"], "timings_s": r["timings_s"],
-                          "calibrated": [e["output"] for e in r["calibration"]["ebs"]],
-                          "images": (r["imaging"] or {}).get("products"),
-                          "fidelity_ok": (r["fidelity"] or {}).get("ok"),
-                          "published": (r["manifest"] or {}).get("location")}, indent=2))
-        return 0
-    s.set_defaults(func=cmd)

@@ -12,9 +12,12 @@ write calapply.txt in the pipeline's form (pipeline intents, science spws),
 apply it as hifa_restoredata does (intents mapped to the MS's obs_modes),
 then save the `Pipeline_Final` flags as exportdata does. Caltables are packed
 per session. Finally image the target from the calibrated data for product/.
-The parent process (alma_regen.synth) writes the scripts, README, PPR and
+The parent process (alma_regen_dev.synth) writes the scripts, README, PPR and
 manifest and packs the archive.
-This file must not import airflow or alma_regen.
+This file must not import airflow or alma_regen. It lives in the dev tools (alma-regen-dev)
+and imports the product's CASA-side helpers (casa_boot, almaopts, calapply_parse,
+imaging_params) from include/casa_scripts, found through ALMA_REGEN_INCLUDE, which
+every CASA child's environment holds (alma_regen.casa.env).
 """
 import json
 import math
@@ -24,7 +27,7 @@ import shutil
 import sys
 import tarfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.environ["ALMA_REGEN_INCLUDE"], "casa_scripts"))
 import casa_boot  # noqa: E402  (offline CASA; must come before casatools)
 
 import numpy as np  # noqa: E402

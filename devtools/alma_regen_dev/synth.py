@@ -1,7 +1,8 @@
 """`alma-regen synth`: a small, realistic ALMA delivery made with real CASA.
 
 The CASA half (simulate, corrupt, export ASDMs, calibrate as the pipeline
-does, image) runs in a child process: include/casa_scripts/synth_delivery.py.
+does, image) runs in a child process: casa_scripts/synth_delivery.py beside
+this module (it imports the product's include/casa_scripts helpers).
 This half chooses the names and the truth from the seed, writes the text
 files of a pipeline delivery (scripts, PPR, README, pipeline manifest) and
 packs everything exactly as the archive serves it under OUT/archive/.
@@ -18,12 +19,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.dom import minidom
 
-from . import naming
-from .casa.runner import CasaRunner
-from .errors import PermanentError
-from .paths import casa_script
+from alma_regen import naming
+from alma_regen.casa.runner import CasaRunner
+from alma_regen.errors import PermanentError
 
 log = logging.getLogger(__name__)
+
+# The CASA half, shipped with this package (package data): run by path, like the product's
+# include/casa_scripts (alma_regen.paths.casa_script), in the same sandboxed CASA child.
+SYNTH_SCRIPT = Path(__file__).resolve().parent / "casa_scripts" / "synth_delivery.py"
 
 CASA_LINE = "CASA version used for reduction: {casa}"
 # What the manifest records as the pipeline: the files are written in the
@@ -111,6 +115,13 @@ def make_spec(seed: int, ebs: int, antennas: int, member_dir: Path, sessions=Non
     }
 
 
+def synth_script() -> Path:
+    """casa_scripts/synth_delivery.py of this package (a clear error when the installation lacks it)."""
+    if not SYNTH_SCRIPT.is_file():
+        raise FileNotFoundError(f"alma-regen-dev installation is missing {SYNTH_SCRIPT}")
+    return SYNTH_SCRIPT
+
+
 def _python_for_casa() -> str:
     # The modular CASA of requirements.txt lives in this interpreter's environment.
     return sys.executable
@@ -138,7 +149,7 @@ def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: Casa
     scratch.mkdir(parents=True)
     (scratch / "spec.json").write_text(json.dumps(spec, indent=1))
     runner = runner or CasaRunner(log)
-    run = runner.run([_python_for_casa(), casa_script("synth_delivery.py"), "spec.json", "result.json"], cwd=scratch)
+    run = runner.run([_python_for_casa(), str(synth_script()), "spec.json", "result.json"], cwd=scratch)
     result = json.loads((scratch / "result.json").read_text())
     casa_version = result["casa_version"]
     write_text_files(spec, member, casa_version, result["imaging_calls"], restore_template)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PermanentError
+from alma_regen.errors import PermanentError
 
 
 def free_port(grpc_offset: int = 0) -> int:

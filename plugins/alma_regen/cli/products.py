@@ -1,10 +1,9 @@
 """`alma-regen image` and `alma-regen publish`: the same library calls as the operators."""
-from .commands import print_json
+from .common import casa_timeout, member_step, print_json
 
 
 def cmd_image(a):
-    from . import fidelity, imaging
-    from .commands import casa_timeout, member_step
+    from .. import fidelity, imaging
     with member_step(a.member_dir, "image"):
         timeout = casa_timeout(a.member_dir, a.timeout)
         record = imaging.image(a.member_dir, engine=a.engine, workers=a.workers, timeout=timeout)
@@ -17,19 +16,18 @@ def cmd_image(a):
                                "failures": {e["image"]: e["failures"] for e in doc["images"] if e.get("failures")}}
     print_json(out)
     if out.get("fidelity") and not out["fidelity"]["ok"]:
-        from .errors import PermanentError
+        from ..errors import PermanentError
         raise PermanentError("fidelity check failed: " + " | ".join(
             f"{k}: {'; '.join(v)}" for k, v in out["fidelity"]["failures"].items()))
 
 
 def cmd_publish(a):
-    from . import publish
-    from .commands import member_step
+    from .. import publish
     with member_step(a.member_dir, "publish"):
         manifest = publish.publish(a.member_dir, a.to, run=a.run, include_ms=a.include_ms, workers=a.workers)
     print_json({"run": manifest["run"], "location": manifest["location"], "objects": len(manifest["outputs"]),
-            "bytes": sum(o["size"] for o in manifest["outputs"]),
-            "fidelity": (manifest["fidelity"] or {}).get("summary")})
+                "bytes": sum(o["size"] for o in manifest["outputs"]),
+                "fidelity": (manifest["fidelity"] or {}).get("summary")})
 
 
 def register(sub):

@@ -1,4 +1,4 @@
-"""What the step commands share (`alma-regen ...`; cli.py only parses and dispatches):
+"""What the step commands share (`alma-regen ...`; each command module only parses and calls):
 JSON on stdout, the member folder checked and its MOUS locked as a DAG run locks it,
 the CASA time limit, the --casa-version check."""
 import json
@@ -16,7 +16,7 @@ def usable_folder(path, what: str = "folder", *, writable: bool = True):
     import os
     from pathlib import Path
 
-    from .errors import PermanentError
+    from ..errors import PermanentError
     p = Path(path)
     if not p.exists():
         raise PermanentError(f"{p}: no such {what}")
@@ -30,11 +30,11 @@ def usable_folder(path, what: str = "folder", *, writable: bool = True):
 @contextmanager
 def member_step(member_dir, command: str):
     """Run one step on a member folder: the folder checked, the MOUS's lock held (the DAG's)."""
-    from .delivery import Delivery
-    from .mous_lock import held
+    from ..member import Member
+    from ..mous_lock import held
     member = usable_folder(member_dir, "member folder")
     usable_folder(member.resolve().parent, "working folder")  # the lock lives in <workdir>/.locks
-    mous = Delivery(member).mous_uid
+    mous = Member.coerce(member).mous
     if not mous:  # not a member.<MOUS> folder: no DAG run can be working in it under a MOUS name
         yield None
         return
@@ -46,8 +46,8 @@ def casa_timeout(member_dir, given):
     """--timeout, else the limit the settings give for this member's raw data (alma_regen.timeouts)."""
     if given:
         return given
-    from .config import Settings
-    from .timeouts import casa_timeout as from_size
+    from ..config import Settings
+    from ..timeouts import casa_timeout as from_size
     return from_size(member_dir, Settings.from_env())
 
 
@@ -55,6 +55,6 @@ def casa_version_arg(text):
     """--casa-version: empty, or a version CASA could have (a CasaError, one line, before any work)."""
     if not text:
         return None
-    from .casa.registry import CasaVersion
+    from ..casa.registry import CasaVersion
     CasaVersion.parse(text)
     return text

@@ -1,19 +1,18 @@
-"""The `alma-regen stage` and `alma-regen serve-archive` subcommands."""
+"""`alma-regen stage`: a MOUS's archive files into its member folder (alma_regen.staging)."""
 from __future__ import annotations
 
 import os
 import signal
 
-from ..config import settings
-
-# A stage gives up on a source trickling below this (bytes/s over the window; the settings
-# stage_min_rate_bps / stage_min_rate_window_s): about 10 KB/s for two minutes is a dead
-# link, not a slow one (the request handler serves MB/s).
-MIN_RATE_BPS = settings().stage_min_rate_bps
-MIN_RATE_WINDOW_S = settings().stage_min_rate_window_s
+from .common import print_json
 
 
 def register(sub) -> None:
+    from ..config import settings
+    # A stage gives up on a source trickling below this (bytes/s over the window; the settings
+    # stage_min_rate_bps / stage_min_rate_window_s): about 10 KB/s for two minutes is a dead
+    # link, not a slow one (the request handler serves MB/s).
+    min_rate_bps, min_rate_window_s = settings().stage_min_rate_bps, settings().stage_min_rate_window_s
     s = sub.add_parser("stage", help="stage a MOUS (README, auxiliary, products, raw ASDMs) into a workdir")
     s.add_argument("mous", help="MOUS uid, uid://A001/X.../X...")
     s.add_argument("--source", required=True,
@@ -27,21 +26,17 @@ def register(sub) -> None:
     s.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
     s.add_argument("--s3-workers", type=int, default=4,
                    help="parallel ranged GETs per file from S3 (default 4; 1 = one stream)")
-    s.add_argument("--min-rate", type=float, default=MIN_RATE_BPS, metavar="BYTES_PER_S",
+    s.add_argument("--min-rate", type=float, default=min_rate_bps, metavar="BYTES_PER_S",
                    help=f"give up on a file whose source sends less than this over --min-rate-window "
-                        f"(a transient error; run again to resume; 0: never; default {MIN_RATE_BPS:.0f})")
-    s.add_argument("--min-rate-window", type=float, default=MIN_RATE_WINDOW_S, metavar="SECONDS",
-                   help=f"the window of --min-rate (default {MIN_RATE_WINDOW_S:.0f})")
-    s.set_defaults(func=_cmd_stage)
-
-    from ..serve_archive import register_cli
-    register_cli(sub)
+                        f"(a transient error; run again to resume; 0: never; default {min_rate_bps:.0f})")
+    s.add_argument("--min-rate-window", type=float, default=min_rate_window_s, metavar="SECONDS",
+                   help=f"the window of --min-rate (default {min_rate_window_s:.0f})")
+    s.set_defaults(func=cmd_stage)
 
 
-def _cmd_stage(a) -> None:
-    from ..commands import print_json
-    from .sources import open_source
-    from .stage import StageOptions, stage_mous
+def cmd_stage(a) -> None:
+    from ..staging.sources import open_source
+    from ..staging.stage import StageOptions, stage_mous
 
     if a.source.startswith("s3://"):
         source = open_source(a.source, workers=a.s3_workers)

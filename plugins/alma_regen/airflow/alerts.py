@@ -14,29 +14,11 @@ import json
 import logging
 import os
 import urllib.request
-from pathlib import Path
 from urllib.parse import quote
 
-from .config import runtime_settings
+from ..config import runtime_settings
 
 log = logging.getLogger(__name__)
-STEP_FILE = ".alma-regen-step"  # in the member folder: the step a run is in
-
-
-def record_step(member_dir, step: str, run_id: str = ""):
-    """Tasks note where a run is; the deadline callback reads it (shared volume)."""
-    try:
-        Path(member_dir).mkdir(parents=True, exist_ok=True)
-        (Path(member_dir) / STEP_FILE).write_text(json.dumps({"step": step, "run_id": run_id}))
-    except OSError as exc:  # never fail a task for a progress note
-        log.warning("could not record the step: %s", exc)
-
-
-def current_step(member_dir) -> str:
-    try:
-        return json.loads((Path(member_dir) / STEP_FILE).read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return "unknown"
 
 
 def run_url(dag_id: str, run_id: str) -> str:

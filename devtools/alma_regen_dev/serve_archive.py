@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from . import naming
-from .errors import PermanentError
-from .staging.datalink import votable
+from alma_regen import naming
+from alma_regen.errors import PermanentError
+from alma_regen.staging.datalink import votable
 
 log = logging.getLogger(__name__)
 
@@ -407,30 +407,3 @@ def serve(archive_dir, host: str = "127.0.0.1", port: int = 0, control: bool = F
     finally:
         srv.server_close()
 
-
-def register_cli(sub) -> None:
-    s = sub.add_parser("serve-archive", help="serve an archive folder as an ALMA request handler")
-    s.add_argument("archive_dir")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed)")
-    s.add_argument("--control", action="store_true", help="enable the /_control fault endpoint")
-    g = s.add_argument_group("faults (for tests)")
-    g.add_argument("--fault-file", default="", help="limit faults to this file name")
-    g.add_argument("--drop-after", type=int, default=-1, help="cut the connection after N body bytes")
-    g.add_argument("--drop-count", type=int, default=1, help="... in this many responses (-1: all)")
-    g.add_argument("--fail-first", type=int, default=0, help="503 for the first K file requests")
-    g.add_argument("--slow-bps", type=int, default=0, help="throttle bodies to N bytes/s")
-    g.add_argument("--wrong-length", type=int, default=0, help="add N to the Content-Length header")
-    g.add_argument("--change-to", default="", help="after --change-after requests, serve this file instead")
-    g.add_argument("--change-after", type=int, default=1)
-    s.set_defaults(func=_cmd)
-
-
-def _cmd(a) -> None:
-    faults = Faults(file=a.fault_file, drop_after=a.drop_after, drop_count=a.drop_count,
-                    fail_first=a.fail_first, slow_bps=a.slow_bps, wrong_length=a.wrong_length,
-                    change_to=a.change_to, change_after=a.change_after)
-    try:
-        serve(a.archive_dir, a.host, a.port, a.control, faults)
-    except OSError as exc:
-        raise PermanentError(f"cannot listen on {a.host}:{a.port}: {exc}") from None

@@ -1,0 +1,31 @@
+"""What the operators that work in a MOUS's member folder share: `mous_uid` and `workdir`.
+
+The DAG gives both as templated fields (`mous_uid="{{ params.mous_uid }}"`, the workdir of
+the settings); the task builds the MOUS's `Member` (alma_regen.member) once, after its
+fields are rendered, and hands it to the library. A member folder may be given instead
+(`member_dir=`, for a task made by hand or in a test): its MOUS is read from its name.
+"""
+from __future__ import annotations
+
+
+class MousFields:
+    """Mixin: `mous_uid`, `workdir` and the task's `member`."""
+
+    def _set_mous(self, mous_uid: str | None, workdir: str | None, member_dir=None) -> None:
+        if member_dir is not None:
+            from ...member import Member
+            m = Member.at(member_dir)  # a PermanentError for a folder not named member.<MOUS>
+            mous_uid, workdir = m.mous, str(m.workdir)
+        if not mous_uid or not workdir:
+            raise TypeError(f"{type(self).__name__} needs mous_uid and workdir (or member_dir)")
+        self.mous_uid, self.workdir = mous_uid, workdir
+
+    @property
+    def member(self):
+        """The MOUS's member folder (alma_regen.member.Member): built once per task, from the
+        rendered fields (again only if they change)."""
+        key = (str(self.workdir), str(self.mous_uid))
+        if getattr(self, "_member_key", None) != key:
+            from ...member import Member
+            self._member, self._member_key = Member.of(self.workdir, self.mous_uid), key
+        return self._member

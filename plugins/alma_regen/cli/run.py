@@ -1,0 +1,26 @@
+"""`alma-regen run`: the whole chain for one MOUS without Airflow (alma_regen.chain)."""
+import json
+
+
+def register(sub):
+    s = sub.add_parser("run", help="the whole chain for one MOUS without Airflow")
+    s.add_argument("mous", help="uid://A001/X.../X...")
+    s.add_argument("--source", required=True, help="http(s)://request-handler or s3://bucket/prefix")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--publish-to", default=None, help="s3://bucket/prefix (credentials from the environment)")
+    s.add_argument("--imaging", default="auto", choices=["auto", "pipeline", "script", "native", "none"])
+    s.add_argument("--parallel", type=int, default=2, help="EBs (and imaging units) at once")
+    s.set_defaults(func=cmd_run)
+
+
+def cmd_run(a):
+    from .. import naming
+    from ..chain import run_mous
+    naming.uid_to_file(a.mous)  # a clear error for a malformed uid
+    r = run_mous(a.mous, a.source, a.workdir, parallel=a.parallel, imaging=a.imaging, publish_to=a.publish_to)
+    print(json.dumps({"mous_uid": r["mous_uid"], "member_dir": r["member_dir"], "timings_s": r["timings_s"],
+                      "calibrated": [e["output"] for e in r["calibration"]["ebs"]],
+                      "images": (r["imaging"] or {}).get("products"),
+                      "fidelity_ok": (r["fidelity"] or {}).get("ok"),
+                      "published": (r["manifest"] or {}).get("location")}, indent=2))
+    return 0
