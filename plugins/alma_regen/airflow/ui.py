@@ -21,7 +21,6 @@ and the manifests in S3 (latest.json): no second database.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import PurePath
 
 from airflow.sdk import BaseOperatorLink
@@ -31,8 +30,9 @@ DAG_ID = "alma_regenerate"
 
 
 def publish_run_id(run_id: str) -> str:
-    """The run id PublishOperator publishes a DAG run under."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(run_id or "")).strip("_.-")
+    """The run id PublishOperator publishes a DAG run under (the same function it calls)."""
+    from ..s3 import run_folder
+    return run_folder(run_id)
 
 
 def ui_path() -> str:

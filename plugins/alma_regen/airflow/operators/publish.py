@@ -17,7 +17,6 @@ fails the task: the products are published, and a retry would be refused.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator
@@ -57,6 +56,7 @@ class PublishOperator(MousFields, BaseOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from ...publish import publish
+        from ...s3 import run_folder
         from ..hooks.products import s3_client
         if str(self.enabled).strip().lower() in ("false", "0", "no", "off"):
             raise AirflowSkipException("not published: the run was triggered with publish=false; "
@@ -65,7 +65,7 @@ class PublishOperator(MousFields, BaseOperator):
             raise AirflowSkipException("not published: no products bucket is configured (products_url); "
                                        "the working space is kept")
         keep = self._keep(context)  # before any upload: a bad setting fails here, not after publishing
-        run = self.run or re.sub(r"[^A-Za-z0-9._-]", "_", str(context.get("run_id") or "")).strip("_.-") or None
+        run = self.run or run_folder(context.get("run_id")) or None
         # What the operator asked for goes into the manifest with what ran (the DAG's params).
         params = context.get("params") or {}
         requested = {k: params[k] for k in ("calibration", "imaging") if params.get(k)}
