@@ -52,7 +52,7 @@ def footprint(files: dict, factor: float) -> int:
     `factor`, plus every other file (README, auxiliary and product tars) once.
 
     `factor` is the setting footprint_factor. Its default, 11, is scriptForPI's own disk check
-    with SPACESAVING=0 (need = 11 x raw/, DOMAIN.md; 7 x for SPACESAVING=1, 3 x for >= 2; +3
+    with SPACESAVING=0 (need = 11 x raw/ in scriptForPI's disk check; 7 x for SPACESAVING=1, 3 x for >= 2; +3
     with flux/pol/ImagingPrep scripts): the safe side for both engines. The native engine
     needs less, but we have not measured how much, so 11 is a default to tune from our own
     runs, not a measurement. A size the archive does not give (missing, -1) counts as 0.

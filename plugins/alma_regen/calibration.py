@@ -1,6 +1,6 @@
 """Turn a delivery plus raw/ into calibrated measurement sets, as scriptForPI does.
 
-Engines (DESIGN.md):
+Engines:
 - ``native``: our own restore on modular CASA, one EB at a time (so the DAG can
   map it across workers): include/casa_scripts/restore_eb.py does importasdm ->
   Pipeline_Final flags -> calapply.txt replayed as data -> optional split.
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".alma-regen"  # in calibrated/: this folder was made by us
 SUMMARY = "calibration.json"
-# Free disk needed, as a multiple of raw/ (DOMAIN: 11-14 x). Keeping every
+# Free disk needed, as a multiple of raw/ (scriptForPI's own disk check: 11-14 x). Keeping every
 # intermediate MS (SPACESAVING 0) needs the most; -1 skips the check.
 DISK_FACTOR_BY_SPACESAVING = {0: 14, 1: 13, 2: 12}
 DISK_FACTOR_MIN = 11

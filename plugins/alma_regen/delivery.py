@@ -23,7 +23,7 @@ this model instead of globbing on its own. It reads, never writes.
     problems       [{severity: error|warning, path, message}]
     ok             true when there is no error
 
-Rules (DOMAIN.md): scripts are matched by suffix, with or without the
+Rules (scriptForPI's): scripts are matched by suffix, with or without the
 `member.<MOUS>.` and recipe prefixes, and two matches are an error; a
 casa_piperestorescript means restore, else a *cal*casa_pipescript (or one
 without a recipe word) means the full pipeline calibration, else per-EB
@@ -189,7 +189,7 @@ class Delivery:
         if self._pipeline_calibrated():
             # Modern READMEs say "install the latest CASA" and some deliveries carry no
             # manifest version: pipeline-calibrated data may use a newer pipeline CASA
-            # (DOMAIN.md), so this is a decision to state, not a stop. Manual data need
+            # (the pipeline is backward compatible), so this is a decision to state, not a stop. Manual data need
             # the exact version: they still stop below.
             return {"version": None, "pipeline_version": None, "source": None, "decision": NO_VERSION_DECISION}
         if not sources:
@@ -447,8 +447,9 @@ def format_plan(plan: dict) -> str:
 
 
 # ------------------------------------------------------------ what only the pipeline restores right
-# DOMAIN.md: these deliveries need a pipeline CASA; the native restore would
-# give wrong data (or none), so `auto` routes them and `native` refuses them.
+# These deliveries need a pipeline CASA (hifa_restoredata does more than applycal):
+# the native restore would give wrong data (or none), so `auto` routes them and
+# `native` refuses them.
 
 # hifa_restoredata converts the attribute to a value and renormalises when it is
 # truthy: anything but an explicit false counts (never risk wrong amplitudes).

@@ -1,6 +1,6 @@
 """Imaging: regenerate the delivery's images from the calibrated MSs.
 
-Engines (DOMAIN.md, Imaging):
+Engines:
   pipeline  the imaging pipeline recipe (hifa_image) under a pipeline CASA;
   script    the delivery's scriptForImaging.py, run unattended in calibrated/
             (interactive forced off by a wrapper, input refused);

@@ -14,7 +14,7 @@ from .errors import PermanentError
 UID_RE = re.compile(r"^uid://(A\d{3})/(X[0-9a-fA-F]+)/(X[0-9a-fA-F]+)\Z")
 FILE_UID_RE = re.compile(r"^uid___(A\d{3})_(X[0-9a-fA-F]+)_(X[0-9a-fA-F]+)\Z")
 # The pattern of the DAG's mous_uid param (and of bulk worklists). MOUSs live in
-# archive A001, the early ones (Cycles 0-2) in A002 (DOMAIN.md, "Old packaging"); no
+# archive A001, the early ones (Cycles 0-2) in A002 (the archive's Cycle 0-2 packages); no
 # other archive holds MOUSs, so no other is accepted. It is a JSON-schema pattern,
 # checked with re.search, and an ECMA regex for any browser: `\Z` is not ECMA, and
 # `$` alone also matches before a trailing newline in Python, so `$(?!\n)` refuses

@@ -4,7 +4,7 @@ A published run's manifest lists its inputs (archive file names, sizes and
 sha256 as staged) and the CASA of its calibration. A MOUS is not regenerated
 again when the archive lists the same files with the same sizes and the CASA
 that would run now is the one recorded, unless forced. Sizes, not checksums,
-are compared before staging: the archive publishes no checksums (DOMAIN.md),
+are compared before staging: the archive publishes no checksums (its DataLink rows carry none),
 and a changed file of unchanged size is caught by the staging stamps.
 """
 import json

@@ -1,7 +1,7 @@
 """A pipeline CASA built from an ALMA pipeline release, on the modular CASA of requirements.txt.
 
 `python -m casashell --pipeline` imports `pipeline` and runs `pipeline.initcli()`
-(DOMAIN.md), so the pipeline source on the path of our modular CASA, plus the
+(casashell's __main__), so the pipeline source on the path of our modular CASA, plus the
 PyPI dependencies of its requirements.txt, is a working pipeline CASA. Those
 dependencies contradict the Airflow environment's pins (numpy 2.3.5 against
 2.4.6), so they go into a layer of their own, never into the venv:
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 # Bump when the layout or the launcher changes: older layers are then rebuilt.
 LAYER_FORMAT = 3
 # The versions that work on this platform where the release's requirements.txt
-# pins others (DOMAIN.md, checked with 2025.1.1.61 on Python 3.11 / CASA 6.7.0):
+# pins others (checked with 2025.1.1.61 on Python 3.11 / CASA 6.7.0):
 # - astropy 7.1.0 (its pin) fails on numpy 2.x here (`np.in1d`); 7.2.x works;
 # - the imaging heuristics fail on numpy 2.4 ("only 0-dimensional arrays can be
 #   converted to Python scalars") and run on numpy 2.3.5.

@@ -32,7 +32,7 @@ The modular CASA of requirements.txt (this Python) is always registered, its
 version read from casatools' package metadata, without importing casatools:
 importing CASA in the worker process is what the runner exists to avoid.
 
-Resolution follows DOMAIN.md: manually calibrated data need the exact CASA
+Resolution, as scriptForPI and the README ask: manually calibrated data need the exact CASA
 version recorded in the delivery; pipeline-calibrated data may use that version
 or the newest installed pipeline CASA (never an older one); an override wins
 over both. When nothing fits, a CasaError lists what is installed.
