@@ -5,7 +5,7 @@
    the native engine and split): the whole run with 1 worker (the units one
    after the other) and with 2 workers (units in parallel, as mapped tasks
    run), and the time of each unit (one science spw: continuum + cube).
-2. Publishing: `alma_regen.publish.publish` of a member folder (its products,
+2. Publishing: `alma_regen.products.publish.publish` of a member folder (its products,
    fidelity.json, logs, thumbnails, plus --extra-mb of larger FITS-sized
    files) to SeaweedFS (`weed mini`), against a plain boto3 `upload_file` of
    the same files (what `aws s3 cp` does: TransferManager, 10 threads, no
@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO / "plugins"))
 
 from fixtures_servers import seaweedfs_server  # noqa: E402
 
-from alma_regen import calibration, fidelity, imaging, publish  # noqa: E402
+from alma_regen import calibration, fidelity, imaging  # noqa: E402
+from alma_regen.products import publish  # noqa: E402
 from alma_regen_dev.synth import synthesize  # noqa: E402
 
 

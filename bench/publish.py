@@ -3,7 +3,7 @@
 
 One file of random bytes (default 512 MB) on local disk, SeaweedFS (`weed mini`) on loopback.
 Timed, each to a new key, best of --runs (the order rotates between rounds):
-  ours            publish.Uploader.upload_file: sha256 + per-part MD5/SHA256, multipart
+  ours            products.upload.Uploader.upload_file: sha256 + per-part MD5/SHA256, multipart
                   with S3 checksums, then a HEAD that verifies size, ETag and checksum
   boto3           boto3's upload_file (its default TransferConfig), no verification
   boto3+sha256    a sha256 pass, then boto3's upload_file (a checksum for the manifest)
@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from alma_regen.publish import Uploader  # noqa: E402
+from alma_regen.products.upload import Uploader  # noqa: E402
 from alma_regen_dev.local_s3 import seaweedfs_server  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from airflow_env import connection_env, make_airflow_home
 from alma_regen import naming
 from alma_regen.bulk import decide, parse_worklist
 from alma_regen.errors import PermanentError
-from alma_regen.reuse import current_casa
+from alma_regen.products.reuse import current_casa
 from archive_builder import build_archive
 
 MOUSS = [f"uid://A001/X2{n}00/X{n}a" for n in range(1, 6)]
@@ -30,7 +30,8 @@ def publish_stub(client, bucket, mous, files, casa):
     key = f"regen/{mous_f}/earlier/manifest.json"
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
     client.put_object(Bucket=bucket, Key=f"regen/{mous_f}/latest.json",
-                      Body=json.dumps({"manifest": f"s3://{bucket}/{key}"}).encode())
+                      Body=json.dumps({"mous_uid": mous, "run": "earlier",
+                                       "manifest": f"s3://{bucket}/{key}"}).encode())
 
 
 def test_bulk_run_starts_exactly_the_unpublished(tmp_path, archive_server, seaweedfs):

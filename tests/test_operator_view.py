@@ -211,7 +211,7 @@ def test_after_staging_a_missing_asdm_is_an_error(unstaged_member):
 # ---------------------------------------------------------------- item 8: the manifest's words
 
 def test_manifest_does_not_claim_a_request_nobody_made(unstaged_member):
-    from alma_regen.publish import _engines
+    from alma_regen.products.publish import _engines
     script = unstaged_member / "script" / f"member.{naming.uid_to_file(MOUS)}.scriptForImaging.py"
     script.write_text("tclean(vis='a.ms', imagename='x')\n")
     ran = {"engine": "script", "reason": "engine script requested", "casa": None, "casa_choice": None}

@@ -14,7 +14,7 @@ import pytest
 from alma_regen import fidelity, previews
 from alma_regen.casa.registry import load_registry
 from alma_regen.casa.runner import CasaRunner
-from alma_regen.publish import summary_html
+from alma_regen.products.summary import summary_html
 from imaging_fixtures import fresh_member
 
 RUNNER_LOG = "alma_regen.casa.runner"

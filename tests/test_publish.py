@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from alma_regen import fidelity, publish
+from alma_regen import fidelity, s3
+from alma_regen.products import publish, upload
+from alma_regen.products.manifest import read_manifest
 from alma_regen.errors import PermanentError, TransientError
 from fixtures_servers import S3Server, free_port, weed_binary
 from imaging_fixtures import fresh_member
@@ -84,7 +86,7 @@ def test_a_published_run_is_never_overwritten(member, seaweedfs):
     assert second["run"] != "r1"
     latest = json.loads(client.get_object(Bucket=bucket, Key="uid___A001_X3001_X134/latest.json")["Body"].read())
     assert latest["run"] == second["run"]
-    assert publish.read_manifest(client, f"s3://{bucket}", "uid://A001/X3001/X134", "r1") == first
+    assert read_manifest(client, f"s3://{bucket}", "uid://A001/X3001/X134", "r1") == first
 
 
 def test_calibrated_ms_is_streamed_as_a_tar(member, seaweedfs, tmp_path):
@@ -170,7 +172,7 @@ def test_an_interrupted_publish_leaves_no_manifest_and_a_rerun_completes(member,
     weed.bucket = bucket
 
     def stop_mid_upload(key, done, total):
-        if key.endswith(big.name) and total is None and done >= publish.PART_SIZE:
+        if key.endswith(big.name) and total is None and done >= upload.PART_SIZE:
             weed.kill()  # the server goes away between parts of the big file
 
     with pytest.raises(TransientError, match="unreachable|dropped"):
@@ -178,7 +180,7 @@ def test_an_interrupted_publish_leaves_no_manifest_and_a_rerun_completes(member,
     weed.start()
     stored = objects(client, bucket)
     assert not any(k.endswith("manifest.json") or k.endswith("latest.json") for k in stored)
-    assert publish.read_manifest(client, f"s3://{bucket}/alma", "uid://A001/X3001/X134", "r1") is None
+    assert read_manifest(client, f"s3://{bucket}/alma", "uid://A001/X3001/X134", "r1") is None
     # The retry of the same run completes; what had been uploaded and verifies is reused.
     manifest = publish.publish(m, f"s3://{bucket}/alma", run="r1", client=client)
     assert any(o.get("reused") for o in manifest["outputs"])
@@ -192,9 +194,9 @@ def test_a_file_goes_up_in_one_read_and_only_the_same_bytes_are_reused(seaweedfs
     multipart upload starts), so a resumed publish recognises its object by the server's
     CRC32 checksum, and a file of the same size with other bytes goes up again."""
     client, bucket = seaweedfs.client(), seaweedfs.bucket("onepass")
-    up = publish.Uploader(client, bucket, part_size=publish.MIN_PART, workers=3)
+    up = upload.Uploader(client, bucket, part_size=upload.MIN_PART, workers=3)
     f = tmp_path / "cube.fits"
-    f.write_bytes(os.urandom(3 * publish.MIN_PART + 1234))
+    f.write_bytes(os.urandom(3 * upload.MIN_PART + 1234))
     first = up.upload_file(f, "k/cube.fits")
     assert first["verified"] and first["parts"] == 4 and not first.get("reused")
     assert first["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
@@ -202,7 +204,7 @@ def test_a_file_goes_up_in_one_read_and_only_the_same_bytes_are_reused(seaweedfs
     again = up.upload_file(f, "k/cube.fits")
     assert again["reused"] and again["sha256"] == first["sha256"]
     data = bytearray(f.read_bytes())
-    data[2 * publish.MIN_PART + 7] ^= 0xFF  # same size, one byte of the third part differs
+    data[2 * upload.MIN_PART + 7] ^= 0xFF  # same size, one byte of the third part differs
     f.write_bytes(bytes(data))
     changed = up.upload_file(f, "k/cube.fits")
     up.close()
@@ -239,7 +241,7 @@ def test_publish_operator_uses_the_connection_and_emits_the_mous_asset(member, s
     monkeypatch.setenv("AIRFLOW_CONN_ALMA_PRODUCTS_S3", json.dumps(
         {"conn_type": "aws", "login": seaweedfs.access_key, "password": seaweedfs.secret_key,
          "extra": {"endpoint_url": seaweedfs.endpoint_url, "region_name": seaweedfs.region}}))
-    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", publish.ENDPOINT_ENV):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", s3.ENDPOINT_ENV):
         monkeypatch.delenv(k, raising=False)
     op = PublishOperator(task_id="publish", member_dir=str(member), to=f"s3://{bucket}/regen")
     assert set(op.template_fields) == {"mous_uid", "workdir", "to", "run", "enabled"}

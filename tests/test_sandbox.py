@@ -344,7 +344,7 @@ def test_the_scrubber_removes_credentials(monkeypatch):
 
 def test_published_casa_logs_are_scrubbed(tmp_path, seaweedfs, monkeypatch):
     """Through publish() to a real S3 store: the published log holds no credential."""
-    from alma_regen import publish
+    from alma_regen.products import publish
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AIRFLOW_CONN_X", CONN)
     member = tmp_path / f"member.{MOUS}"

@@ -308,7 +308,7 @@ def test_cli_image_rerun_keeps_a_users_file(workdir):
 
 PUBLISHER = textwrap.dedent("""
     import json, os, sys, time, pathlib
-    from alma_regen import publish
+    from alma_regen.products import publish
     from alma_regen.errors import AlmaRegenError
     member, to, me, other = sys.argv[1:5]
     arrived = pathlib.Path(me + ".arrived")
@@ -368,8 +368,8 @@ def test_two_concurrent_publishers_of_one_run_id_cannot_both_win(seaweedfs, tmp_
 
 
 def test_a_claim_of_a_live_publisher_elsewhere_is_respected_and_a_dead_ones_taken_over(seaweedfs, tmp_path):
-    from alma_regen import publish
-    from alma_regen.publish_claim import CLAIM, PublishBusy
+    from alma_regen.products import publish
+    from alma_regen.products.claim import CLAIM, PublishBusy
     client, bucket = seaweedfs.client(), seaweedfs.bucket("claim-" + uuid.uuid4().hex[:6])
     member = fake_member(tmp_path, b"x" * 100)
     key = f"p/{MOUS_F}/r1/{CLAIM}"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from alma_regen import cli, mous_lock, publish, workspace
+from alma_regen import cli, mous_lock, s3, workspace
+from alma_regen.products import publish
 from alma_regen.config import InvalidSetting, Settings
 from alma_regen.errors import PermanentError
 from alma_regen.mous_lock import MousBusy
@@ -92,9 +93,9 @@ def member(tmp_path):
 
 @pytest.fixture
 def products(seaweedfs, monkeypatch):
-    """A fresh bucket, and the environment publish.s3_client() and the CLI read."""
+    """A fresh bucket, and the environment s3.s3_client() and the CLI read."""
     env = seaweedfs.env()
-    monkeypatch.setenv(publish.ENDPOINT_ENV, env.pop("AWS_ENDPOINT_URL"))
+    monkeypatch.setenv(s3.ENDPOINT_ENV, env.pop("AWS_ENDPOINT_URL"))
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)

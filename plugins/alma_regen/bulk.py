@@ -20,7 +20,8 @@ from . import admission, attempts, jsonstore, naming
 from .admission import admit, footprint
 from .errors import PermanentError
 from .steps import STEP_FILE
-from .reuse import latest_manifest, same_as_published
+from .products.manifest import latest_manifest
+from .products.reuse import same_as_published
 
 log = logging.getLogger(__name__)
 

@@ -66,6 +66,6 @@ def _run_locked(member, mous, source_url, workdir, step, timings, cal_options, s
         result["imaging"] = step("image", image, member, imaging, workers=parallel, timeout=casa_limit)
         result["fidelity"] = step("fidelity", check_fidelity, member, timeout=casa_limit)
     if publish_to:
-        from .publish import publish
+        from .products.publish import publish
         result["manifest"] = step("publish", publish, member, publish_to, run=run_id)
     return result

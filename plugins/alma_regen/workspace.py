@@ -39,7 +39,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import s3
 from .config import WORKSPACE_KEEP
 from .errors import PermanentError
 from .member import Member
@@ -302,26 +301,11 @@ def summary(result: dict, member) -> str:
 # ------------------------------------------------------------------ the products' side
 
 def published_manifest(client, to: str, mous: str) -> dict | None:
-    """The manifest of the run latest.json names under `to` (`s3://bucket/prefix`), or None."""
-    from botocore.exceptions import ClientError
-
-    from . import publish
-    bucket, prefix = s3.parse_s3_url(to)
-    key = s3.latest_key(prefix, mous)
+    """The manifest of the run latest.json names under `to` (`s3://bucket/prefix`), or None;
+    a latest.json that names no readable run is NotPublished (nothing may be removed)."""
+    from .products.manifest import BadLatest, latest_manifest
     try:
-        latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError as exc:
-        if s3.is_missing(exc):
-            return None
-        raise s3.classify(exc, f"GET s3://{bucket}/{key}") from None
-    except ValueError:
-        raise NotPublished(f"s3://{bucket}/{key} is not JSON: nothing removed") from None
-    run = latest.get("run") if isinstance(latest, dict) else None
-    if not run:
-        raise NotPublished(f"s3://{bucket}/{key} names no run: nothing removed")
-    manifest = publish.read_manifest(client, to, mous, run)
-    if manifest is not None and manifest.get("run") != run:
-        raise NotPublished(f"s3://{bucket}/{key} names run {run}, its manifest run {manifest.get('run')}: "
-                           "nothing removed")
-    return manifest
+        return latest_manifest(client, to, mous)
+    except BadLatest as exc:
+        raise NotPublished(f"{exc}: nothing removed") from None
 

@@ -22,7 +22,7 @@ def cmd_image(a):
 
 
 def cmd_publish(a):
-    from .. import publish
+    from ..products import publish
     with member_step(a.member_dir, "publish"):
         manifest = publish.publish(a.member_dir, a.to, run=a.run, include_ms=a.include_ms, workers=a.workers)
     print_json({"run": manifest["run"], "location": manifest["location"], "objects": len(manifest["outputs"]),

@@ -2,7 +2,7 @@
 
 The connection is the Amazon provider's `aws` kind (login/password or a role,
 extra {"endpoint_url": ..., "region_name": ...}); this hook only names the
-default connection. `alma_regen.publish` takes the client it gives, and uses
+default connection. `alma_regen.products` takes the client it gives, and uses
 the environment instead when it runs without Airflow (the CLI).
 """
 from __future__ import annotations

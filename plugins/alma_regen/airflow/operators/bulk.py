@@ -50,7 +50,7 @@ class BulkPlanOperator(BaseOperator):
         from ..hooks.archive import archive_source
         from ...naming import run_id
         from ..hooks.products import s3_client
-        from ...reuse import current_casa
+        from ...products.reuse import current_casa
         s = runtime_settings()
         if not self.worklist:
             raise ValueError("no worklist: set ALMA_REGEN_BULK_WORKLIST or the worklist param")

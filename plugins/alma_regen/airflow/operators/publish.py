@@ -1,4 +1,4 @@
-"""The thin publishing operator: one call to `alma_regen.publish.publish`, then an Asset event.
+"""The thin publishing operator: one call to `alma_regen.products.publish.publish`, then an Asset event.
 
     PublishOperator(task_id="publish", mous_uid=..., workdir=..., to="s3://alma-products/regen")
 
@@ -55,7 +55,7 @@ class PublishOperator(MousFields, BaseOperator):
     def execute(self, context: Any) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from ...publish import publish
+        from ...products.publish import publish
         from ...s3 import run_folder
         from ..hooks.products import s3_client
         if str(self.enabled).strip().lower() in ("false", "0", "no", "off"):

@@ -207,7 +207,8 @@ class CheckPublishedOperator(_MousBase):
 
         from ..hooks.archive import archive_source
         from ..hooks.products import s3_client
-        from ...reuse import current_casa, latest_manifest, same_as_published
+        from ...products.manifest import latest_manifest
+        from ...products.reuse import current_casa, same_as_published
         from ...staging import list_mous
         if str(self.force).strip().lower() in ("true", "1", "yes", "on"):
             self.log.info("%s: force=true: regenerating without looking at what is published", self.mous_uid)

@@ -7,27 +7,9 @@ that would run now is the one recorded, unless forced. Sizes, not checksums,
 are compared before staging: the archive publishes no checksums (its DataLink rows carry none),
 and a changed file of unchanged size is caught by the staging stamps.
 """
-import json
 import logging
 
-from .s3 import is_missing, latest_key, parse_s3_url
-
 log = logging.getLogger(__name__)
-
-
-def latest_manifest(client, products_url: str, mous: str) -> dict | None:
-    """The manifest `latest.json` points at, or None."""
-    from botocore.exceptions import ClientError
-    bucket, prefix = parse_s3_url(products_url)
-    key = latest_key(prefix, mous)
-    try:
-        latest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        mb, mk = parse_s3_url(latest["manifest"])
-        return json.loads(client.get_object(Bucket=mb, Key=mk)["Body"].read())
-    except ClientError as exc:
-        if is_missing(exc):
-            return None
-        raise
 
 
 def same_as_published(manifest: dict | None, files: dict, casa_version: str) -> tuple:
@@ -46,5 +28,5 @@ def same_as_published(manifest: dict | None, files: dict, casa_version: str) -> 
 
 def current_casa() -> str:
     """The CASA the default (native) calibration would use now."""
-    from .casa.registry import load_registry
+    from ..casa.registry import load_registry
     return str(load_registry().modular().version)

@@ -25,8 +25,8 @@ import socket
 import time
 from datetime import datetime, timezone
 
-from .errors import PermanentError, TransientError
-from .s3 import classify as _classify, is_missing
+from ..errors import PermanentError, TransientError
+from ..s3 import classify as _classify, is_missing
 
 log = logging.getLogger(__name__)
 
