@@ -152,7 +152,7 @@ with DAG(
     member = dict(mous_uid=mous, workdir=S.workdir)
     cal_args = dict(
         **member,
-        engine="{{ {'restore': 'native'}.get(params.calibration, params.calibration) }}",
+        engine="{{ params.calibration }}",  # "restore" is the native engine (calibrated.FORM_NAMES)
         casa_version="{{ params.casa_version or '' }}", dosplit="{{ params.dosplit }}",
         spacesaving="{{ params.spacesaving }}", docontsub="{{ params.docontsub }}",
     )

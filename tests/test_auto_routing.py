@@ -104,3 +104,11 @@ def test_a_pipeline_calibration_delivery_stays_on_the_pipeline(member_copy, pipe
     make_selfcal(member_copy)
     p = calibration.plan(member_copy, Options(), pipeline_registry)
     assert p.engine == "pipeline" and "selfcal.json" in p.reason
+
+
+def test_the_forms_restore_is_the_native_engine_and_a_stranger_is_refused():
+    """The DAG passes the form's choice as it is; the library names the engine once."""
+    assert Options(engine="restore").engine == "native"
+    assert Options(engine="pipeline").engine == "pipeline"
+    with pytest.raises(PermanentError, match="calibration engine must be one of"):
+        Options(engine="restored")

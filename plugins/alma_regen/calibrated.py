@@ -16,6 +16,9 @@ from .member import Member
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "native", "scriptforpi", "pipeline", "manual")
+# The DAG's form says what an operator wants ("restore": apply the delivered calibration);
+# the engine that does it has its own name.
+FORM_NAMES = {"restore": "native"}
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Options:
     timeout_s: float | None = None
 
     def __post_init__(self):
+        self.engine = FORM_NAMES.get(self.engine, self.engine)
         if self.engine not in ENGINES:
             raise PermanentError(f"calibration engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         try:

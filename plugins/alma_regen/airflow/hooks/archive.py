@@ -82,6 +82,11 @@ class AlmaArchiveS3Hook(S3Hook):
         return S3Source(url or self.archive_url(), self.get_conn(), **kwargs)
 
 
+def archive_s3_client(conn_id: str = AlmaArchiveS3Hook.default_conn_name):
+    """The boto3 client of the archive's S3 mirror (a worklist kept there, besides staging)."""
+    return AlmaArchiveS3Hook(conn_id).get_conn()
+
+
 def archive_source(source: str, http_conn_id: str = AlmaRequestHandlerHook.default_conn_name,
                    aws_conn_id: str = AlmaArchiveS3Hook.default_conn_name):
     """The staging source for a DAG's `source` param.

@@ -32,6 +32,5 @@ def api_server_client(conn_id: str):
 
 
 def s3_client(conn_id: str):
-    """The boto3 S3 client of the Airflow connection `conn_id` (an `aws` connection: the
-    products bucket, or the archive's S3 mirror for a worklist kept there)."""
+    """The boto3 S3 client of the products connection `conn_id` (an `aws` connection)."""
     return AlmaProductsS3Hook(conn_id).get_conn()

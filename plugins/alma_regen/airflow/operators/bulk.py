@@ -47,7 +47,7 @@ class BulkPlanOperator(BaseOperator):
         from ...admission import forget_stale
         from ...bulk import plan_bulk
         from ...config import runtime_settings
-        from ..hooks.archive import archive_source
+        from ..hooks.archive import archive_s3_client, archive_source
         from ...naming import run_id
         from ..hooks.products import s3_client
         from ...products.reuse import current_casa
@@ -55,7 +55,7 @@ class BulkPlanOperator(BaseOperator):
         if not self.worklist:
             raise ValueError("no worklist: set ALMA_REGEN_BULK_WORKLIST or the worklist param")
         products = s3_client(s.products_s3_conn) if s.products_url or self.worklist.startswith("s3://") else None
-        archive = s3_client(s.archive_s3_conn) if self.worklist.startswith("s3://") else None
+        archive = archive_s3_client(s.archive_s3_conn) if self.worklist.startswith("s3://") else None
         # Runs that ended without their teardown (killed, marked failed) still hold disk in the
         # ledger: forget them first, asking Airflow (the Task SDK) for each run's state.
         forget_stale(s.workdir, lambda run: _regen_state(run))
