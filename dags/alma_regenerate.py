@@ -43,8 +43,6 @@ is retried; one that cannot (a bad uid, a missing CASA version, a corrupt file)
 fails at once with the reason in its log. A late run and a failed run each send
 one alert.
 """
-from datetime import timedelta
-
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, Param, TaskGroup
 
 from alma_regen.config import settings
@@ -55,9 +53,10 @@ from alma_regen.airflow.operators.calibration import (FinishCalibrationOperator,
                                               RestoreEbOperator)
 from alma_regen.airflow.operators.imaging import (FidelityOperator, FinishImagingOperator, NativeImagingUnitOperator,
                                           PlanImagingOperator)
+from alma_regen.airflow.operators.inspection import CheckStagedOperator, InspectDeliveryOperator
+from alma_regen.airflow.operators.lock import LockMousOperator, ReleaseMousOperator
 from alma_regen.airflow.operators.publish import PublishOperator
-from alma_regen.airflow.operators.run import (CheckPublishedOperator, CheckStagedOperator, InspectDeliveryOperator,
-                                      LockMousOperator, ReleaseMousOperator)
+from alma_regen.airflow.operators.published import CheckPublishedOperator
 from alma_regen.airflow.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
 from alma_regen.airflow.retries import task_defaults
 

@@ -174,7 +174,7 @@ def test_an_operators_run_reserves_at_lock_and_releases_at_teardown(tmp_path, ar
     operators run on a stand-in for the task context (the dag_run and params they read)."""
     from types import SimpleNamespace
     from alma_regen import admission
-    from alma_regen.airflow.operators.run import LockMousOperator, ReleaseMousOperator
+    from alma_regen.airflow.operators.lock import LockMousOperator, ReleaseMousOperator
     archive = tmp_path / "archive"
     build_archive(archive, mous=MOUSS[0], ebs=ebs_of(1), n_binaries=1, binary_size=1024)
     server = archive_server(archive)

@@ -17,7 +17,7 @@ workers on other hosts are excluded too), and the ledger is replaced atomically
 edit, an old copy) is set aside with a warning and started afresh, never a crash: the
 runs it held are then uncounted until they end, which only over-admits for a while.
 
-No Airflow here: the operators (operators/bulk.py, operators/run.py) ask Airflow what
+No Airflow here: the operators (operators/bulk.py, operators/lock.py) ask Airflow what
 they need and pass plain values in.
 """
 from __future__ import annotations

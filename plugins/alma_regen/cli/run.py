@@ -1,4 +1,4 @@
-"""`alma-regen run`: the whole chain for one MOUS without Airflow (alma_regen.chain)."""
+"""`alma-regen run`: the whole chain for one MOUS without Airflow (alma_regen.standalone)."""
 import json
 
 
@@ -15,7 +15,7 @@ def register(sub):
 
 def cmd_run(a):
     from .. import naming
-    from ..chain import run_mous
+    from ..standalone import run_mous
     naming.uid_to_file(a.mous)  # a clear error for a malformed uid
     r = run_mous(a.mous, a.source, a.workdir, parallel=a.parallel, imaging=a.imaging, publish_to=a.publish_to)
     print(json.dumps({"mous_uid": r["mous_uid"], "member_dir": r["member_dir"], "timings_s": r["timings_s"],

@@ -20,7 +20,7 @@ def _regen_state(run_id: str):
     Airflow has no such run, None when it cannot tell (admission.forget_stale's contract)."""
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-    from .run import state_of
+    from .lock import state_of
     state = state_of(REGEN_DAG_ID, run_id)
     if state is not None:
         return state

@@ -7,6 +7,10 @@ fields are rendered, and hands it to the library. A member folder may be given i
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+from airflow.sdk import BaseOperator
+
 
 class MousFields:
     """Mixin: `mous_uid`, `workdir` and the task's `member`."""
@@ -29,3 +33,14 @@ class MousFields:
             from ...member import Member
             self._member, self._member_key = Member.of(self.workdir, self.mous_uid), key
         return self._member
+
+
+class MousOperator(MousFields, BaseOperator):
+    """An operator whose work is the MOUS's run itself (its lock, its plan, its reuse check)."""
+
+    template_fields: Sequence[str] = ("mous_uid", "workdir")
+    ui_color = "#e8f8f5"
+
+    def __init__(self, *, mous_uid: str, workdir: str, **kwargs):
+        super().__init__(**kwargs)
+        self._set_mous(mous_uid, workdir)
