@@ -12,6 +12,7 @@ imports; their subcommands reach `alma-regen` through the entry-point group
 `alma_regen.commands`.
 """
 import ast
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -170,3 +171,24 @@ def test_the_dev_commands_reach_the_cli_through_entry_points(monkeypatch):
     product = commands()
     assert product >= PRODUCT_COMMANDS and product.isdisjoint(DEV_COMMANDS)
     assert with_dev == product | DEV_COMMANDS
+
+
+def test_the_readme_layout_names_every_part_of_the_package_and_nothing_else():
+    """README's "What runs where" is the map a maintainer reads first: every module and package
+    of alma_regen (and of its airflow/ layer) is on it, and every file it names exists."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## What runs where", 1)[1].split("\n\n", 2)[1]
+    names = set(re.findall(r"[\w.]+\.py|[\w]+/", block))
+    package = ROOT / "plugins" / "alma_regen"
+    for folder in (package, package / "airflow"):
+        for p in folder.iterdir():
+            if p.name in ("__init__.py", "__pycache__"):
+                continue
+            wanted = p.name if p.suffix == ".py" else f"{p.name}/"
+            if p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()):
+                assert wanted in names, f"README's layout does not name {p.relative_to(ROOT)}"
+    for operator in (package / "airflow" / "operators").glob("*.py"):
+        if operator.name != "__init__.py":
+            assert operator.stem in block, f"README's layout does not name operators/{operator.name}"
+    existing = {p.name for top in ("plugins", "include", "devtools", "tests") for p in (ROOT / top).rglob("*.py")}
+    assert not {n for n in names if n.endswith(".py")} - existing
