@@ -291,11 +291,20 @@ class AirflowCluster:
                 last = h
                 if all((h.get(k) or {}).get("status") == "healthy" for k in
                        ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                    self.warm_execution_api()
                     return h
             except (RuntimeError, OSError):
                 pass
             time.sleep(1)
         raise TimeoutError(f"Airflow not ready after {timeout} s (health {last})\n{self.diagnostics()}")
+
+    def warm_execution_api(self, timeout: float = 60):
+        """One request to the Task Execution API: the api-server builds it at its first request
+        (about 3 s here, Airflow 3.3.2), which would otherwise fall on the first task of the
+        first run (bench/orchestration.py measured it). As docker-compose.yaml's healthcheck."""
+        status, body = self.get("/execution/health", timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"the Task Execution API answers {status}: {body[:500]!r}")
 
     def wait_dag(self, dag_id: str, timeout: float = 180):
         end = time.monotonic() + timeout

@@ -170,3 +170,27 @@ def test_installs_leave_no_egg_info_on_sys_path():
         if (d.metadata["Name"] or "").startswith("alma-regen"):
             found.setdefault(d.metadata["Name"], []).append(str(getattr(d, "_path", d)))
     assert {name: len(paths) for name, paths in found.items()} == {"alma-regen": 1, "alma-regen-dev": 1}, found
+
+
+def test_scheduler_settings_and_warm_up_alike(compose, tmp_path):
+    """The deployment, the clusters of the tests and benchmarks, and the demo run the scheduler
+    alike, and each calls the Task Execution API once before the first task: the api-server
+    builds it at its first request (about 3 s, bench/orchestration.py)."""
+    import inspect
+
+    from airflow_procs import AirflowCluster
+    from alma_regen_dev import demo
+
+    key = "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"
+    compose_value = compose["services"]["airflow-scheduler"]["environment"][key]
+    assert compose_value.startswith("${") and compose_value.endswith("}")
+    default = compose_value.split(":-", 1)[1].rstrip("}")
+    assert AirflowCluster(tmp_path / "af").env[key] == default
+    assert demo.Airflow(tmp_path / "demo", {}, 8080).env[key] == default
+    # execute_tasks_new_python_interpreter stays at its default (False): a task process is a fork.
+    for env in (compose["services"]["airflow-worker"]["environment"], AirflowCluster(tmp_path / "af2").env):
+        assert "AIRFLOW__CORE__EXECUTE_TASKS_NEW_PYTHON_INTERPRETER" not in env
+    assert "/execution/health" in " ".join(compose["services"]["airflow-apiserver"]["healthcheck"]["test"])
+    assert "/execution/health" in inspect.getsource(AirflowCluster.wait_ready) + \
+        inspect.getsource(AirflowCluster.warm_execution_api)
+    assert "/execution/health" in inspect.getsource(demo.Airflow.start)

@@ -29,15 +29,31 @@ def mirror(seaweedfs, archive):
     return f"s3://{bucket}/alma/archive"
 
 
-@pytest.mark.parametrize("parallel", [False, True], ids=["single-stream", "parallel-parts"])
-def test_full_mous_from_s3_is_byte_identical(tmp_path, seaweedfs, archive, mirror, parallel):
-    # Small parts force the parallel ranged GETs on these small files.
-    kw = dict(part_size=64 * 1024, parallel_min=128 * 1024, workers=4) if parallel else dict(workers=1)
-    source = S3Source(mirror, seaweedfs.client(), **kw)
+# Small parts make these small files big enough for ranges. "switched": one stream first,
+# and since no stream reaches an infinite rate (and no idle CPU is asked for), the rest goes on
+# in ranges after the probe.
+PATHS = {"single-stream": dict(workers=1),
+         "parallel-parts": dict(part_size=64 * 1024, parallel_min=128 * 1024, workers=4, probe_bytes=0),
+         "switched": dict(part_size=64 * 1024, parallel_min=128 * 1024, workers=4, probe_bytes=100_000,
+                          parallel_below=float("inf"), spare_cpu=0.0),
+         # A slow stream on a machine without idle CPU stays one stream (more than all of it asked).
+         "busy-machine-stays": dict(part_size=64 * 1024, parallel_min=128 * 1024, workers=4, probe_bytes=100_000,
+                                    parallel_below=float("inf"), spare_cpu=1.01),
+         "fast-stream-stays": dict(part_size=64 * 1024, parallel_min=128 * 1024, workers=4, probe_bytes=100_000,
+                                   parallel_below=0.0)}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_full_mous_from_s3_is_byte_identical(tmp_path, seaweedfs, archive, mirror, path, caplog):
+    source = S3Source(mirror, seaweedfs.client(), **PATHS[path])
+    caplog.set_level("INFO", logger="alma_regen.staging")
     summary = stage_mous(archive.mous, source, tmp_path / "work", FAST)
     assert ab.staged_member(member_path(tmp_path / "work", archive.mous)) == ab.expected_member(archive)
     for f in summary["files"]:
         assert f["sha256"] == hashlib.sha256(archive.path(f["file"]).read_bytes()).hexdigest()
+    switched = [r.getMessage() for r in caplog.records if "parallel ranges" in r.getMessage()]
+    # Each of the 4 ASDMs (1.2 MB) goes on in ranges after 100 kB, and only where asked.
+    assert len(switched) == (len(archive.ebs) if path == "switched" else 0), switched
     again = stage_mous(archive.mous, source, tmp_path / "work", FAST)
     assert {f["status"] for f in again["files"]} == {"skipped"}
 

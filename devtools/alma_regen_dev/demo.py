@@ -141,7 +141,10 @@ class Airflow:
                     "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
                     # Workers reach the Task Execution API on our port, not the default 8080.
                     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-                    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
+                    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                    # As docker-compose.yaml and tests/airflow_procs.py: the scheduler's idle sleep
+                    # (default 1 s) is the latency of every task hand-over (bench/orchestration.py).
+                    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2"}
         self.airflow = str(Path(bindir) / "airflow")
         self.proc = None
 
@@ -172,6 +175,10 @@ class Airflow:
                 raise AlmaRegenError(f"airflow standalone exited; see {self.home / 'standalone.log'}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=3):
+                    pass
+                # The Task Execution API is built at its first request (about 3 s): paid here,
+                # not by the run's first task (bench/orchestration.py).
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/execution/health", timeout=30):
                     break
             except OSError:
                 time.sleep(2)

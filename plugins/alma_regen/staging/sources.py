@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional
@@ -197,18 +198,8 @@ class HttpSource:
             conn.close()
             raise
         want = f.size - served
-
-        def close():
-            # shutdown() wakes a reader thread blocked in recv(); close() alone may not.
-            try:
-                if conn.sock is not None:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-
         return Body(self._chunks(resp, f, want, served), served, resp.getheader("ETag") or "",
-                    resp.getheader("Last-Modified") or "", close=close)
+                    resp.getheader("Last-Modified") or "", close=_closer(conn))
 
     def _check(self, resp, f: RemoteFile, start: int) -> int:
         if resp.status == 206:
@@ -233,6 +224,36 @@ class HttpSource:
 
     def _chunks(self, resp, f: RemoteFile, want: int, served: int) -> Iterator[bytes]:
         return _read_body(resp, f, want, served, self.chunk)
+
+
+def _closer(conn):
+    """Close a connection from another thread: shutdown() wakes a reader blocked in recv(),
+    close() alone may not."""
+    def close():
+        try:
+            if conn.sock is not None:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
+    return close
+
+
+def _cpu_ticks() -> Optional[tuple]:
+    """(idle, total) CPU ticks of the whole machine since boot (Linux /proc/stat); None elsewhere."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:9]]
+        return ticks[3], sum(ticks)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _idle_share(before: Optional[tuple], after: Optional[tuple]) -> Optional[float]:
+    """The share of the machine's CPU that was idle between two readings (None: not known)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def _read_body(resp, f: RemoteFile, want: int, served: int, chunk: int) -> Iterator[bytes]:
@@ -324,13 +345,21 @@ class S3Source:
     kind = "s3"
 
     def __init__(self, url: str, client=None, *, part_size: int = 8 << 20, workers: int = 4,
-                 parallel_min: int = 32 << 20, chunk: int = CHUNK, timeout: float = 60.0):
+                 parallel_min: int = 32 << 20, probe_bytes: int = 32 << 20, parallel_below: float = 256e6,
+                 spare_cpu: float = 0.25, chunk: int = CHUNK, timeout: float = 60.0):
         u = urlsplit(url)
         if u.scheme != "s3" or not u.netloc:
             raise PermanentError(f"not an s3://bucket/prefix URL: {url!r}")
         self.bucket, self.prefix = u.netloc, u.path.strip("/")
         self.client = client if client is not None else default_s3_client()
         self.part_size, self.workers, self.parallel_min, self.chunk = part_size, workers, parallel_min, chunk
+        # A big object starts as one stream; after `probe_bytes` it goes on in `workers` parallel
+        # ranges only if the stream delivered less than `parallel_below` bytes/s while the
+        # machine had at least `spare_cpu` of its CPU idle. Ranges add up where one TCP stream
+        # is slow (a far store); where the CPU is what limits (a store on the same host, a busy
+        # worker) they only cost CPU and memory: bench/staging.py measured 4 ranges from the
+        # local SeaweedFS 1.3x slower than one stream. probe_bytes=0: ranges from byte 0.
+        self.probe_bytes, self.parallel_below, self.spare_cpu = probe_bytes, parallel_below, spare_cpu
         self.timeout = timeout
 
     def describe(self) -> str:
@@ -375,10 +404,12 @@ class S3Source:
                 start, etag = 0, now  # changed with the same size: restart on the new version
         if not etag:
             etag = _s3_call(self.client.head_object, f.name, Bucket=self.bucket, Key=key)["ETag"].strip('"')
-        if f.size - start >= self.parallel_min and self.workers > 1:
-            return self._parallel(f, key, start, etag)
-        conn, resp = self._get(f, key, start, None, etag)
-        return Body(_read_body(resp, f, f.size - start, start, self.chunk), start, etag, close=conn.close)
+        if f.size - start < self.parallel_min or self.workers <= 1:
+            conn, resp = self._get(f, key, start, None, etag)
+            return Body(_read_body(resp, f, f.size - start, start, self.chunk), start, etag, close=_closer(conn))
+        if self.probe_bytes <= 0:
+            return Body(self._parts(f, key, start, etag), start, etag)
+        return self._probed(f, key, start, etag)
 
     def _get(self, f: RemoteFile, key: str, start: int, end: Optional[int], etag: str):
         """GET bytes [start, end) of the object version `etag`.
@@ -416,7 +447,51 @@ class S3Source:
             raise SourceChangedError(f"{what}: range not satisfiable (object shrank?)")
         raise _status_error(resp.status, resp.reason, what, resp.getheader("Retry-After"))
 
-    def _parallel(self, f: RemoteFile, key: str, start: int, etag: str) -> Body:
+    def _probed(self, f: RemoteFile, key: str, start: int, etag: str) -> Body:
+        """One stream; after probe_bytes, the rest in parallel ranges if the stream is slow.
+
+        The rate counts only the time spent waiting for the network (the request and each
+        read), not the time the consumer holds a chunk: a slow disk must not make the
+        network look slow (parallel ranges would not help it).
+        """
+        cpu0 = _cpu_ticks()
+        t0 = time.monotonic()
+        conn, resp = self._get(f, key, start, None, etag)
+        waited = time.monotonic() - t0
+        close = _closer(conn)
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal waited
+            offset, probing = start, True
+            reads = _read_body(resp, f, f.size - start, start, self.chunk)
+            try:
+                while True:
+                    t = time.monotonic()
+                    data = next(reads, None)
+                    waited += time.monotonic() - t
+                    if data is None:
+                        return
+                    offset += len(data)
+                    yield data
+                    if probing and offset - start >= self.probe_bytes:
+                        probing = False
+                        rate = (offset - start) / max(waited, 1e-6)
+                        idle = _idle_share(cpu0, _cpu_ticks())
+                        if rate < self.parallel_below and f.size - offset >= self.parallel_min and \
+                                (idle is None or idle >= self.spare_cpu):
+                            log.info("%s: one stream gives %.0f MB/s (< %.0f) with %s of the CPU idle: the "
+                                     "remaining %.0f MB in %d parallel ranges", f.name, rate / 1e6,
+                                     self.parallel_below / 1e6, "?" if idle is None else f"{idle:.0%}",
+                                     (f.size - offset) / 1e6, self.workers)
+                            break
+            finally:
+                close()
+            yield from self._parts(f, key, offset, etag)
+
+        return Body(chunks(), start, etag, close=close)
+
+    def _parts(self, f: RemoteFile, key: str, start: int, etag: str) -> Iterator[bytes]:
+        """Bytes [start, size) of the object, fetched `workers` ranges at a time, in order."""
         stop = threading.Event()
 
         def get(lo: int, hi: int):
@@ -467,7 +542,7 @@ class S3Source:
                     fut.cancel()
                 pool.shutdown(wait=True)
 
-        return Body(parts(), start, etag)
+        return parts()
 
 
 def open_source(url: str, *, s3_client=None, auth=None, cookie: str = "", **kw):

@@ -6,15 +6,26 @@ Connections (never literals in code):
   `alma_archive_s3` (AWS): the amazon provider's usual fields (login/password or role,
       extra endpoint_url/region_name), plus extra {"archive_url": "s3://bucket/prefix"}.
 The hooks only build a `staging.sources` object; the downloading is the library's.
+The S3 hook lives in archive_s3.py and is imported only when an S3 source is asked for:
+the Amazon provider's S3Hook costs about 0.1 s to import, in every task process that
+lists or stages over HTTP otherwise (bench/orchestration.py).
 """
 from __future__ import annotations
 
 from airflow.exceptions import AirflowNotFoundException
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk import BaseHook
 
 from ...errors import PermanentError
-from ...staging.sources import HttpSource, S3Source, origin
+from ...staging.sources import HttpSource, origin
+
+ARCHIVE_S3_CONN = "alma_archive_s3"
+
+
+def __getattr__(name):
+    if name == "AlmaArchiveS3Hook":  # the old import path of the class
+        from .archive_s3 import AlmaArchiveS3Hook
+        return AlmaArchiveS3Hook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AlmaRequestHandlerHook(BaseHook):
@@ -65,30 +76,14 @@ class AlmaRequestHandlerHook(BaseHook):
         return self.get_source()
 
 
-class AlmaArchiveS3Hook(S3Hook):
-    default_conn_name = "alma_archive_s3"
-    hook_name = "ALMA archive mirror (S3)"
-
-    def __init__(self, aws_conn_id: str = default_conn_name, **kwargs):
-        super().__init__(aws_conn_id=aws_conn_id, **kwargs)
-
-    def archive_url(self) -> str:
-        url = self.get_connection(self.aws_conn_id).extra_dejson.get("archive_url", "")
-        if not url:
-            raise PermanentError(f"connection {self.aws_conn_id!r} has no extra 'archive_url' (s3://bucket/prefix)")
-        return url
-
-    def get_source(self, url: str | None = None, **kwargs) -> S3Source:
-        return S3Source(url or self.archive_url(), self.get_conn(), **kwargs)
-
-
-def archive_s3_client(conn_id: str = AlmaArchiveS3Hook.default_conn_name):
+def archive_s3_client(conn_id: str = ARCHIVE_S3_CONN):
     """The boto3 client of the archive's S3 mirror (a worklist kept there, besides staging)."""
+    from .archive_s3 import AlmaArchiveS3Hook
     return AlmaArchiveS3Hook(conn_id).get_conn()
 
 
 def archive_source(source: str, http_conn_id: str = AlmaRequestHandlerHook.default_conn_name,
-                   aws_conn_id: str = AlmaArchiveS3Hook.default_conn_name):
+                   aws_conn_id: str = ARCHIVE_S3_CONN):
     """The staging source for a DAG's `source` param.
 
     `request_handler` -> the HTTP connection; `s3` -> the S3 connection's archive_url;
@@ -98,10 +93,9 @@ def archive_source(source: str, http_conn_id: str = AlmaRequestHandlerHook.defau
     """
     if source == "request_handler":
         return AlmaRequestHandlerHook(http_conn_id).get_source()
-    if source == "s3":
-        return AlmaArchiveS3Hook(aws_conn_id).get_source()
-    if source.startswith("s3://"):
-        return AlmaArchiveS3Hook(aws_conn_id).get_source(source)
+    if source == "s3" or source.startswith("s3://"):
+        from .archive_s3 import AlmaArchiveS3Hook
+        return AlmaArchiveS3Hook(aws_conn_id).get_source(None if source == "s3" else source)
     if source.startswith(("http://", "https://")):
         try:
             return AlmaRequestHandlerHook(http_conn_id).get_source(root=source)
