@@ -14,11 +14,16 @@ def register_synth(sub) -> None:
     s.add_argument("out", help="output folder (archive/ is written inside)")
     s.add_argument("--ebs", type=int, default=2, help="execution blocks (default 2)")
     s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    s.add_argument("--antennas", type=int, default=8, help="12-m antennas (default 8)")
+    s.add_argument("--style", default="cycle10", metavar="STYLE",
+                   help="the kind of package (alma_regen_dev.zoo): cycle10 (default, today's), cycle5, "
+                        "cycle4, manual, polarisation, single-dish")
+    s.add_argument("--antennas", type=int, default=None, help="12-m antennas (default 8; cycle10 only)")
     s.add_argument("--sessions", type=_session_numbers, default=None,
-                   help="session number of each EB, e.g. 1,1,3 (default: two EBs a session, odd numbers)")
-    s.add_argument("--restore-template", choices=("current", "old"), default="current",
-                   help="restore script form: current, or old (fixsyscaltimes import, before late 2020)")
+                   help="session number of each EB, e.g. 1,1,3 (default: two EBs a session, odd numbers; "
+                        "cycle10 only)")
+    s.add_argument("--restore-template", choices=("current", "old"), default=None,
+                   help="restore script form: current (default), or old (fixsyscaltimes import, before "
+                        "late 2020; cycle10 only)")
     s.set_defaults(func=cmd_synth)
 
 
@@ -31,10 +36,15 @@ def _session_numbers(text):
 
 def cmd_synth(a):
     from alma_regen.cli.common import print_json
+    from alma_regen.errors import PermanentError
 
-    from .synth import synthesize
-    print_json(synthesize(a.out, ebs=a.ebs, seed=a.seed, antennas=a.antennas, sessions=a.sessions,
-                          restore_template=a.restore_template))
+    from . import zoo
+    options = {k: v for k, v in (("antennas", a.antennas), ("sessions", a.sessions),
+                                 ("restore_template", a.restore_template)) if v is not None}
+    if options and a.style != "cycle10":
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        raise PermanentError(f"{flags} apply to --style cycle10 only, not {a.style}")
+    print_json(zoo.build(a.style, a.out, ebs=a.ebs, seed=a.seed, **options))
 
 
 def register_serve_archive(sub) -> None:
