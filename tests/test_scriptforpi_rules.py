@@ -262,3 +262,42 @@ def test_manual_calibration_without_any_version_still_stops(tmp_path):
     assert [e for e in errors(plan) if "CASA version used for reduction" in e["message"]], plan["problems"]
     with pytest.raises(DeliveryError):
         Delivery(m).casa_version()
+
+
+# ---------------------------------------------------------------- (e) the delivery's scriptForPI version
+
+def sfpi_head(version, date="2023/10/03 16:56:39"):
+    """The first lines of a real scriptForPI (as every read copy starts, v1.7 to v2.5)."""
+    return (f"# ALMA Data Reduction Script\n# $Id: scriptForPI.py,v {version} {date} dpetry Exp $\n\n"
+            '"""\nALMA scriptForPI.py - control script to restore the calibrated ALMA data\n"""\n'
+            "import os\napplyonly = True\n")
+
+
+@pytest.mark.parametrize("name, version, expected", [
+    (f"member.{MOUS_F}.scriptForPI.py", "2.5", (2, 5)),     # v2.5, member prefix
+    ("scriptForPI.py", "1.34", (1, 34)),                    # v1.34, no prefix
+    (f"member.{MOUS_F}.scriptForPI.py", "1.23", (1, 23)),
+    ("scriptForPI.py", "1.7", (1, 7)),
+])
+def test_the_scriptforpi_version_is_read_from_its_id_line(tmp_path, name, version, expected):
+    m = member(tmp_path, {**RESTORE, name: sfpi_head(version)})
+    assert Delivery(m).scriptforpi_version() == expected
+
+
+@pytest.mark.parametrize("scripts", [
+    {},                                                                   # no scriptForPI
+    {"scriptForPI.py": "# ALMA Data Reduction Script\nimport os\n"},     # no $Id line
+    {"scriptForPI.py": "# $Id: scriptForImaging.py,v 1.2 2017/01/01 $\n"},  # another file's id
+    {"scriptForPI.py": sfpi_head("2.5"), f"member.{MOUS_F}.scriptForPI.py": sfpi_head("1.34")},  # two: ambiguous
+])
+def test_no_scriptforpi_version_when_it_cannot_be_told(tmp_path, scripts):
+    m = member(tmp_path, {**RESTORE, **scripts})
+    assert Delivery(m).scriptforpi_version() is None
+
+
+def test_the_scriptforpi_version_survives_hostile_bytes(tmp_path):
+    # Not UTF-8 around the line, and a huge file: read bounded, never run.
+    m = member(tmp_path, RESTORE)
+    (m / "script" / "scriptForPI.py").write_bytes(b"\xff\xfe# $Id: scriptForPI.py,v 1.34 2022/08/26 $\n"
+                                                  + b"x = 1\n" * 200_000)
+    assert Delivery(m).scriptforpi_version() == (1, 34)

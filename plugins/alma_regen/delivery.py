@@ -59,6 +59,10 @@ DISK_FACTOR = (11, 14)
 _VERSION_RE = re.compile(
     r"CASA version(?: used for reduction)?\s*:\s*(?:CASA\s+)?([0-9]+\.[0-9]+\.[0-9]+(?:[-.][0-9]+)?)", re.I)
 _PIPELINE_RE = re.compile(r"Pipeline(?: version)?\s*:\s*([^\s,;]+)", re.I)
+# scriptForPI's RCS keyword line; in the first lines of every copy read (the same text is
+# posted to the CASA log further down, so a bounded read finds it).
+_SFPI_ID_RE = re.compile(r"\$Id:\s*scriptForPI\.py,v\s+(\d+)\.(\d+)\b")
+_VERSION_READ_LIMIT = 64 * 1024
 _SCRIPT_SUFFIXES = {
     "scriptForPI": "scriptForPI.py",
     "restore": "casa_piperestorescript.py",
@@ -158,6 +162,25 @@ class Delivery:
                                 f"{len(found)} candidates for *{suffix}: "
                                 f"{', '.join(p.name for p in found)} (keep exactly one)")
         return found[0] if found else None
+
+    def scriptforpi_version(self) -> tuple | None:
+        """The version of the delivery's own scriptForPI as (major, minor), e.g. (2, 5),
+        from its RCS line `# $Id: scriptForPI.py,v 2.5 2023/10/03 ... $` (every read copy,
+        v1.7 of 2014 to v2.5 of 2023, states it so, the prefixed names too). None when there
+        is no scriptForPI, two of them, or no such line. Read as text (bounded), never run."""
+        if not hasattr(self, "_sfpi_version"):
+            self._sfpi_version = None
+            try:
+                script = self.script("scriptForPI")
+                if script is not None:
+                    with open(script, "rb") as fh:
+                        head = fh.read(_VERSION_READ_LIMIT).decode("utf-8", "replace")
+                    m = _SFPI_ID_RE.search(head)
+                    if m:
+                        self._sfpi_version = (int(m.group(1)), int(m.group(2)))
+            except (DeliveryError, OSError):
+                pass
+        return self._sfpi_version
 
     def manual_scripts(self) -> list:
         return [p for p in self._script_files if p.name.endswith(MANUAL_SUFFIX)]
