@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import archive_builder as ab
@@ -210,16 +211,17 @@ def test_no_space_is_permanent(tmp_path, archive, served, monkeypatch):
         stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
 
 
-def test_ppr_ebs_must_all_be_in_the_source(tmp_path, archive, served):
+def test_ppr_ebs_must_all_be_in_the_source_when_required(tmp_path, archive, served):
     delivery = pytest.importorskip("alma_regen.delivery")
     if not hasattr(getattr(delivery, "Delivery", None), "ppr_ebs"):
         pytest.skip("the delivery model has no ppr_ebs() yet")
-    # The PPR names a third EB the archive does not have.
+    # The PPR names a third EB the archive does not have. Decision with require_all_ebs: an error
+    # (without it, scriptForPI's warning and a partial run: tests/test_missing_ebs.py).
     extra = "uid://A002/Xb4264b/X9999"
     ab.write_tar(archive.path(naming.auxiliary_tar(archive.project, archive.mous)),
                  ab.aux_members(archive.mous, archive.ebs + (extra,)), ab.prefix())
     with pytest.raises(NotFoundError, match=naming.uid_to_file(extra)):
-        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", replace(FAST, require_all_ebs=True))
 
 
 def test_cli_stage_prints_a_json_summary_and_errors_in_one_line(tmp_path, archive, served):
@@ -263,14 +265,16 @@ def test_an_error_row_for_a_needed_file_is_an_error_naming_it(tmp_path, archive,
     assert not served.stats()["requests"]
 
 
-def test_an_error_row_for_an_eb_the_ppr_needs_is_an_error(tmp_path, archive, served):
+def test_an_error_row_for_an_eb_the_ppr_needs_is_an_error_when_all_are_required(tmp_path, archive, served):
+    # Decision with require_all_ebs: an error quoting the archive (without it, a warning quoting
+    # it and a partial run: tests/test_missing_ebs.py).
     delivery = pytest.importorskip("alma_regen.delivery")
     if not hasattr(getattr(delivery, "Delivery", None), "ppr_ebs"):
         pytest.skip("the delivery model has no ppr_ebs() yet")
     name = archive.asdm_name(archive.ebs[1])
     served.faults(rows={name: {"access_url": "", "ID": archive.ebs[1], "error_message": "NotFoundFault: gone"}})
     with pytest.raises(NotFoundError, match="NotFoundFault: gone"):
-        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+        stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", replace(FAST, require_all_ebs=True))
     assert name not in served.stats()["requests"]
 
 

@@ -6,9 +6,12 @@
     POST /_control/faults              (with --control) set faults (JSON, keys of `Faults`)
     POST /_control/reset               (with --control) clear faults and counters
 
-Which files belong to a MOUS: its README, `<project>_<MOUS>_auxiliary.tar`, its product tars,
-and every `*.asdm.sdm.tar` whose first member lies under `member.<MOUS>/` (read from the
-tar's first header, so one folder can hold several MOUSs).
+Which files belong to a MOUS: its README, `<project>_<MOUS>_auxiliary.tar`, its product tars
+(`<project>_<MOUS>_001_of_001.tar`; Cycle 0's dated `<project>_<date>_001_of_002.tar` name no
+MOUS), and every `*.asdm.sdm.tar`: a tar whose name does not say its MOUS belongs to the one
+its first members lie under (`member.<MOUS>/`, read from the tar's first headers, so one
+folder can hold several MOUSs). An archive without auxiliary tar (Cycles 0-4) is served as
+it is: the DataLink answer then lists product tars and ASDMs only.
 
 Only plain file names directly inside ARCHIVE_DIR are served (no '/', no '..', no hidden
 files, no symlink leading elsewhere). Faults exist for tests of the stager: a connection
@@ -118,7 +121,7 @@ class ArchiveServer(ThreadingHTTPServer):
             return None
         return real
 
-    def asdm_mous(self, path: Path) -> str:
+    def tar_mous(self, path: Path) -> str:
         st = path.stat()
         key = (path.name, st.st_size, st.st_mtime_ns)
         if key not in self._mous_cache:
@@ -149,7 +152,10 @@ class ArchiveServer(ThreadingHTTPServer):
                 out.append((p, "#auxiliary", "application/x-tar", "auxiliary files"))
             elif re.search(rf"_{m}_\d{{3}}_of_\d{{3}}\.tar$", n):
                 out.append((p, "#this", "application/x-tar", "product files"))
-            elif n.endswith(".asdm.sdm.tar") and self.asdm_mous(p) == m:
+            elif re.fullmatch(r"\d{4}\.\d\.\d{5}\.[A-Z]+_\d{4}-\d{2}-\d{2}_\d{3}_of_\d{3}\.tar", n) \
+                    and self.tar_mous(p) == m:
+                out.append((p, "#this", "application/x-tar", "product files (Cycle 0, dated)"))
+            elif n.endswith(".asdm.sdm.tar") and self.tar_mous(p) == m:
                 out.append((p, "#progenitor", "application/x-tar", "raw ASDM"))
         return out
 

@@ -6,6 +6,17 @@ published), `content_type` and `semantics` (`#progenitor` raw ASDM tars,
 `#auxiliary`, `#this` product tars, `#documentation` README), and `readable`
 (false: proprietary, a login is needed). A row with `error_message` is the archive
 saying it cannot give that one file; the rest of the answer stands.
+
+As the archive answers (astroquery keeps captured answers as test data, e.g.
+astroquery/alma/tests/data/alma-datalink.xml): ASDM tars are listed directly at MOUS
+level beside the product and auxiliary tars; each tar also has a row with an empty
+access_url and a `service_def` naming a nested DataLink descriptor (a `RESOURCE
+type="meta"` after the results) that lists the tar's contents, and services use
+`#datalink` rows with content_type `application/x-votable+xml;content=datalink`: none of
+these is a download, all are skipped. The answer may hold several RESOURCEs; only the
+`results` table is read. An `error_message` row is dropped with a warning (astroquery
+does the same): whether it matters is decided where a needed file turns out missing
+(staging.stage: the auxiliary tar, a PPR's EB), which then quotes what the archive said.
 """
 from __future__ import annotations
 
@@ -56,6 +67,8 @@ _FALSE = {"false", "f", "0", "no"}
 URL_SCHEMES = ("http", "https")  # what an HTTP source can fetch; anything else (file://...) is refused
 _MAX_DIGITS = 18  # content_length fits an int64; longer is malformed, not a size
 _NAME_MAX = 255
+# A row that points at another DataLink document (nested descriptors, `#datalink` services).
+DATALINK_CONTENT_TYPE = "application/x-votable+xml;content=datalink"
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -98,24 +111,27 @@ def parse_votable(data: bytes, where: str) -> Listing:
         raise DataLinkError(where, _one_line(exc.detail)) from None
     except (ValueError, TypeError, etree.LxmlError) as exc:  # lxml: bad encodings, NUL bytes
         raise DataLinkError(where, f"not a DataLink VOTable: {type(exc).__name__}: {_one_line(str(exc))}") from None
-    fields = [f.get("name") or f.get("ID") or "" for f in safexml.find_all(root, "FIELD")]
+    table = _results_table(root, where)
+    fields = [f.get("name") or f.get("ID") or "" for f in safexml.find_all(table, "FIELD")]
     if "access_url" not in fields or "content_length" not in fields:
         raise DataLinkError(where, "DataLink VOTable lacks access_url/content_length columns")
     if len(set(fields)) != len(fields):
         raise DataLinkError(where, "DataLink VOTable names a column twice")
     files, errors, locked, seen = [], [], [], {}
-    for n, tr in enumerate(safexml.find_all(root, "TR"), 1):
+    for n, tr in enumerate(safexml.find_all(table, "TR"), 1):
         cells = [(td.text or "").strip() for td in safexml.children(tr, "TD")]
         if len(cells) != len(fields):
             raise DataLinkError(where, f"row {n} has {len(cells)} cells for {len(fields)} columns")
         row = dict(zip(fields, cells))
         ident = row.get("ID", "") or f"row {n}"
-        if row.get("error_message"):
-            errors.append((_one_line(ident, 100), _one_line(row["error_message"])))
-            continue
         url = row.get("access_url", "")
-        if not url:
-            continue  # service descriptors (nested DataLink) carry no access_url
+        if row.get("error_message"):
+            # Named by its file when the row has an access_url (what astroquery logs), else its ID.
+            named = _name_of(url) if url else ""
+            errors.append((_one_line(named or ident, 100), _one_line(row["error_message"])))
+            continue
+        if not url or row.get("service_def") or _is_datalink(row):
+            continue  # nested DataLink descriptors and services: not a file to download
         check_url(url, f"{where}: row {n}")
         name = _name_of(url)
         check_name(name, where)
@@ -141,11 +157,27 @@ def parse_votable(data: bytes, where: str) -> Listing:
         raise LoginNeededError(where, f"login needed: the archive marks {len(locked)} file(s) readable=false "
                                       f"(proprietary data), e.g. {locked[0]}; give the request handler's "
                                       "credentials or login cookie")
-    if errors and not files:
-        raise DataLinkError(where, "DataLink error for " + "; ".join(f"{i}: {m}" for i, m in errors[:3]))
+    # Even an answer of error rows only is not refused here: the missing files are (classify,
+    # ebs_to_stage), each with what the archive said about it.
     for ident, msg in errors:
         log.warning("%s: the archive cannot provide %s (%s); that row is left out", where, ident, msg)
     return Listing(files, errors)
+
+
+def _is_datalink(row: dict) -> bool:
+    """A `#datalink` row or one whose content is another DataLink document (not a file)."""
+    ctype = "".join(row.get("content_type", "").lower().split())
+    return row.get("semantics", "") == "#datalink" or ctype.startswith(DATALINK_CONTENT_TYPE)
+
+
+def _results_table(root, where: str):
+    """The TABLE of the `results` RESOURCE (DataLink 1.0: exactly one); the document's only TABLE
+    when no RESOURCE says `results`."""
+    results = [r for r in safexml.find_all(root, "RESOURCE") if r.get("type") == "results"]
+    tables = [t for r in results for t in safexml.find_all(r, "TABLE")] or safexml.find_all(root, "TABLE")
+    if len(tables) != 1:
+        raise DataLinkError(where, f"expected one results TABLE in the DataLink answer, found {len(tables)}")
+    return tables[0]
 
 
 def votable(mous: str, rows: list[dict]) -> bytes:

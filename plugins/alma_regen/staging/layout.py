@@ -6,6 +6,11 @@ The prefix is stripped (everything up to and including the member folder), so
 `<workdir>/member.<MOUS>/` receives `raw/<EB>.asdm.sdm/...` (ASDM tars),
 `script/ calibration/ qa/ log/` (auxiliary tar) and `product/` (product tar).
 A name with another project or MOUS, or not of that shape, is refused.
+
+Cycle 0-4 archives have no auxiliary tar: their product tars (`PACKAGE`, the
+`_<n>_of_<N>.tar` of a listing without `_auxiliary.tar`) carry script/,
+calibration/, qa/ or qa2/ (Cycles 1-3), log/ and product/, and the README at the
+member folder's root, named `README` in old packages (or member.<MOUS>.README.txt).
 """
 from __future__ import annotations
 
@@ -23,7 +28,13 @@ MEMBER_RE = re.compile(
 PREFIX_DIR_RE = re.compile(rf"^(?P<project>[^/]+)(?:/science_goal\.{_UID}(?:/group\.{_UID})?)?$")
 
 AUX_TOPS = ("script", "calibration", "qa", "log")
+# A product tar of an archive without auxiliary tar (Cycles 0-4): everything but raw/.
+PACKAGE_TOPS = AUX_TOPS + ("qa2", "product")
 ASDM, AUXILIARY, PRODUCT, README = "asdm", "auxiliary", "product", "readme"
+PACKAGE = "package"
+# The README as old packages hold it at the member folder's root (`README`, no prefix),
+# besides the archive's own name (naming.readme_name).
+PACKAGE_READMES = ("README", "README.txt")
 
 
 def member_path(workdir, mous: str) -> Path:
@@ -78,7 +89,9 @@ class MemberLayout:
             if rest.startswith(root + "/"):
                 return rest[len(root) + 1:]
             raise ValueError(f"outside raw/{self.asdm}/")
-        allowed = AUX_TOPS if self.kind == AUXILIARY else ("product",)
+        allowed = {AUXILIARY: AUX_TOPS, PACKAGE: PACKAGE_TOPS}.get(self.kind, ("product",))
         if top in allowed:
+            return rest
+        if self.kind == PACKAGE and not is_dir and rest in (*PACKAGE_READMES, f"member.{self.mous}.README.txt"):
             return rest
         raise ValueError(f"outside {', '.join(t + '/' for t in allowed)} of the {self.kind} tar")

@@ -41,7 +41,7 @@ from ..errors import AlmaRegenError, DeliveryError, NoSpaceError, PermanentError
 from ..member import Member
 from .datalink import RemoteFile
 from .errors import Interrupted, NotFoundError, SourceChangedError, TooSlowError
-from .layout import ASDM, AUXILIARY, PRODUCT, README, MemberLayout
+from .layout import ASDM, AUXILIARY, PACKAGE, PRODUCT, README, MemberLayout
 from .lock import file_lock
 from .progress import Progress, RateFloor, human
 from .tarstream import ResumeError, TarStreamExtractor
@@ -50,6 +50,11 @@ log = logging.getLogger("alma_regen.staging")
 
 _PROJ = r"\d{4}\.\d\.\d{5}\.[A-Z]+"
 _UIDF = r"uid___A\d{3}_X[0-9a-fA-F]+_X[0-9a-fA-F]+"
+# Cycle 0 product tars are named by delivery date, not by MOUS: `2011.0.00121.S_2012-07-30_001_of_002.tar`
+# (the archive's download scripts); the source's listing for the MOUS is what ties them to it.
+_DATE = r"\d{4}-\d{2}-\d{2}"
+# In the member folder: the PPR EBs the archive lacks, as staging found them (ebs_to_stage).
+MISSING_EBS = ".missing-ebs.json"
 
 
 @dataclass
@@ -70,11 +75,18 @@ class StageOptions:
     # partial state (the CLI sets it on Ctrl-C; stage_mous makes one when none is given).
     cancel: Optional[threading.Event] = None
     poll_s: float = 0.2
+    # A PPR EB the archive lacks: False (scriptForPI's behaviour) warns, records it in the
+    # member folder (MISSING_EBS) and stages the rest; True makes it an error.
+    require_all_ebs: bool = False
 
 
 # ------------------------------------------------------------------ listing
 @dataclass
 class MousFiles:
+    """A MOUS's files in a source's listing.
+
+    `auxiliary` None: a Cycle 0-4 package, whose product tars (`products`) hold script/,
+    calibration/, qa/ or qa2/, log/ and the README besides product/ (staged as PACKAGE)."""
     mous: str
     project: str
     readme: Optional[RemoteFile] = None
@@ -83,13 +95,21 @@ class MousFiles:
     asdms: dict = field(default_factory=dict)  # EB uid -> RemoteFile
     errors: list = field(default_factory=list)  # (ID, error_message) of DataLink rows the archive refused
 
+    @property
+    def product_kind(self) -> str:
+        """How the product tars are staged: PRODUCT beside an auxiliary tar, else PACKAGE."""
+        return PRODUCT if self.auxiliary is not None else PACKAGE
+
     def all_files(self) -> list:
         """Every file of the MOUS in the listing (what a manifest's inputs name)."""
         return [f for f in (self.readme, self.auxiliary) if f] + list(self.products) + list(self.asdms.values())
 
 
 def classify(files: Iterable[RemoteFile], mous: str) -> MousFiles:
-    """Sort a source's listing into the MOUS's README, tars and ASDMs, by archive file name."""
+    """Sort a source's listing into the MOUS's README, tars and ASDMs, by archive file name.
+
+    Cycle 5 on: an auxiliary tar and product tars. Cycles 0-4: product tars only (dated names
+    in Cycle 0), which then carry the scripts and calibration (MousFiles.product_kind)."""
     m = naming.uid_to_file(mous)
     readme, aux, products, asdms = None, None, [], {}
     projects = set()
@@ -99,20 +119,35 @@ def classify(files: Iterable[RemoteFile], mous: str) -> MousFiles:
         elif (r := re.match(rf"^({_PROJ})_{m}_auxiliary\.tar$", f.name)):
             aux = f
             projects.add(r[1])
-        elif (r := re.match(rf"^({_PROJ})_{m}_\d{{3}}_of_\d{{3}}\.tar$", f.name)):
+        elif (r := re.match(rf"^({_PROJ})_(?:{m}|{_DATE})_\d{{3}}_of_\d{{3}}\.tar$", f.name)):
             products.append(f)
             projects.add(r[1])
         elif (r := re.match(rf"^({_PROJ})_({_UIDF})\.asdm\.sdm\.tar$", f.name)):
             if f.semantics in ("", "#progenitor"):
                 asdms.setdefault(r[1], {})[naming.file_to_uid(r[2])] = f
-    if aux is None:
-        raise NotFoundError(f"{mous}: the source lists no {naming.auxiliary_tar('<project>', mous)}"
-                            + _archive_said(getattr(files, "errors", [])))
+    errors = list(getattr(files, "errors", []))
+    aux_refused = _said_about(errors, f"_{m}_auxiliary.tar")
+    if aux is None and (aux_refused or not products):
+        # An auxiliary tar the archive answered with an error is missing, not an old package.
+        raise NotFoundError(f"{mous}: the source lists " + (
+            f"no {naming.auxiliary_tar('<project>', mous)}" if aux_refused else
+            f"neither {naming.auxiliary_tar('<project>', mous)} nor product tars "
+            f"({naming.product_tar('<project>', mous)}, or Cycle 0's <project>_<date>_001_of_<N>.tar)")
+            + ": no scripts or calibration to stage" + _archive_said(errors, aux_refused or _needed_aux(errors, mous)))
     if len(projects) != 1:
         raise PermanentError(f"{mous}: the listing names several projects: {sorted(projects)}")
     project = projects.pop()
+    if aux is None:
+        log.info("%s: no auxiliary tar: an old (Cycle 0-4) package, scripts and calibration come in the "
+                 "product tars %s", mous, ", ".join(f.name for f in products))
     return MousFiles(mous, project, readme, aux, sorted(products, key=lambda f: f.name),
-                     asdms.get(project, {}), list(getattr(files, "errors", [])))
+                     asdms.get(project, {}), errors)
+
+
+def _needed_aux(errors: list, mous: str) -> list:
+    """The error rows that speak of the MOUS's auxiliary or product tars."""
+    m = naming.uid_to_file(mous)
+    return [e for e in errors if re.search(rf"_{m}_(?:auxiliary|\d{{3}}_of_\d{{3}})\.tar", " ".join(e))]
 
 
 def check_uid(uid: str, what: str = "MOUS") -> str:
@@ -129,12 +164,20 @@ def list_mous(source, mous: str) -> MousFiles:
     return classify(source.list_files(mous), mous)
 
 
-def _archive_said(errors: list) -> str:
-    """What the DataLink answer's error rows said (rows dropped by the parser), for a 'missing' error."""
-    if not errors:
-        return ""
-    return " (the archive answered errors for: " + "; ".join(f"{i}: {m}" for i, m in errors[:3]) + \
-        (f"; {len(errors) - 3} more" if len(errors) > 3 else "") + ")"
+def _archive_said(errors: list, about: Optional[list] = None) -> str:
+    """What the DataLink answer's error rows said (rows dropped by the parser), for a 'missing' error:
+    the rows `about` the missing file when some name it, else every error row."""
+    errors = about or errors
+    return f" (the archive answered errors for: {_rows(errors)})" if errors else ""
+
+
+def _rows(errors: list) -> str:
+    return "; ".join(f"{i}: {m}" for i, m in errors[:3]) + (f"; {len(errors) - 3} more" if len(errors) > 3 else "")
+
+
+def _said_about(errors: list, *names: str) -> list:
+    """The error rows whose ID or access URL names one of `names` (a file name or a uid)."""
+    return [e for e in errors if any(n and n in " ".join(e) for n in names)]
 
 
 def ppr_ebs(member: Member) -> Optional[list]:
@@ -176,8 +219,18 @@ class Slot:
         if self.kind == README:
             return [self.root / self.rfile.name]
         if tree is not None:
-            return [self.root / p.name for p in sorted(tree.iterdir())]
+            return [self.root / p.relative_to(tree) for p in self.pieces(tree)]
         return [self.root / t for t in self.stamp_targets()]
+
+    def pieces(self, tree: Path) -> list:
+        """What of the extracted tree is swapped in, each to the same path under the member folder.
+        The auxiliary tar's folders whole; product tars one level down (product/<file>), as the
+        `_001_of_002` and `_002_of_002` tars of one MOUS share product/ (and, in an old package,
+        script/, calibration/...): one tar must not replace what another brought."""
+        tops = sorted(tree.iterdir())
+        if self.kind not in (PRODUCT, PACKAGE):
+            return tops
+        return [q for p in tops for q in (sorted(p.iterdir()) if p.is_dir() and not p.is_symlink() else [p])]
 
     def stamp_targets(self) -> list:
         try:
@@ -466,6 +519,7 @@ def _transfer(slot: Slot, source, project: str, mous: str, opts: StageOptions) -
 
 def _swap_in(new: Path, dest: Path) -> None:
     """Put `new` at `dest`; whatever was there is removed only once the new one is in place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)  # product/ for product/<file> (Slot.pieces)
     if dest.exists() or dest.is_symlink():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         os.rename(dest, old)
@@ -532,7 +586,7 @@ def _stage_file(slot: Slot, source, project: str, mous: str, opts: StageOptions)
             tree = slot.partial / "tree"
             if slot.kind == ASDM:
                 info = _validate(tree, slot)
-            news = sorted(tree.iterdir()) if slot.kind != ASDM else [tree]
+            news = slot.pieces(tree) if slot.kind != ASDM else [tree]
             targets = slot.targets(tree) if slot.kind != ASDM else slot.targets()
         except (PermanentError, ResumeError, SourceChangedError):
             # SourceChangedError: the bytes so far belong to another version of the file (or
@@ -589,25 +643,74 @@ def _stage_auxiliary(member: Member, mous: str, source, opts: StageOptions, list
         log.warning("%s: the source lists no README", mous)
     else:
         results.append(stage_file(Slot(README, listing.readme, member), source, listing.project, mous, opts))
-    results.append(stage_file(Slot(AUXILIARY, listing.auxiliary, member), source, listing.project, mous, opts))
+    if listing.auxiliary is not None:
+        results.append(stage_file(Slot(AUXILIARY, listing.auxiliary, member), source, listing.project, mous, opts))
     for p in listing.products:
-        results.append(stage_file(Slot(PRODUCT, p, member), source, listing.project, mous, opts))
-    # The auxiliary tar is in place now: the member's delivery model is read from here on.
+        results.append(stage_file(Slot(listing.product_kind, p, member), source, listing.project, mous, opts))
+    if listing.auxiliary is None and not member.script.is_dir():
+        raise NotFoundError(f"{mous}: the source lists no {naming.auxiliary_tar(listing.project, mous)}, and its "
+                            f"product tars ({', '.join(p.name for p in listing.products)}) hold no script/ as an "
+                            "old (Cycle 0-4) package does: no scripts or calibration to regenerate from"
+                            + _archive_said(listing.errors))
+    # The auxiliary tar (or, in an old package, the product tars) is in place now: the member's
+    # delivery model is read from here on.
+    ebs, missing = ebs_to_stage(member, listing, opts.require_all_ebs)
     return {"mous": mous, "project": listing.project, "member_dir": str(member.root),
-            "ebs": ebs_to_stage(member, listing), "files": [_summary(r) for r in results]}
+            "ebs": ebs, "missing_ebs": missing, "files": [_summary(r) for r in results]}
 
 
-def ebs_to_stage(member: Member, listing: MousFiles) -> list:
-    """The PPR's EBs (each must be in the listing), or every ASDM listed when no PPR model exists."""
+def ebs_to_stage(member: Member, listing: MousFiles, require_all: bool = False) -> tuple:
+    """(the PPR's EBs the source has, the PPR's EBs it lacks), or every ASDM listed when no PPR
+    model exists.
+
+    An EB the source lacks is what scriptForPI warns about and goes on without ("Will try to
+    proceed with the rest"): a warning naming what the archive said, and a record in the member
+    folder (`MISSING_EBS`, read by the plan and the published manifest). `require_all` makes it
+    an error, as is a PPR none of whose EBs the source has."""
     ebs = ppr_ebs(member)
     if ebs is None:
-        return sorted(listing.asdms)
-    missing = [eb for eb in ebs if eb not in listing.asdms]
-    if missing:
-        raise NotFoundError(f"{listing.mous}: the PPR lists EB(s) the source does not have: "
-                            + ", ".join(naming.asdm_tar(listing.project, e) for e in missing)
-                            + _archive_said(listing.errors))
-    return ebs
+        write_missing_ebs(member, [])
+        return sorted(listing.asdms), []
+    missing = []
+    for eb in ebs:
+        if eb in listing.asdms:
+            continue
+        name = naming.asdm_tar(listing.project, eb)
+        about = _said_about(listing.errors, name, naming.uid_to_file(eb), eb)
+        said = f"the archive answered {_rows(about)}" if about else "not listed" + _archive_said(listing.errors)
+        missing.append({"eb": eb, "file": name, "archive": said})
+    if missing and (require_all or len(missing) == len(ebs)):
+        why = "" if require_all else " (none of its EBs: nothing to regenerate)"
+        raise NotFoundError(f"{listing.mous}: the PPR lists EB(s) the source does not have{why}: "
+                            + "; ".join(f"{m['file']}: {m['archive']}" for m in missing))
+    for m in missing:
+        log.warning("%s: the PPR lists EB %s, which %s does not provide (%s): going on with the other EBs, as "
+                    "scriptForPI does; the run is partial (require_all_ebs makes this an error)",
+                    listing.mous, m["eb"], "the source", m["archive"])
+    write_missing_ebs(member, missing)
+    return [eb for eb in ebs if eb in listing.asdms], [m["eb"] for m in missing]
+
+
+def write_missing_ebs(member: Member, missing: list) -> None:
+    """Record (or clear) the PPR EBs the archive lacks: [{eb, file, archive}] (what it said)."""
+    from ..jsonstore import write_atomic
+    path = member.root / MISSING_EBS
+    if not missing:
+        path.unlink(missing_ok=True)
+        return
+    write_atomic(path, {"missing_ebs": missing}, what="the record of the EBs the archive lacks")
+
+
+def read_missing_ebs(member) -> list:
+    """The record `write_missing_ebs` left: [{eb, file, archive}], [] when there is none."""
+    path = Member.coerce(member).root / MISSING_EBS
+    try:
+        return list(json.loads(path.read_text()).get("missing_ebs", []))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s: unreadable (%s): no record of EBs the archive lacks", path, exc)
+        return []
 
 
 def stage_eb(mous: str, eb: str, source, workdir, opts: Optional[StageOptions] = None,
@@ -618,8 +721,9 @@ def stage_eb(mous: str, eb: str, source, workdir, opts: Optional[StageOptions] =
     listing = listing or list_mous(source, mous)
     rfile = listing.asdms.get(eb)
     if rfile is None:
-        raise NotFoundError(f"{naming.asdm_tar(listing.project, eb)}: not listed by {source.describe()}"
-                            + _archive_said(listing.errors))
+        name = naming.asdm_tar(listing.project, eb)
+        raise NotFoundError(f"{name}: not listed by {source.describe()}"
+                            + _archive_said(listing.errors, _said_about(listing.errors, name, eb)))
     member = prepare_member(workdir, mous)
     return _summary(stage_file(Slot(ASDM, rfile, member, eb), source, listing.project, mous, opts))
 
