@@ -51,7 +51,10 @@ def test_plan_of_the_synthetic_delivery(synth_delivery):
     assert [e["state"] for e in plan["raw"]["ebs"]] == ["ok", "ok"]
     assert all((e["scans"], e["antennas"], e["spws"]) == (5, 8, 3) for e in plan["raw"]["ebs"])
     raw = sum(e["size_bytes"] for e in plan["raw"]["ebs"])
-    assert plan["disk"]["needed_bytes_min"] == 11 * raw and plan["disk"]["needed_bytes_max"] == 14 * raw
+    # scriptForPI's check at SPACESAVING 0 (unset), no flux/pol/ImagingPrep script (f=0): 11 x raw/;
+    # the range over SPACESAVING 2..0: 3 x to 11 x.
+    assert plan["disk"]["needed_bytes"] == 11 * raw and plan["disk"]["rule"]["f"] == 0
+    assert plan["disk"]["needed_bytes_min"] == 3 * raw and plan["disk"]["needed_bytes_max"] == 11 * raw
     assert snapshot(member) == before, "inspect must not modify the delivery"
 
 
@@ -102,19 +105,39 @@ def test_manual_calibration_layout(member_copy, synth_delivery):
     assert plan["ok"], plan["problems"]
 
 
+def pipeline_imaged(member):
+    """Make the copy a pipeline-imaged delivery as scriptForPI sees one: a PPR that foresees
+    imaging (hif_makeimages on several lines), the synthetic product/*_sci.spw*.fits, and a
+    scriptForImaging.py of comments only."""
+    ppr = next((member / "script").glob("PPR_*.xml"))
+    steps = "".join(f"        <ProcessingProcedure><RecipeName>hif_makeimages</RecipeName></ProcessingProcedure>\n"
+                    for _ in range(3))
+    ppr.write_text(ppr.read_text().replace("      </ProcessingProcedure>\n", "      </ProcessingProcedure>\n" + steps, 1))
+    imaging = next((member / "script").glob("*scriptForImaging.py"))
+    imaging.write_text("# The images and cubes were made by the ALMA pipeline.\n# Nothing to run.\n")
+    return imaging
+
+
 def test_pipeline_imaged_and_imaging_prep(member_copy):
-    imaging = next((member_copy / "script").glob("*scriptForImaging.py"))
-    imaging.write_text("# The images and cubes were made by the ALMA pipeline.\n\n# Nothing to run.\n")
+    imaging = pipeline_imaged(member_copy)
     plan = Delivery(member_copy).plan()
     assert plan["imaging"]["kind"] == "pipeline"
-    assert plan["split"] == {"needed": False, "reasons": []}
+    # All three of scriptForPI's conditions hold: no split.
+    split = plan["split"]
+    assert split["needed"] is False and split["reasons"] == [] and split["rule"] == "imaging-pipeline-used"
+    assert split["imaging_pipeline"] == {"used": True, "hif_makeimages_lines": 3, "science_images": 8,
+                                         "imaging_code_lines": 0}
+    assert Delivery(member_copy).split_needed(dosplit=True)["reasons"] == ["DOSPLIT=True"]
+    # A non-trivial ImagingPrep (the knowledge base's option 1) does not split in v1.23-v2.5:
+    # only a note says so.
     prep = member_copy / "script" / f"member.{mous_f(member_copy)}.scriptForImagingPrep.py"
-    prep.write_text("# only a comment\n")
-    assert Delivery(member_copy).plan()["split"]["needed"] is False
     prep.write_text("# force the split (the seed's option 1)\nprint('split please')\n")
-    plan = Delivery(member_copy).plan()
-    assert plan["split"]["needed"] is True
-    assert plan["split"]["reasons"] == ["scriptForImagingPrep.py is non-trivial"]
+    split = Delivery(member_copy).plan()["split"]
+    assert split["needed"] is False and "ImagingPrep" in split["note"]
+    # A blank line in scriptForImaging.py counts, as `grep -v "#" | wc -l` counts it: split.
+    imaging.write_text("# The images were made by the ALMA pipeline.\n\n")
+    split = Delivery(member_copy).plan()["split"]
+    assert split["needed"] is True and split["imaging_pipeline"]["imaging_code_lines"] == 1
 
 
 def test_version_from_the_qa2_report_in_the_old_form(member_copy):

@@ -15,7 +15,7 @@ import pytest
 
 from airflow_env import ROOT
 from alma_regen import naming
-from alma_regen.delivery import Delivery, format_plan
+from alma_regen.delivery import Delivery, disk_factor, format_plan, manual_sort_key
 from alma_regen.errors import DeliveryError, PermanentError
 
 MOUS = "uid://A001/X1/X2"
@@ -301,3 +301,271 @@ def test_the_scriptforpi_version_survives_hostile_bytes(tmp_path):
     (m / "script" / "scriptForPI.py").write_bytes(b"\xff\xfe# $Id: scriptForPI.py,v 1.34 2022/08/26 $\n"
                                                   + b"x = 1\n" * 200_000)
     assert Delivery(m).scriptforpi_version() == (1, 34)
+
+
+# ---------------------------------------------------------------- (f) the split: which rule, which version
+
+MAKEIMAGES_PPR_LINES = "".join("<ProcessingProcedure><RecipeName>hif_makeimages</RecipeName></ProcessingProcedure>\n"
+                               for _ in range(2))
+
+
+def pipeline_imaged_member(tmp_path, version="2.5", makeimages=2, fits=1, imaging="# made by the pipeline\n"):
+    """A restore delivery as scriptForPI v`version` sees it: a pretty-printed PPR with
+    `makeimages` hif_makeimages lines, `fits` product/*_sci.spw*.fits, scriptForImaging.py."""
+    ppr = ppr_text(EB1).replace("<ProcessingRequests>", "<ProcessingRequests>\n" + "".join(
+        "<ProcessingProcedure><RecipeName>hif_makeimages</RecipeName></ProcessingProcedure>\n"
+        for _ in range(makeimages)))
+    scripts = {**RESTORE, f"PPR_{MOUS_F}.xml": ppr, f"member.{MOUS_F}.scriptForImaging.py": imaging}
+    if version:
+        scripts[f"member.{MOUS_F}.scriptForPI.py"] = sfpi_head(version)
+    m = member(tmp_path, scripts)
+    (m / "product").mkdir()
+    for i in range(fits):
+        (m / "product" / f"member.{MOUS_F}.Target_sci.spw{25 + 2 * i}.cube.I.pbcor.fits").write_bytes(b"SIMPLE")
+    return m
+
+
+@pytest.mark.parametrize("case, kw, dosplit, needed, rule", [
+    # All three conditions (v2.5): the imaging pipeline was used, no split.
+    ("pipeline imaged", {}, False, False, "imaging-pipeline-used"),
+    # ... unless DOSPLIT.
+    ("DOSPLIT", {}, True, True, "imaging-pipeline-used"),
+    # One hif_makeimages line is not "more than one": split.
+    ("one makeimages line", {"makeimages": 1}, False, True, "imaging-pipeline-used"),
+    # No science image in product/: split.
+    ("no product fits", {"fits": 0}, False, True, "imaging-pipeline-used"),
+    # scriptForImaging.py with code: split (manual imaging).
+    ("manual imaging", {"imaging": "tclean(vis='x')\n"}, False, True, "imaging-pipeline-used"),
+    # A line with code *and* '#' is a comment line to `grep -v "#"`: still pipeline imaged.
+    ("code with a comment", {"imaging": "tclean(vis='x')  # made by hand\n"}, False, False,
+     "imaging-pipeline-used"),
+    # v1.23 has the same rule; v1.34 too.
+    ("v1.23", {"version": "1.23"}, False, False, "imaging-pipeline-used"),
+    ("v1.34", {"version": "1.34"}, False, False, "imaging-pipeline-used"),
+    # v1.15 and older always split, whatever the imaging.
+    ("v1.15 always splits", {"version": "1.15"}, False, True, "always"),
+    # No readable scriptForPI: the newest read (v2.5) decides.
+    ("no scriptForPI", {"version": None}, False, False, "imaging-pipeline-used"),
+])
+def test_the_split_decision(tmp_path, case, kw, dosplit, needed, rule):
+    m = pipeline_imaged_member(tmp_path, **kw)
+    split = Delivery(m).split_needed(dosplit)
+    assert (split["needed"], split["rule"]) == (needed, rule), (case, split)
+    version = kw.get("version", "2.5")
+    assert split["decided_by"].startswith(f"scriptForPI v{version or '2.5'}")
+    assert ("(the delivery's)" in split["decided_by"]) == bool(version)
+    assert bool(split["reasons"]) == needed and split["why"]
+    plan = Delivery(m).plan(staged=False)
+    assert plan["split"]["needed"] == (needed if not dosplit else plan["split"]["needed"])
+    line = next(ln for ln in format_plan(plan).splitlines() if ln.startswith("split"))
+    assert f"[{rule} rule of scriptForPI v{version or '2.5'}" in line
+
+
+def test_manual_data_split_in_their_own_scripts(tmp_path):
+    m = member(tmp_path, {f"{naming.uid_to_file(EB1)}.ms.scriptForCalibration.py": "applyonly\n"})
+    split = Delivery(m).split_needed()
+    assert split["needed"] and split["rule"] == "manual"
+
+
+# ---------------------------------------------------------------- (g) manual EB order
+
+# EB uids of one day: the hex parts have no leading zeros, so the names sort wrongly.
+ORDERED = ["uid://A002/Xb4264b/X5c1", "uid://A002/Xb4264b/X47af", "uid://A002/Xb4264b/Xa0f3",
+           "uid://A002/Xb4264c/X12"]
+
+
+@pytest.mark.parametrize("version, expected, rule", [
+    # v1.34 and v2.5: zero-padded hex before sorting: the observing order.
+    ("2.5", ORDERED, "chronological"),
+    ("1.34", ORDERED, "chronological"),
+    (None, ORDERED, "chronological"),          # no version: v2.5's rule
+    # v1.23 sorts the names as they are: X47af before X5c1.
+    ("1.23", sorted(ORDERED, key=naming.uid_to_file), "by-name"),
+])
+def test_manual_eb_order(tmp_path, version, expected, rule):
+    scripts = {f"{naming.uid_to_file(e)}.ms.scriptForCalibration.py": "applyonly\n" for e in reversed(ORDERED)}
+    if version:
+        scripts["scriptForPI.py"] = sfpi_head(version)
+    d = Delivery(member(tmp_path, scripts))
+    assert d.manual_order()["rule"] == rule
+    assert [r["eb"] for r in d.manual_runs()] == expected
+    assert d.ppr_ebs() == expected
+    plan = Delivery(d.path).plan(staged=False)
+    assert [r["eb"] for r in plan["manual"]["runs"]] == expected
+    assert f"order {rule}" in format_plan(plan)
+
+
+def test_manual_sort_key_pads_the_last_two_hex_parts():
+    assert manual_sort_key("member.uid___A002_Xb4264b_X5c1.ms.scriptForCalibration.py") == \
+        "member.uid___A002_Xb4264b_X005c1"
+    assert manual_sort_key("odd.py") == "odd.py"
+
+
+@pytest.mark.parametrize("version, sd_runs", [("2.5", True), ("1.34", True), ("1.23", False)])
+def test_single_dish_scripts_run_after_the_interferometric_ones(tmp_path, version, sd_runs):
+    # v1.34/v2.5: `scriptasdms + sdscriptasdms`; v1.23 does not look for SD scripts.
+    scripts = {f"{naming.uid_to_file(EB2)}.ms.scriptForCalibration.py": "applyonly\n",
+               f"member.{MOUS_F}.{naming.uid_to_file(EB1)}.ms.scriptForSDCalibration.py": "applyonly\n",
+               "scriptForPI.py": sfpi_head(version)}
+    d = Delivery(member(tmp_path, scripts))
+    runs = d.manual_runs()
+    expected = [(EB2, "interferometric")] + ([(EB1, "single-dish")] if sd_runs else [])
+    assert [(r["eb"], r["kind"]) for r in runs] == expected
+    assert d.calibration_kind()["kind"] == "manual"
+
+
+# ---------------------------------------------------------------- (h) the disk check
+
+@pytest.mark.parametrize("spacesaving, extra, factor", [
+    (0, {}, 11), (1, {}, 7), (2, {}, 3), (3, {}, 3), (5, {}, 3), (-1, {}, None),
+    (0, {"scriptForFluxCalibration.py": "concat()\n"}, 14),
+    (1, {"scriptForPolCalibration.py": "polcal()\n"}, 10),
+    (2, {f"member.{MOUS_F}.scriptForImagingPrep.py": "# prep\n"}, 6),   # f counts the file, code or not
+    (0, {"scriptForFluxCalibration.py": "x\n", "scriptForPolCalibration.py": "y\n"}, 14),  # f is 0 or 1
+])
+def test_the_disk_factor(tmp_path, spacesaving, extra, factor):
+    m = member(tmp_path, {**RESTORE, f"PPR_{MOUS_F}.xml": ppr_text(EB1), **extra})
+    d = Delivery(m)
+    rule = d.disk_rule(spacesaving)
+    assert rule["factor"] == factor and rule["f"] == (1 if extra else 0)
+    disk = d.disk(1000, spacesaving=spacesaving)
+    assert disk["needed_bytes"] == (None if factor is None else 1000 * factor)
+    assert disk["enough"] is True or factor is not None
+
+
+@pytest.mark.parametrize("version, script, text, effective", [
+    # v1.34/v2.5: a renormalising flux script keeps the *.ms: SPACESAVING 3 -> 1 (7 + 3 = 10 x).
+    ("2.5", "scriptForFluxCalibration.py", "es.ACreNorm(vis)\n", 1),
+    ("1.34", "scriptForFluxCalibration.py", "es.ACreNorm(vis)\n", 1),
+    # v1.23 has no such limit.
+    ("1.23", "scriptForFluxCalibration.py", "es.ACreNorm(vis)\n", 3),
+    # v2.5 also reads a polarisation script (when there is no flux script); v1.34 does not.
+    ("2.5", "scriptForPolCalibration.py", "# Renormalization of the autocorrelations\n", 1),
+    ("1.34", "scriptForPolCalibration.py", "# Renormalization of the autocorrelations\n", 3),
+])
+def test_renormalisation_limits_spacesaving(tmp_path, version, script, text, effective):
+    m = member(tmp_path, {**RESTORE, "scriptForPI.py": sfpi_head(version), script: text})
+    rule = Delivery(m).disk_rule(3)
+    assert rule["effective_spacesaving"] == effective
+    assert rule["factor"] == disk_factor(effective, 1)
+    assert bool(rule["renormalisation"]) == (effective == 1)
+
+
+def test_the_bulk_footprint_default_is_scriptforpis_factor():
+    from alma_regen.config import Settings
+    assert Settings().footprint_factor == disk_factor(0, 0) == 11
+
+
+# ---------------------------------------------------------------- (i) versions from every place
+
+def make_pdf(lines, compress=True) -> bytes:
+    """A small, valid PDF 1.4 as report writers make them: one page, Helvetica, the text
+    lines in a Flate-compressed content stream, a cross-reference table with byte offsets.
+    Written here byte by byte (no PDF library makes it), read back with pypdf."""
+    import zlib
+
+    def esc(t):
+        return t.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    content = "BT /F1 11 Tf 14 TL 72 760 Td " + " ".join(f"({esc(t)}) Tj T*" for t in lines) + " ET"
+    data = zlib.compress(content.encode("latin-1")) if compress else content.encode("latin-1")
+    filt = b" /Filter /FlateDecode" if compress else b""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> "
+        b"/Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+        b"<< /Length %d%s >>\nstream\n" % (len(data), filt) + data + b"\nendstream",
+        b"<< /Producer (ALMA QA2 report) /Title (QA2 report) >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % n + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info 6 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+QA2_LINES = ["ALMA Quality Assessment (QA2) Report", f"Project: {PROJECT}", f"MOUS: {MOUS}",
+             "CASA version: 4.2.2, Pipeline: r31667 (Pipeline-Cycle2-R1-B)", "QA2 Result: PASS"]
+MANUAL = {f"{naming.uid_to_file(EB1)}.ms.scriptForCalibration.py": "applyonly\n"}
+
+
+@pytest.mark.parametrize("readme_name", ["README", f"member.{MOUS_F}.README.txt", "README.txt",
+                                         f"{PROJECT}_README_member.txt"])
+def test_the_readme_under_any_of_its_names(tmp_path, readme_name):
+    m = member(tmp_path, MANUAL, readme=None)
+    (m / readme_name).write_text("ALMA Cycle 3\nCASA version used for reduction: 4.5.3\nQA2 Result: PASS\n")
+    cv = Delivery(m).casa_version()
+    assert cv["version"] == "4.5.3" and cv["source"].endswith(readme_name)
+
+
+@pytest.mark.parametrize("folder, name, body, version, pipeline", [
+    # Cycle 5+: qa/, HTML, the old one-line form.
+    ("qa", f"{MOUS_F}.qa2_report.html", "<p>CASA version: 5.4.0-70, Pipeline: 42030M (r42030M)</p>",
+     "5.4.0-70", "42030M"),
+    # The label and the value in separate cells, with entities: the HTML's text is read.
+    ("qa", f"member.{MOUS_F}.qa2_report.html",
+     "<table><tr><th>CASA&nbsp;version</th><td>6.5.4-9</td></tr>"
+     "<tr><th>Pipeline version</th><td>2023.1.0.124</td></tr></table>", "6.5.4-9", "2023.1.0.124"),
+    # Cycles 1-3: qa2/.
+    ("qa2", f"{MOUS_F}_qa2_report.html", "<p>CASA version used for reduction: 4.2.2</p>", "4.2.2", None),
+])
+def test_the_qa2_report_in_qa_or_qa2(tmp_path, folder, name, body, version, pipeline):
+    m = member(tmp_path, MANUAL, readme="README without a version line\n")
+    (m / folder).mkdir()
+    (m / folder / name).write_text(body)
+    cv = Delivery(m).casa_version()
+    assert (cv["version"], cv["pipeline_version"]) == (version, pipeline)
+    assert cv["source"].endswith(f"{folder}/{name}")
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_qa2_report_that_is_only_a_pdf(tmp_path, compress):
+    m = member(tmp_path, MANUAL, readme="README without a version line\n")
+    (m / "qa2").mkdir()
+    (m / "qa2" / f"{MOUS_F}_QA2_report.pdf").write_bytes(make_pdf(QA2_LINES, compress))
+    cv = Delivery(m).casa_version()
+    assert (cv["version"], cv["pipeline_version"]) == ("4.2.2", "r31667")
+    assert cv["source"].endswith(".pdf")
+
+
+@pytest.mark.parametrize("bad", [
+    b"%PDF-1.4\n this is not a PDF at all",                         # garbage after the header
+    make_pdf(QA2_LINES)[:300],                                     # cut off
+    b"<html>renamed</html>",                                        # not a PDF
+])
+def test_a_bad_pdf_is_one_clear_line_and_the_rest_goes_on(tmp_path, bad):
+    m = member(tmp_path, MANUAL, readme="README without a version line\n")
+    (m / "qa").mkdir()
+    (m / "qa" / "a_qa2_report.pdf").write_bytes(bad)
+    (m / "qa" / "b_qa2_report.html").write_text("<p>CASA version used for reduction: 5.1.1-5</p>")
+    d = Delivery(m)
+    assert d.casa_version()["version"] == "5.1.1-5"
+    plan = d.plan(staged=False)
+    warns = [p for p in plan["problems"] if p["path"].endswith("a_qa2_report.pdf")]
+    assert len(warns) == 1 and "\n" not in warns[0]["message"], plan["problems"]
+    assert warns[0]["severity"] == "warning" and "cannot be read as a PDF" in warns[0]["message"]
+
+
+def test_a_huge_pdf_is_not_read(tmp_path, monkeypatch):
+    import alma_regen.delivery as delivery
+    monkeypatch.setattr(delivery, "_PDF_MAX_BYTES", 1000)
+    m = member(tmp_path, MANUAL, readme="README without a version line\n")
+    (m / "qa").mkdir()
+    (m / "qa" / "qa2_report.pdf").write_bytes(make_pdf(QA2_LINES * 40, compress=False))
+    plan = Delivery(m).plan(staged=False)
+    assert any("read of a QA2 report: skipped" in p["message"] for p in plan["problems"])
+    assert plan["casa_version"]["version"] is None  # manual data: an error says no version
+
+
+def test_a_readme_version_template_is_not_a_version(tmp_path):
+    # Cycle 3 templates said "CASA version used for reduction: 4.x": not a version; the QA2 report is.
+    m = member(tmp_path, MANUAL, readme="CASA version used for reduction: 4.x\n")
+    (m / "qa2").mkdir()
+    (m / "qa2" / "qa2.pdf").write_bytes(make_pdf(QA2_LINES))
+    assert Delivery(m).casa_version()["version"] == "4.2.2"

@@ -45,6 +45,8 @@ comment says why not):
   manifest; a pipeline delivery with none runs with the newest pipeline CASA
   installed or the native engine (a warning says so); manual data need the line.
 """
+import fnmatch
+import html
 import re
 import shutil
 from pathlib import Path
@@ -54,11 +56,18 @@ from .asdm import validate_asdm
 from .errors import AlmaRegenError, DeliveryError
 
 SCHEMA = "alma-regen/plan/1"
-# scriptForPI needs about 11-14 x the size of raw/ in free disk.
-DISK_FACTOR = (11, 14)
 _VERSION_RE = re.compile(
-    r"CASA version(?: used for reduction)?\s*:\s*(?:CASA\s+)?([0-9]+\.[0-9]+\.[0-9]+(?:[-.][0-9]+)?)", re.I)
-_PIPELINE_RE = re.compile(r"Pipeline(?: version)?\s*:\s*([^\s,;]+)", re.I)
+    r"CASA\s+version(?:\s+used\s+for\s+(?:reduction|calibration|imaging|processing))?\s*[:=]?\s*(?:CASA\s+)?"
+    r"([0-9]+\.[0-9]+\.[0-9]+(?:[-.][0-9]+)?)", re.I)
+# `Pipeline: 42030M (...)`, `Pipeline version: 2023.1.0.124`, `Pipeline version 2024.1.0.8`.
+_PIPELINE_RE = re.compile(r"Pipeline(?:\s+version\s*[:=]?|\s*[:=])\s*([^\s,;<]+)", re.I)
+# Bounds on what is read of a README or QA2 report (hostile input): the version lines are
+# near the top; a QA2 PDF's text comes from its first pages.
+_TEXT_READ_LIMIT = 1 << 20
+_PDF_MAX_BYTES = 32 << 20
+_PDF_MAX_PAGES = 20
+_QA_FOLDERS = ("qa", "qa2")     # Cycle 5+ and Cycles 1-3
+_QA_SUFFIXES = (".html", ".htm", ".pdf", ".txt")
 # scriptForPI's RCS keyword line; in the first lines of every copy read (the same text is
 # posted to the CASA log further down, so a bounded read finds it).
 _SFPI_ID_RE = re.compile(r"\$Id:\s*scriptForPI\.py,v\s+(\d+)\.(\d+)\b")
@@ -69,8 +78,11 @@ _SCRIPT_SUFFIXES = {
     "pipescript": "casa_pipescript.py",
     "imaging": "scriptForImaging.py",
     "imaging_prep": "scriptForImagingPrep.py",
+    "flux_calibration": "scriptForFluxCalibration.py",
+    "pol_calibration": "scriptForPolCalibration.py",
 }
 MANUAL_SUFFIX = ".ms.scriptForCalibration.py"
+SD_MANUAL_SUFFIX = ".ms.scriptForSDCalibration.py"
 # What is left of a pipescript's name before its suffix when it names no recipe:
 # `member.<MOUS>.`, `<MOUS>.` (older pipelines exported `<MOUS>.casa_pipescript.py`) or nothing.
 _NO_RECIPE_PREFIX = re.compile(r"^(?:member\.)?(?:uid___A\d{3}_X[0-9a-fA-F]+_X[0-9a-fA-F]+\.)?\Z")
@@ -79,6 +91,110 @@ _NO_RECIPE_PREFIX = re.compile(r"^(?:member\.)?(?:uid___A\d{3}_X[0-9a-fA-F]+_X[0
 # CASA registry, which picks the newest pipeline CASA, and the native restore modular CASA.
 NO_VERSION_DECISION = ("no CASA version in README, QA2 report or manifest: the newest pipeline CASA installed "
                        "is used, or the native engine on modular CASA")
+
+
+# ------------------------------------------------------------ scriptForPI's versions
+# The copies read (through the code search; never copied): v1.7 (2014), v1.15 (2015),
+# v1.23 (2017), v1.34 (2022), v2.5 (2023). Each rule below names the first read version
+# that has it; a version between two read ones that differ (never seen) follows the newer
+# read one, and a delivery without a readable scriptForPI follows the newest (v2.5).
+NEWEST_READ = (2, 5)
+# "Imaging pipeline used" (no split unless DOSPLIT): v1.23 on; v1.15 always splits.
+IMAGING_PIPELINE_RULE_SINCE = (1, 16)
+# Manual EBs in chronological order (the uid's hex parts zero-padded before sorting):
+# v1.34 on; v1.23 sorts the names as they are.
+CHRONOLOGICAL_ORDER_SINCE = (1, 24)
+# Single-dish manual scripts (*.ms.scriptForSDCalibration.py) run after the interferometric
+# ones: v1.34 on; v1.23 does not look for them.
+SD_SCRIPTS_SINCE = (1, 24)
+# The disk check's f counts flux, polarisation and ImagingPrep scripts from v1.15 on; v1.7
+# counted only a flux script.
+DISK_F_ALL_SCRIPTS_SINCE = (1, 8)
+# An amplitude renormalisation in scriptForFluxCalibration.py (`ACreNorm`) limits
+# SPACESAVING to 1 (its processing needs the *.ms): v1.34 on; v2.5 also takes
+# `Renormalization` in scriptForPolCalibration.py when there is no flux script.
+RENORM_FLUX_SINCE = (1, 24)
+RENORM_POL_SINCE = (2, 0)
+
+
+def version_text(v) -> str:
+    return f"v{v[0]}.{v[1]}" if v else "none"
+
+
+def followed_version(v) -> tuple:
+    """The scriptForPI version whose rules apply: the delivery's own, else the newest read."""
+    return tuple(v) if v else NEWEST_READ
+
+
+def decided_by(v) -> str:
+    """Which scriptForPI decided, for a person: `scriptForPI v2.5 (the delivery's)`."""
+    if v:
+        return f"scriptForPI {version_text(v)} (the delivery's)"
+    return f"scriptForPI {version_text(NEWEST_READ)} (the newest read; the delivery's version is unknown)"
+
+
+def disk_factor(spacesaving: int, f: int) -> int | None:
+    """scriptForPI's disk check, as a multiple of `du -sm raw/` (every read version from v1.7
+    to v2.5): 11 + 3f MB per MB of raw data, 7 + 3f with SPACESAVING=1, 3 + 3f with
+    SPACESAVING >= 2, where f = 1 when a flux, polarisation or ImagingPrep script exists;
+    None for SPACESAVING=-1 (no check). The one rule behind the plan's disk section,
+    calibration.preflight_disk and the bulk footprint's default (admission.footprint: 11 =
+    SPACESAVING 0 without such scripts)."""
+    if spacesaving == -1:
+        return None
+    base = 11 if spacesaving <= 0 else 7 if spacesaving == 1 else 3
+    return base + 3 * (1 if f else 0)
+
+
+def manual_sort_key(name: str) -> str:
+    """scriptForPI's chronological order of manual scripts (v1.34, v2.5): EB uids hold hex
+    numbers without leading zeros, so the last two `X<hex>` parts of the name are
+    zero-padded to 5 digits before the names are compared (`..._X5c1` before `..._X47af`).
+    A name it cannot read so keeps its own text."""
+    parts = name.split("_")
+    if len(parts) < 2:
+        return name
+    last = parts[-1].split(".", 1)[0]
+    if not (last.startswith("X") and parts[-2].startswith("X")):
+        return name
+    parts[-1] = "X" + last[1:].zfill(5)
+    parts[-2] = "X" + parts[-2][1:].zfill(5)
+    return "_".join(parts)
+
+
+def _read_text(path: Path, limit: int = _TEXT_READ_LIMIT) -> str:
+    with open(path, "rb") as fh:
+        return fh.read(limit).decode("utf-8", "replace")
+
+
+def _html_text(text: str) -> str:
+    """The text of an HTML page: tags out, entities decoded, spaces folded (a QA2 report
+    puts the label and the version in separate cells)."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]*>", " ", text)))
+
+
+def pdf_text(path: Path) -> str:
+    """The text of a QA2 report PDF (pypdf), bounded: its size, its first pages. A PDF from
+    the archive is hostile input: anything that goes wrong reading it is one DeliveryError."""
+    size = path.stat().st_size
+    if size > _PDF_MAX_BYTES:
+        raise DeliveryError(path, f"is {_size(size)}, more than the {_size(_PDF_MAX_BYTES)} read of a QA2 "
+                                  "report: skipped")
+    import logging
+    from pypdf import PdfReader
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings on odd files are not ours
+    try:
+        with open(path, "rb") as fh:
+            reader = PdfReader(fh, strict=False)
+            texts = []
+            for page in reader.pages[:_PDF_MAX_PAGES]:
+                texts.append(page.extract_text() or "")
+                if sum(map(len, texts)) > _TEXT_READ_LIMIT:
+                    break
+        return "\n".join(texts)
+    except Exception as exc:  # noqa: BLE001  (hostile input: pypdf raises many kinds)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DeliveryError(path, f"cannot be read as a PDF ({detail}): skipped") from None
 
 
 class Problems(list):
@@ -183,20 +299,84 @@ class Delivery:
         return self._sfpi_version
 
     def manual_scripts(self) -> list:
-        return [p for p in self._script_files if p.name.endswith(MANUAL_SUFFIX)]
+        """The per-EB `*uid*.ms.scriptForCalibration.py`, in the order scriptForPI runs them:
+        chronological (see manual_sort_key) from v1.34 on, the names as they sort in v1.23."""
+        found = [p for p in self._script_files if p.name.endswith(MANUAL_SUFFIX) and "uid" in p.name]
+        if self.manual_order()["rule"] == "chronological":
+            return sorted(found, key=lambda p: manual_sort_key(p.name))
+        return sorted(found, key=lambda p: p.name)
+
+    def sd_calibration_scripts(self) -> list:
+        """The per-EB `*uid*.ms.scriptForSDCalibration.py` (single dish), sorted by name, run
+        after the interferometric ones (v1.34, v2.5; v1.23 does not look for them: []).
+        """
+        if followed_version(self.scriptforpi_version()) < SD_SCRIPTS_SINCE:
+            return []
+        return sorted((p for p in self._script_files if p.name.endswith(SD_MANUAL_SUFFIX) and "uid" in p.name),
+                      key=lambda p: p.name)
+
+    def manual_order(self) -> dict:
+        """How scriptForPI orders the manual EB scripts, and which version decided it."""
+        v = self.scriptforpi_version()
+        if followed_version(v) >= CHRONOLOGICAL_ORDER_SINCE:
+            rule, why = "chronological", "by EB uid with its hex parts zero-padded (observing order)"
+        else:
+            rule, why = "by-name", "by file name as it is (v1.23; not always the observing order)"
+        return {"rule": rule, "why": why, "scriptforpi_version": version_text(v) if v else None,
+                "decided_by": decided_by(v)}
+
+    def manual_runs(self) -> list:
+        """What scriptForPI runs for manual data, in its order: each EB's calibration script
+        ([{"eb", "script", "kind": "interferometric"|"single-dish"}], EB as uid://...). The
+        EB is the name's tail from its last `uid__`, as v1.34 and v2.5 read it."""
+        runs = []
+        for kind, suffix, scripts in (("interferometric", MANUAL_SUFFIX, self.manual_scripts()),
+                                      ("single-dish", SD_MANUAL_SUFFIX, self.sd_calibration_scripts())):
+            for p in scripts:
+                stem = p.name[: -len(suffix)]
+                try:
+                    eb = naming.file_to_uid(stem[stem.rfind("uid__"):])
+                except AlmaRegenError:
+                    raise DeliveryError(p, "does not end in an EB uid (uid___A002_X..._X...): cannot tell "
+                                           "which ASDM it calibrates") from None
+                runs.append({"eb": eb, "script": p.name, "kind": kind})
+        return runs
 
     # ------------------------------------------------------------ CASA version
     def _version_sources(self) -> list:
-        readmes = [p for p in _names(self.path, self.problems) if p.name.lower().endswith("readme.txt") or p.name == "README"]
-        qa = [p for p in _names(self.path / "qa", self.problems) if "qa2_report" in p.name and p.suffix == ".html"]
+        """README (any `*README*`: `README`, `member.<MOUS>.README.txt`), then the QA2
+        reports of qa/ (Cycle 5+) and qa2/ (Cycles 1-3), HTML, text or PDF."""
+        readmes = [p for p in _names(self.path, self.problems) if "readme" in p.name.lower() and p.is_file()]
+        # member.<MOUS>.README.txt first: the member's own.
+        readmes.sort(key=lambda p: (not p.name.startswith("member."), p.name))
+        qa = [p for folder in _QA_FOLDERS for p in _names(self.path / folder, self.problems)
+              if p.suffix.lower() in _QA_SUFFIXES and p.is_file()]
         return readmes + qa
 
+    def _source_text(self, src: Path) -> str:
+        if src.suffix.lower() == ".pdf":
+            return pdf_text(src)
+        text = _read_text(src)
+        return _html_text(text) if src.suffix.lower() in (".html", ".htm") else text
+
     def casa_version(self) -> dict:
-        """The CASA (and pipeline) version of the reduction, from the README or QA2 report,
-        else from the pipeline manifest (modern READMEs have no version line)."""
+        """The CASA (and pipeline) version of the reduction, from the README or a QA2 report
+        (qa/ or qa2/; HTML, text or PDF; the old `CASA version: 5.4.0-70, Pipeline: ...` and
+        the `CASA version used for reduction: ...` forms), else from the pipeline manifest
+        (modern READMEs have no version line). A report that cannot be read is a warning."""
         sources = self._version_sources()
+        skipped = []
         for src in sources:
-            text = src.read_bytes().decode("utf-8", "replace")
+            try:
+                text = self._source_text(src)
+            except DeliveryError as exc:
+                self.problems.warning(exc.path, exc.detail)
+                skipped.append(src.name)
+                continue
+            except OSError as exc:
+                self.problems.warning(src, f"cannot be read ({exc.strerror or exc}): skipped")
+                skipped.append(src.name)
+                continue
             m = _VERSION_RE.search(text)
             if m:
                 pm = _PIPELINE_RE.search(text)
@@ -216,11 +396,12 @@ class Delivery:
             # the exact version: they still stop below.
             return {"version": None, "pipeline_version": None, "source": None, "decision": NO_VERSION_DECISION}
         if not sources:
-            raise DeliveryError(self.path, "no README (member.<MOUS>.README.txt), qa/*qa2_report.html or pipeline "
-                                           "manifest with <casaversion> to read the CASA version from")
+            raise DeliveryError(self.path, "no README (member.<MOUS>.README.txt), QA2 report (qa/, qa2/) or "
+                                           "pipeline manifest with <casaversion> to read the CASA version from")
         raise DeliveryError(sources[0], "has no 'CASA version used for reduction: X.Y.Z-N' line "
-                                        f"(nor does {', '.join(s.name for s in sources[1:]) or 'any QA2 report'}, "
-                                        "and no pipeline manifest has a <casaversion>)")
+                                        f"(nor does {', '.join(s.name for s in sources[1:]) or 'any QA2 report'}"
+                                        + (f"; unreadable: {', '.join(skipped)}" if skipped else "")
+                                        + ", and no pipeline manifest has a <casaversion>)")
 
     def _pipeline_calibrated(self) -> bool:
         """True when the pipeline calibrated this delivery (a restore or a calibration
@@ -255,9 +436,10 @@ class Delivery:
         """The EBs the PPR lists (<AsdmDiskName>), as uid://A002/... strings, in order."""
         ppr = self.ppr()
         if ppr is None:
-            manual = self.manual_scripts()
+            manual = self.manual_runs()
             if manual:
-                return [naming.file_to_uid(p.name[: -len(MANUAL_SUFFIX)].split(".")[-1]) for p in manual]
+                # In the order scriptForPI runs them (interferometric, then single dish).
+                return list(dict.fromkeys(r["eb"] for r in manual))
             raise DeliveryError(self.path / "script", "no PPR (PPR_*.xml or *pprequest.xml) and no "
                                                       "*.ms.scriptForCalibration.py: cannot tell which EBs belong here")
         root = safexml.parse_file(ppr)
@@ -276,7 +458,8 @@ class Delivery:
 
     # ------------------------------------------------------------ decisions
     def calibration_kind(self) -> dict:
-        restore, pipe, manual = self.script("restore"), self.script("pipescript"), self.manual_scripts()
+        restore, pipe = self.script("restore"), self.script("pipescript")
+        manual = [self.path / "script" / r["script"] for r in self.manual_runs()]
         if restore:
             return {"kind": "restore", "script": restore.name,
                     "reason": f"{restore.name} is present: apply the delivered calibration"}
@@ -285,7 +468,8 @@ class Delivery:
                     "reason": f"no casa_piperestorescript.py, {pipe.name} is present: rerun the calibration pipeline"}
         if manual:
             return {"kind": "manual", "script": ", ".join(p.name for p in manual),
-                    "reason": f"{len(manual)} *.ms.scriptForCalibration.py: manual calibration, exact CASA version"}
+                    "reason": f"{len(manual)} per-EB calibration script(s) (*.ms.scriptForCalibration.py, "
+                              "*.ms.scriptForSDCalibration.py): manual calibration, exact CASA version"}
         raise DeliveryError(self.path / "script", "no casa_piperestorescript.py, *cal*casa_pipescript.py or "
                                                   "*.ms.scriptForCalibration.py: nothing can calibrate this delivery")
 
@@ -304,18 +488,70 @@ class Delivery:
         prep = self.script("imaging_prep")
         if prep is None:
             return False
-        # The seed's rule, literally: a line that does not contain '#'.
-        return any(ln.strip() and "#" not in ln for ln in prep.read_bytes().decode("utf-8", "replace").splitlines())
+        # A line that does not contain '#' (the knowledge base's "non-trivial").
+        return any(ln.strip() and "#" not in ln for ln in _read_text(prep).splitlines())
+
+    def imaging_pipeline_used(self) -> dict:
+        """scriptForPI's "imaging pipeline used" test (v1.23, v1.34, v2.5 alike), counted as
+        its shell commands count: more than one PPR line holding `hif_makeimages`
+        (`grep | wc -l`), at least one product/*_sci.spw*.fits, and no line without '#' in
+        script/*scriptForImaging.py (`cat | grep -v "#" | wc -l`: a blank line counts as
+        one; no such script counts as none)."""
+        ppr = self.ppr()
+        out = {"used": False, "hif_makeimages_lines": None, "science_images": None, "imaging_code_lines": None}
+        if ppr is None:
+            return out
+        out["hif_makeimages_lines"] = sum("hif_makeimages" in ln for ln in _read_text(ppr).splitlines())
+        product = self.path / "product"
+        out["science_images"] = len([p for p in _names(product, Problems()) if fnmatch.fnmatchcase(p.name, "*_sci.spw*.fits")])
+        imaging = [p for p in self._script_files if p.name.endswith("scriptForImaging.py")]
+        out["imaging_code_lines"] = sum(1 for p in imaging for ln in _read_text(p).splitlines() if "#" not in ln)
+        out["used"] = (out["hif_makeimages_lines"] > 1 and out["science_images"] > 0
+                       and out["imaging_code_lines"] == 0)
+        return out
 
     def split_needed(self, dosplit: bool = False) -> dict:
+        """Whether scriptForPI splits the science spws into <EB>.ms.split.cal, and why, by the
+        rules of the delivery's scriptForPI version (`rule`, `decided_by`):
+        - manual data: each EB's script makes <EB>.ms.split.cal itself (`manual`);
+        - v1.15 and older: always (`always`);
+        - v1.23 on: unless the imaging pipeline was used (imaging_pipeline_used) and DOSPLIT
+          is off (`imaging-pipeline-used`). A non-trivial scriptForImagingPrep.py (the knowledge
+          base's option 1) does not count in any read version: only a note says so.
+        `reasons` lists why the split is needed ([] when it is not); `why` says it either way."""
+        v = self.scriptforpi_version()
+        base = {"scriptforpi_version": version_text(v) if v else None, "decided_by": decided_by(v),
+                "imaging_pipeline": None, "note": None}
+        try:
+            kind = self.calibration_kind()["kind"]
+        except DeliveryError:  # reported by the calibration decision itself
+            kind = None
+        if kind == "manual":
+            why = "manual calibration: each EB's calibration script makes <EB>.ms.split.cal itself"
+            return {**base, "needed": True, "reasons": [why], "why": why, "rule": "manual"}
+        if followed_version(v) < IMAGING_PIPELINE_RULE_SINCE:
+            why = f"scriptForPI {version_text(v)} always splits (no imaging-pipeline rule, no DOSPLIT)"
+            return {**base, "needed": True, "reasons": [why], "why": why, "rule": "always"}
+        used = self.imaging_pipeline_used()
+        base.update(rule="imaging-pipeline-used", imaging_pipeline=used)
+        counts = (f"PPR: {used['hif_makeimages_lines']} line(s) with hif_makeimages; product/: "
+                  f"{used['science_images']} *_sci.spw*.fits; scriptForImaging.py: "
+                  f"{used['imaging_code_lines']} line(s) without '#'")
+        if used["hif_makeimages_lines"] is None:
+            counts = "no PPR to tell"
         reasons = []
         if dosplit:
             reasons.append("DOSPLIT=True")
-        if self.imaging_kind()["kind"] == "script":
-            reasons.append("the data were imaged manually (scriptForImaging.py)")
-        if self.imaging_prep_nontrivial():
-            reasons.append("scriptForImagingPrep.py is non-trivial")
-        return {"needed": bool(reasons), "reasons": reasons}
+        if not used["used"]:
+            reasons.append(f"the imaging pipeline was not used alone ({counts})")
+        if reasons:
+            why = "; ".join(reasons)
+        else:
+            why = f"the imaging pipeline made the images ({counts}): <EB>.ms is linked, not split (DOSPLIT=True splits)"
+            if self.imaging_prep_nontrivial():
+                base["note"] = ("scriptForImagingPrep.py has code, but scriptForPI (v1.23 to v2.5) decides the "
+                                "split by scriptForImaging.py alone: set DOSPLIT to split")
+        return {**base, "needed": bool(reasons), "reasons": reasons, "why": why}
 
     # ------------------------------------------------------------ raw/
     def raw_state(self, ebs: list, staged: bool = True, archive_sizes: dict | None = None) -> dict:
@@ -350,19 +586,71 @@ class Delivery:
             self.problems.warning(raw / name, "not in the PPR (QA semipass?): ignored")
         return {"ebs": states, "extra": extra}
 
-    def disk(self, raw_bytes: int, estimated: bool = False) -> dict:
+    def disk_rule(self, spacesaving: int = 0) -> dict:
+        """scriptForPI's disk check for this delivery (see disk_factor): f from the flux,
+        polarisation and ImagingPrep scripts in script/ (v1.7: the flux script only), and
+        SPACESAVING limited to 1 when a renormalisation script needs the *.ms (v1.34 on:
+        `ACreNorm` in the flux script; v2.5 also `Renormalization` in the polarisation
+        script when there is no flux script). `factor` None: the check is skipped (-1)."""
+        v = self.scriptforpi_version()
+        fv = followed_version(v)
+        roles = ("flux_calibration", "pol_calibration", "imaging_prep") if fv >= DISK_F_ALL_SCRIPTS_SINCE \
+            else ("flux_calibration",)
+        scripts = []
+        for role in roles:
+            try:
+                found = self.script(role)
+            except DeliveryError:  # two of them: scriptForPI stops; here it still counts for f
+                found = True
+            if found:
+                scripts.append(_SCRIPT_SUFFIXES[role])
+        effective, renorm = spacesaving, None
+        flux, pol = self._script_or_none("flux_calibration"), self._script_or_none("pol_calibration")
+        if fv >= RENORM_FLUX_SINCE and flux is not None and "ACreNorm" in _read_text(flux):
+            renorm = f"{flux.name} applies the amplitude renormalisation (ACreNorm)"
+        elif fv >= RENORM_POL_SINCE and flux is None and pol is not None and "Renormalization" in _read_text(pol):
+            renorm = f"{pol.name} applies the amplitude renormalisation"
+        if renorm and spacesaving > 1:
+            effective = 1
+        f = 1 if scripts else 0
+        factor = disk_factor(effective, f)
+        if factor is None:
+            formula = "SPACESAVING=-1: no disk check"
+        else:
+            base = factor - 3 * f
+            formula = f"{base} + 3 x {f} = {factor} x raw/ (SPACESAVING={effective}" + \
+                (f", f=1: {', '.join(scripts)})" if f else ")")
+        return {"spacesaving": spacesaving, "effective_spacesaving": effective, "f": f, "scripts": scripts,
+                "renormalisation": renorm, "factor": factor, "formula": formula,
+                "scriptforpi_version": version_text(v) if v else None, "decided_by": decided_by(v)}
+
+    def _script_or_none(self, role):
+        try:
+            return self.script(role)
+        except DeliveryError:
+            return None
+
+    def disk(self, raw_bytes: int, estimated: bool = False, spacesaving: int = 0) -> dict:
+        """The disk check for `raw_bytes` of raw data: `needed_bytes` at this SPACESAVING
+        (None when -1 skips it), and the range over SPACESAVING 2..0 (`needed_bytes_min`,
+        `needed_bytes_max`)."""
+        rule = self.disk_rule(spacesaving)
         free = shutil.disk_usage(self.path).free
-        lo, hi = (raw_bytes * f for f in DISK_FACTOR)
-        return {"raw_bytes": raw_bytes, "needed_bytes_min": lo, "needed_bytes_max": hi,
-                "free_bytes": free, "enough": free >= lo, "estimated": estimated}
+        f = rule["f"]
+        need = raw_bytes * rule["factor"] if rule["factor"] is not None else None
+        return {"raw_bytes": raw_bytes, "needed_bytes": need, "needed_bytes_min": raw_bytes * disk_factor(2, f),
+                "needed_bytes_max": raw_bytes * disk_factor(0, f), "free_bytes": free,
+                "enough": need is None or free >= need, "estimated": estimated, "rule": rule}
 
     # ------------------------------------------------------------ the plan
-    def plan(self, staged: bool = True, archive_sizes: dict | None = None) -> dict:
+    def plan(self, staged: bool = True, archive_sizes: dict | None = None, spacesaving: int = 0) -> dict:
         """Everything at once, each problem reported rather than raised.
 
         staged=False: the plan before the raw data are staged (see `raw_state`); the
-        disk is then estimated from `archive_sizes` when given. A Delivery is kept for a whole
-        step (alma_regen.member.Member.delivery): each plan reports its own problems afresh."""
+        disk is then estimated from `archive_sizes` when given. spacesaving: the SPACESAVING
+        the disk check is judged at (0, scriptForPI's default when unset). A Delivery is kept
+        for a whole step (alma_regen.member.Member.delivery): each plan reports its own
+        problems afresh."""
         p = self.problems = Problems(self._listing_problems)
         out = {"schema": SCHEMA, "member_dir": str(self.path), "mous_uid": self.mous_uid, "project": None,
                "staged": staged}
@@ -380,12 +668,21 @@ class Delivery:
             p.warning(self.path, out["casa_version"]["decision"])
         out["calibration"] = attempt(self.calibration_kind, {"kind": None, "script": None, "reason": None})
         out["imaging"] = attempt(self.imaging_kind, {"kind": None, "script": None, "reason": None})
-        out["split"] = attempt(self.split_needed, {"needed": None, "reasons": []})
+        v = self.scriptforpi_version()
+        out["scriptforpi"] = {"version": version_text(v) if v else None,
+                              "rules_of": version_text(followed_version(v)), "decided_by": decided_by(v)}
+        out["split"] = attempt(self.split_needed, {"needed": None, "reasons": [], "why": None, "rule": None,
+                                                   "decided_by": decided_by(v)})
+        if out["calibration"]["kind"] == "manual":
+            out["manual"] = {"order": self.manual_order(), "runs": attempt(self.manual_runs, []),
+                             "ephemerides": [q.name for q in _names(self.path / "calibration", Problems())
+                                             if q.name.endswith(".eph")]}
         scripts = {}
         for role in _SCRIPT_SUFFIXES:
             s = attempt(lambda r=role: self.script(r), None)
             scripts[role] = s.name if s else None
         scripts["calibration"] = [s.name for s in self.manual_scripts()]
+        scripts["sd_calibration"] = [s.name for s in self.sd_calibration_scripts()]
         out["scripts"] = scripts
         try:
             ppr = self.ppr()
@@ -403,12 +700,14 @@ class Delivery:
                 pass
         out["raw"] = self.raw_state(ebs, staged, archive_sizes)
         raw_bytes = sum(e["size_bytes"] or 0 for e in out["raw"]["ebs"])
-        out["disk"] = self.disk(raw_bytes, estimated=any(e["state"] == "to_stage" for e in out["raw"]["ebs"]))
+        out["disk"] = self.disk(raw_bytes, estimated=any(e["state"] == "to_stage" for e in out["raw"]["ebs"]),
+                                spacesaving=spacesaving)
         if raw_bytes and not out["disk"]["enough"]:
-            p.warning(self.path, f"free disk {out['disk']['free_bytes'] / 1e9:.1f} GB is less than "
-                                 f"{DISK_FACTOR[0]} x raw/ ({out['disk']['needed_bytes_min'] / 1e9:.1f} GB)")
-        out["problems"] = list(p)
-        out["ok"] = not any(x["severity"] == "error" for x in p)
+            p.warning(self.path, f"free disk {_size(out['disk']['free_bytes'])} is less than scriptForPI's check "
+                                 f"needs: {out['disk']['rule']['formula']} = {_size(out['disk']['needed_bytes'])}")
+        # One problem once (a PPR error reached through two decisions).
+        out["problems"] = list({(x["severity"], x["path"], x["message"]): x for x in p}.values())
+        out["ok"] = not any(x["severity"] == "error" for x in out["problems"])
         return out
 
 
@@ -417,6 +716,15 @@ def _size(n: int) -> str:
     if n >= 1e9:
         return f"{n / 1e9:.2f} GB"
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def _split_line(split: dict) -> str:
+    if split["needed"] is None:
+        return "?"
+    head = "yes" if split["needed"] else "no"
+    why = split.get("why") or "; ".join(split["reasons"])
+    rule = f" [{split['rule']} rule of {split['decided_by']}]" if split.get("rule") else ""
+    return f"{head}: {why}{rule}" if why else head
 
 
 def format_plan(plan: dict) -> str:
@@ -429,9 +737,21 @@ def format_plan(plan: dict) -> str:
         + (f": {cv['decision']}" if cv.get("decision") else ""),
         f"calibration   {plan['calibration']['kind'] or '?'}: {plan['calibration']['reason'] or ''}",
         f"imaging       {plan['imaging']['kind'] or '?'}: {plan['imaging']['reason'] or ''}",
-        f"split         {'yes: ' + '; '.join(plan['split']['reasons']) if plan['split']['needed'] else 'no'}",
+        f"split         {_split_line(plan['split'])}",
         f"PPR           {plan['ppr']['path'] or '-'} ({len(plan['ppr']['ebs'])} EBs)",
     ]
+    if plan["split"].get("note"):
+        lines.append(f"              note: {plan['split']['note']}")
+    sfpi = plan.get("scriptforpi")
+    if sfpi:
+        lines.insert(3, f"scriptForPI   {sfpi['version'] or 'version unknown'}: rules of {sfpi['decided_by']}")
+    manual = plan.get("manual")
+    if manual:
+        lines.append(f"manual        {len(manual['runs'])} EB script(s), order {manual['order']['rule']} "
+                     f"({manual['order']['decided_by']})"
+                     + (f"; ephemerides linked in: {', '.join(manual['ephemerides'])}" if manual["ephemerides"] else ""))
+        for n, r in enumerate(manual["runs"], 1):
+            lines.append(f"  {n}. {r['eb']:<28} {r['script']}" + (" (single dish)" if r["kind"] == "single-dish" else ""))
     staged = plan.get("staged", True)
     for e in plan["raw"]["ebs"]:
         if e["state"] == "ok":
@@ -449,13 +769,16 @@ def format_plan(plan: dict) -> str:
     to_stage = [e for e in plan["raw"]["ebs"] if e["state"] == "to_stage"]
     unsized = [e for e in to_stage if e["size_bytes"] is None]
     if to_stage and len(unsized) == len(to_stage):
-        lines.append(f"disk          needs {DISK_FACTOR[0]}-{DISK_FACTOR[1]} x the raw data (its size is known once "
-                     f"staged); free {_size(d['free_bytes'])}")
+        lines.append(f"disk          needs {d['rule']['formula']} (its size is known once staged); "
+                     f"free {_size(d['free_bytes'])}")
     else:
         est = (" (the archive's sizes" + (f"; {len(unsized)} EB(s) unknown: more" if unsized else "") + ")"
                if d.get("estimated") else "")
-        lines.append(f"disk          raw {_size(d['raw_bytes'])}{est}, needs {_size(d['needed_bytes_min'])} to "
-                     f"{_size(d['needed_bytes_max'])}, free {_size(d['free_bytes'])}")
+        need = (f"needs {_size(d['needed_bytes'])} ({d['rule']['formula']})" if d["needed_bytes"] is not None
+                else d["rule"]["formula"])
+        lines.append(f"disk          raw {_size(d['raw_bytes'])}{est}, {need}, free {_size(d['free_bytes'])}")
+    if d["rule"].get("renormalisation"):
+        lines.append(f"              SPACESAVING limited to 1: {d['rule']['renormalisation']}")
     for pr in plan["problems"]:
         lines.append(f"{pr['severity'].upper():<13} {pr['path']}: {pr['message']}")
     if not plan["ok"]:
