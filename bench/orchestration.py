@@ -19,6 +19,15 @@ On one synthetic delivery (served by serve-archive, products to SeaweedFS):
     idle sleep 0.2 s instead of 1 s); --airflow-env KEY=VALUE adds or overrides settings.
   Time = from the trigger (REST) to the run's end as the client sees it, and the
   run's own queued -> end. Ratio = Airflow / baseline (goal <= 1.3, issue 15).
+  --repeat N alternates baseline and Airflow N times per mode (each round's ratio is
+  against its own baseline, so a change of load on this shared machine falls on both).
+
+CPU, beside each time: our CPU-seconds (the `alma-regen run` process and what it reaped;
+for Airflow every process of the cluster and what they reaped: tasks, CASA children),
+the CASA children's own (the runner logs each child's CPU), and what the rest of the
+machine took meanwhile (/proc/stat less ours: other people's work on a shared machine),
+and the idle cluster's CPU (10 s before the trigger). Each task's life (task_life) is
+printed per run.
 
 Then DAG parse cost per file of dags/: a fresh interpreter's import of the file
 with airflow.sdk already imported (what the DAG processor pays per parse), the
@@ -29,6 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -49,36 +60,96 @@ from alma_regen_dev.synth import synthesize  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GOAL = 1.3  # issue 15: the full chain on Airflow within 1.3 x `alma-regen run`, measured in the same run
+HZ = os.sysconf("SC_CLK_TCK")
 
 
-def baseline(mode: str, synth: dict, url: str, root: Path, s3, bucket: str) -> dict:
+def machine_busy_s() -> float:
+    """CPU-seconds the whole machine has been busy since boot (/proc/stat: all but idle and iowait)."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f[:8])
+    return (user + nice + system + irq + softirq + steal) / HZ
+
+
+def tree_cpu_s(roots) -> float:
+    """CPU-seconds of the live processes under `roots` (pids) and of every descendant they reaped
+    (utime + stime + cutime + cstime): a task process, its CASA child and the child's bwrap are
+    counted once each has been waited for, as the LocalExecutor's workers and the runner do."""
+    table, kids = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        table[int(d.name)] = sum(int(x) for x in f[11:15])
+        kids.setdefault(int(f[1]), []).append(int(d.name))
+    total, todo = 0, list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid]
+            todo += kids.get(pid, [])
+    return total / HZ
+
+
+class CpuMeter:
+    """Our CPU-seconds (a process tree, or this process's reaped children) against the machine's over
+    the same wall time: what the others on this shared machine took is the difference."""
+
+    def __init__(self, roots=None):
+        self.roots = roots
+        self.t0, self.m0, self.o0 = time.monotonic(), machine_busy_s(), self._ours()
+
+    def _ours(self) -> float:
+        if self.roots is not None:
+            return tree_cpu_s(self.roots)
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def stop(self) -> dict:
+        wall, machine, ours = time.monotonic() - self.t0, machine_busy_s() - self.m0, self._ours() - self.o0
+        return {"cpu_s": round(ours, 1), "others_cpu_s": round(max(machine - ours, 0.0), 1),
+                "others_cores": round(max(machine - ours, 0.0) / wall, 2) if wall else None}
+
+
+CASA_CPU = re.compile(r"CASA finished in ([0-9.]+) s, CPU ([0-9.]+) s")
+
+
+def baseline(mode: str, synth: dict, url: str, root: Path, s3, bucket: str, tag: str = "") -> dict:
     """`alma-regen run`: the same library calls as the DAG's tasks, one after the other, no Airflow."""
-    work = root / f"cli-{mode}"
+    work = root / f"cli-{mode}{tag}"
     shutil.rmtree(work, ignore_errors=True)
     env = dict(os.environ, **s3.env())
     cmd = [BIN / "alma-regen", "run", synth["mous_uid"], "--source", url, "--workdir", work]
     if mode == "full":  # stage, inspect, calibrate, image, fidelity, publish
-        cmd += ["--publish-to", f"s3://{bucket}/cli"]
+        cmd += ["--publish-to", f"s3://{bucket}/cli-{mode}{tag}"]
     else:  # stage, inspect, calibrate
         cmd += ["--imaging", "none"]
+    meter = CpuMeter()
     t0 = time.monotonic()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
+    cpu = meter.stop()
     if r.returncode:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
     try:
         steps = json.loads(r.stdout).get("timings_s")
     except ValueError:
         steps = None
-    return {"wall_s": round(wall, 2), "steps_s": steps}
+    casa = [float(m.group(2)) for m in CASA_CPU.finditer(r.stderr)]
+    return {"wall_s": round(wall, 2), "steps_s": steps, **cpu, "casa_children": len(casa),
+            "casa_cpu_s": round(sum(casa), 1)}
 
 
 def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3, bucket: str,
-                extra_env: dict | None = None) -> dict:
+                extra_env: dict | None = None, tag: str = "") -> dict:
     host, port = url.split("://", 1)[1].rstrip("/").split(":")
+    name = f"af-{executor}-{mode}{tag}"  # a fresh workdir and products prefix for each run
     env = {**(extra_env or {}),
-        "ALMA_REGEN_WORKDIR": root / f"af-{executor}-{mode}" / "work",
-        "ALMA_REGEN_PRODUCTS_URL": f"s3://{bucket}/af-{executor}" if mode == "full" else "",
+        "ALMA_REGEN_WORKDIR": root / name / "work",
+        "ALMA_REGEN_PRODUCTS_URL": f"s3://{bucket}/{name}" if mode == "full" else "",
         "AIRFLOW_CONN_ALMA_REQUEST_HANDLER": json.dumps(
             {"conn_type": "http", "host": host, "port": int(port), "schema": "http"}),
         "AIRFLOW_CONN_ALMA_PRODUCTS_S3": json.dumps(
@@ -98,6 +169,12 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
             cluster.api("POST", "/pools", {"name": name, "slots": 2, "description": "bench"})
         cluster.wait_dag("alma_regenerate")
         startup = time.monotonic() - t
+        roots = [p.pid for p in cluster.procs.values()]
+        time.sleep(3)  # the DAG's first parse and the pools settle
+        idle = CpuMeter(roots)
+        time.sleep(IDLE_S)
+        idle = idle.stop()
+        meter = CpuMeter(roots)
         t0 = time.monotonic()
         run_id = cluster.trigger("alma_regenerate", conf)
         end_poll = time.monotonic() + 1800
@@ -107,6 +184,7 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
                 break
             time.sleep(0.25)
         wall = time.monotonic() - t0
+        cpu = meter.stop()
         run = cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{_q(run_id)}")
         if state != "success":
             raise RuntimeError(f"run {state}:\n{cluster.failure_report('alma_regenerate', run_id)}")
@@ -123,11 +201,14 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
         last = max(_ts(t["end_date"]) for t in tis if t.get("end_date"))
         life["run_start_s"] = round(first - q.timestamp(), 3)
         life["run_end_s"] = round(e.timestamp() - last, 3)
+        casa_cpu = sum(c.get("cpu_s") or 0 for r in life["tasks"] for c in r.pop("_casa"))
         return {"wall_s": round(wall, 2), "queued_to_end_s": round((e - q).total_seconds(), 2),
                 "tasks": len(tis), "task_seconds_sum": round(busy, 2), "task_s": per_task,
-                "cluster_start_s": round(startup, 1), "life": life}
+                "cluster_start_s": round(startup, 1), **cpu, "casa_children": life["sum"]["casa_children"],
+                "casa_cpu_s": round(casa_cpu, 1), "idle_cores": round(idle["cpu_s"] / IDLE_S, 3),
+                "life": life}
 
-    home = root / f"af-{executor}-{mode}" / "airflow"
+    home = root / name / "airflow"
     if executor == "celery":
         with scratch_redis_db() as n, scratch_postgres_db("alma_regen_bench") as (db_url, _):
             with AirflowCluster(home, db_url=db_url, executor="CeleryExecutor",
@@ -135,6 +216,9 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
                 return go(c)
     with AirflowCluster(home, executor="LocalExecutor", env=env) as c:
         return go(c)
+
+
+IDLE_S = 10  # how long the cluster's idle CPU is measured before the trigger
 
 
 def _ts(v):
@@ -173,6 +257,8 @@ def _log_marks(path: Path) -> dict:
             m["casa"].append({"launched": t})
         elif ev.startswith("CASA finished in") and m["casa"]:
             m["casa"][-1]["finished"] = t
+            cpu = CASA_CPU.match(ev)
+            m["casa"][-1]["cpu_s"] = float(cpu.group(2)) if cpu else None
         elif d.get("filename") == "runner.py" and m["casa"] and "first_output" not in m["casa"][-1]:
             m["casa"][-1]["first_output"] = t
     return m
@@ -219,10 +305,16 @@ def task_life(tis: list, logs: Path) -> dict:
                "casa_start": sum(c["first_output"] - c["launched"] for c in m["casa"] if "first_output" in c),
                "casa_work": sum(c["finished"] - c["first_output"] for c in m["casa"]
                                 if "finished" in c and "first_output" in c)}
-        rows.append({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+        row = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+        row["_casa"] = m["casa"]
+        rows.append(row)
     return {"tasks": rows, "sum": {k: round(sum(r[k] or 0 for r in rows), 2) for k in
                                    ("scheduler", "queue", "worker", "sdk_start", "parse", "pre", "execute",
-                                    "post", "casa_start", "casa_work")}}
+                                    "post", "casa_start", "casa_work", "casa_children")}}
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _q(s: str) -> str:
@@ -301,6 +393,7 @@ def main(argv=None):
     ap.add_argument("--ebs", type=int, default=2)
     ap.add_argument("--executors", default="local,celery")
     ap.add_argument("--modes", default="cal,full")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of (baseline, Airflow) per mode")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--parse-only", action="store_true")
     ap.add_argument("--airflow-env", action="append", default=[], metavar="KEY=VALUE",
@@ -324,34 +417,48 @@ def main(argv=None):
         with seaweedfs_server(root / "s3") as s3:
             bucket = s3.bucket("bench")
             for mode in a.modes.split(","):
-                base = baseline(mode, synth, server.url, root, s3, bucket)
-                results[f"baseline-{mode}"] = base
-                print(f"baseline {mode}: {base}", flush=True)
-                for ex in executors:
-                    r = airflow_run(ex, mode, synth, server.url, root, s3, bucket,
-                                    dict(kv.split("=", 1) for kv in a.airflow_env))
-                    r["ratio_wall"] = round(r["wall_s"] / base["wall_s"], 3)
-                    r["ratio_queued_to_end"] = round(r["queued_to_end_s"] / base["wall_s"], 3)
-                    results[f"airflow-{ex}-{mode}"] = r
-                    print(f"airflow {ex} {mode}: { {k: v for k, v in r.items() if k != 'life'} }", flush=True)
-                    print_life(f"{ex} {mode}", r["life"])
+                # Rounds alternate the baseline and Airflow, so that a change of load on this shared
+                # machine falls on both; each round's ratio is against its own baseline.
+                for i in range(a.repeat):
+                    tag = f"-{i + 1}" if a.repeat > 1 else ""
+                    base = baseline(mode, synth, server.url, root, s3, bucket, tag)
+                    results.setdefault(f"baseline-{mode}", []).append(base)
+                    print(f"baseline {mode}{tag} (load {_load()}): {base}", flush=True)
+                    for ex in executors:
+                        r = airflow_run(ex, mode, synth, server.url, root, s3, bucket,
+                                        dict(kv.split("=", 1) for kv in a.airflow_env), tag)
+                        r["ratio_wall"] = round(r["wall_s"] / base["wall_s"], 3)
+                        r["ratio_queued_to_end"] = round(r["queued_to_end_s"] / base["wall_s"], 3)
+                        results.setdefault(f"airflow-{ex}-{mode}", []).append(r)
+                        print(f"airflow {ex} {mode}{tag} (load {_load()}): "
+                              f"{ {k: v for k, v in r.items() if k != 'life'} }", flush=True)
+                        print_life(f"{ex} {mode}{tag}", r["life"])
         server.shutdown()
         server.server_close()
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\nsummary (seconds; ratio = Airflow / alma-regen alone, goal <= {GOAL})")
+    print("  (cpu: our CPU-seconds, CASA's of them; others: what the rest of this shared machine took meanwhile)")
     for mode in a.modes.split(","):
-        b = results.get(f"baseline-{mode}")
-        if not b:
-            continue
-        print(f"  {mode:<5} alma-regen alone       {b['wall_s']:8.1f}")
+        for i, b in enumerate(results.get(f"baseline-{mode}") or []):
+            print(f"  {mode:<5} round {i + 1} alma-regen alone       {b['wall_s']:8.1f}          "
+                  f"cpu {b['cpu_s']:.1f} (CASA {b['casa_cpu_s']:.1f} in {b['casa_children']} children), "
+                  f"others {b['others_cores']:.2f} cores")
+            for ex in executors:
+                runs = results.get(f"airflow-{ex}-{mode}") or []
+                if i < len(runs):
+                    r = runs[i]
+                    print(f"  {mode:<5} round {i + 1} Airflow {ex:<7} trigger->end {r['wall_s']:8.1f}  "
+                          f"x{r['ratio_wall']:.2f}  cpu {r['cpu_s']:.1f} (CASA {r['casa_cpu_s']:.1f} in "
+                          f"{r['casa_children']} children), others {r['others_cores']:.2f} cores; "
+                          f"{r['tasks']} tasks, {r['task_seconds_sum']:.1f} task-seconds; idle cluster "
+                          f"{r['idle_cores']:.3f} cores")
         for ex in executors:
-            r = results.get(f"airflow-{ex}-{mode}")
-            if r:
-                print(f"  {mode:<5} Airflow {ex:<7} trigger->end {r['wall_s']:8.1f}  x{r['ratio_wall']:.2f}   "
-                      f"queued->end {r['queued_to_end_s']:.1f} (x{r['ratio_queued_to_end']:.2f}); "
-                      f"{r['tasks']} tasks, {r['task_seconds_sum']:.1f} task-seconds")
+            ratios = sorted(r["ratio_wall"] for r in results.get(f"airflow-{ex}-{mode}") or [])
+            if len(ratios) > 1:
+                print(f"  {mode:<5} Airflow {ex}: median ratio x{ratios[len(ratios) // 2]:.2f} over "
+                      f"{len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
     for f, p in results["parse"].items():
         print(f"  parse {f}: {p['first_parse_s'] * 1000:.0f} ms (airflow.sdk preloaded), re-parse "
               f"{p['reparse_s'] * 1000:.1f} ms, DagBag {p['dagbag_s'] * 1000:.0f} ms, cold import of "

@@ -58,6 +58,7 @@ class CasaRun:
     returncode: int | None = None
     duration_s: float = 0.0
     max_rss_mb: float = 0.0
+    cpu_s: float = 0.0  # user + system CPU of the child and what it waited for (bench/orchestration.py)
     severe: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     traceback: list = field(default_factory=list)
@@ -147,6 +148,7 @@ class CasaRunner:
         rec.returncode = proc.returncode
         rec.duration_s = round(time.monotonic() - t0, 3)
         rec.max_rss_mb = round(usage.ru_maxrss / 1024, 1)
+        rec.cpu_s = round(usage.ru_utime + usage.ru_stime, 2)
         rec.casa_logs = _casa_logs_since(cwd, started_wall)
         for denied in box.denials([*pump.tail, *rec.traceback]):  # what the sandbox refused, said once
             rec.warnings.append(denied)
@@ -156,7 +158,8 @@ class CasaRunner:
         except AlmaRegenError as exc:
             exc.run = rec  # the record of a failed run still goes into calibration.json
             raise
-        self.log.info("CASA finished in %.1f s, peak memory %.0f MB", rec.duration_s, rec.max_rss_mb)
+        self.log.info("CASA finished in %.1f s, CPU %.1f s, peak memory %.0f MB", rec.duration_s, rec.cpu_s,
+                      rec.max_rss_mb)
         return rec
 
     def _judge(self, rec: CasaRun, timeout, label, tail, strict=True):
