@@ -358,7 +358,9 @@ def test_the_split_decision(tmp_path, case, kw, dosplit, needed, rule):
     plan = Delivery(m).plan(staged=False)
     assert plan["split"]["needed"] == (needed if not dosplit else plan["split"]["needed"])
     line = next(ln for ln in format_plan(plan).splitlines() if ln.startswith("split"))
-    assert f"[{rule} rule of scriptForPI v{version or '2.5'}" in line
+    assert line.endswith(f"[rule: {rule}]")
+    head = next(ln for ln in format_plan(plan).splitlines() if ln.startswith("scriptForPI"))
+    assert (f"v{version} (the delivery's)" if version else "version unknown: the rules of v2.5") in head
 
 
 def test_manual_data_split_in_their_own_scripts(tmp_path):
@@ -561,6 +563,14 @@ def test_a_huge_pdf_is_not_read(tmp_path, monkeypatch):
     plan = Delivery(m).plan(staged=False)
     assert any("read of a QA2 report: skipped" in p["message"] for p in plan["problems"])
     assert plan["casa_version"]["version"] is None  # manual data: an error says no version
+
+
+def test_advice_on_a_casa_version_is_not_a_record(tmp_path):
+    # A README's advice is not the version of the reduction: the QA2 report's line is.
+    m = member(tmp_path, MANUAL, readme="Please use CASA version 6.6.1 or later to image these data.\n")
+    (m / "qa").mkdir()
+    (m / "qa" / "qa2_report.txt").write_text("CASA version used for reduction: 5.6.1-8\n")
+    assert Delivery(m).casa_version()["version"] == "5.6.1-8"
 
 
 def test_a_readme_version_template_is_not_a_version(tmp_path):

@@ -52,8 +52,11 @@ def footprint(files: dict, factor: float) -> int:
     `factor`, plus every other file (README, auxiliary and product tars) once.
 
     `factor` is the setting footprint_factor. Its default, 11, is scriptForPI's own disk check
-    with SPACESAVING=0 (need = 11 x raw/ in scriptForPI's disk check; 7 x for SPACESAVING=1, 3 x for >= 2; +3
-    with flux/pol/ImagingPrep scripts): the safe side for both engines. The native engine
+    (alma_regen.delivery.disk_factor, the rule the plan and calibration.preflight_disk use:
+    (11 + 3f) x raw/, 7 + 3f for SPACESAVING=1, 3 + 3f for >= 2, f = 1 with a flux, pol or
+    ImagingPrep script) at SPACESAVING=0 without such scripts. It covers every run at the
+    DAG's default SPACESAVING=1 (at most 10 x); a run with SPACESAVING=0 and such a script
+    needs 14 x, which the archive's file list cannot tell before staging. The native engine
     needs less, but we have not measured how much, so 11 is a default to tune from our own
     runs, not a measurement. A size the archive does not give (missing, -1) counts as 0.
     """

@@ -9,7 +9,8 @@ Engines:
 - ``pipeline``: the full calibration from casa_pipescript, the seed's option 2:
   scriptForPI with the restore script set aside (and always put back).
 - ``manual``: the per-EB scriptForCalibration.py files under the exact CASA
-  version of the reduction.
+  version of the reduction, as scriptForPI runs them (run_manual: applyonly,
+  observing order, ephemerides, the pol/flux/ImagingPrep scripts, SPACESAVING).
 ``auto`` picks by the delivery model and the installed CASAs, and says why.
 
 Output layout of the native engine, after scriptForPI's:
@@ -50,10 +51,8 @@ log = logging.getLogger(__name__)
 
 MARKER = ".alma-regen"  # in calibrated/: this folder was made by us
 SUMMARY = "calibration.json"
-# Free disk needed, as a multiple of raw/ (scriptForPI's own disk check: 11-14 x). Keeping every
-# intermediate MS (SPACESAVING 0) needs the most; -1 skips the check.
-DISK_FACTOR_BY_SPACESAVING = {0: 14, 1: 13, 2: 12}
-DISK_FACTOR_MIN = 11
+# The free disk a calibration needs is scriptForPI's own check (alma_regen.delivery.disk_factor,
+# through Delivery.disk_rule): one rule for the plan, preflight_disk and the bulk footprint.
 
 
 @dataclass
@@ -190,27 +189,39 @@ def _modular_for(registry, recorded, override) -> Resolution:
 
 # ---------------------------------------------------------------- disk
 
-def disk_needed(raw_bytes: int, spacesaving: int) -> int | None:
-    """Free bytes needed for a calibration of raw_bytes; None when the check is off."""
-    if spacesaving < 0:
-        return None
-    return raw_bytes * DISK_FACTOR_BY_SPACESAVING.get(spacesaving, DISK_FACTOR_MIN)
+def raw_size(member) -> int:
+    """The bytes scriptForPI's check measures (`du -smc raw/`): every ASDM in raw/, semipass
+    ones too, each followed through a link (staging may link an ASDM from a cache; du would
+    count the link only, and the check would pass on nothing)."""
+    raw = Member.coerce(member).raw
+    if not raw.is_dir():
+        return 0
+    return sum(_tree_size(p.resolve()) for p in sorted(raw.iterdir()) if p.name.endswith(".asdm.sdm"))
+
+
+def disk_needed(member, spacesaving: int, raw_bytes: int | None = None) -> tuple:
+    """(free bytes the calibration needs or None when SPACESAVING=-1 skips the check, the rule
+    as Delivery.disk_rule states it, the raw bytes measured)."""
+    member = Member.coerce(member)
+    rule = member.delivery.disk_rule(spacesaving)
+    raw = raw_size(member) if raw_bytes is None else raw_bytes
+    return (None if rule["factor"] is None else raw * rule["factor"]), rule, raw
 
 
 def preflight_disk(member, spacesaving: int, ebs: list | None = None):
-    """Fail before starting CASA when the disk is too small."""
+    """Fail before starting CASA when the disk is too small, by scriptForPI's own check:
+    (11 + 3f) x raw/ (7 + 3f for SPACESAVING=1, 3 + 3f for >= 2, none for -1). `ebs` is not
+    used: scriptForPI measures all of raw/ (kept for the callers' signature)."""
     member = Member.coerce(member)
-    ebs = ebs if ebs is not None else member.delivery.ppr_ebs()
-    raw = sum(_tree_size(member.asdm(e)) for e in ebs)
-    need = disk_needed(raw, spacesaving)
+    need, rule, raw = disk_needed(member, spacesaving)
     if need is None:
-        log.warning("SPACESAVING=-1: disk check skipped")
+        log.warning("SPACESAVING=-1: disk check skipped (%s)", rule["decided_by"])
         return
     free = shutil.disk_usage(member.root).free
     if free < need:
         raise NoSpaceError(f"{member}: {free / 1e9:.2f} GB free, the calibration needs about "
-                           f"{need / 1e9:.2f} GB ({need // max(raw, 1)} x raw/ of {raw / 1e9:.2f} GB, "
-                           f"SPACESAVING={spacesaving})")
+                           f"{need / 1e9:.2f} GB ({rule['formula']} of {raw / 1e9:.2f} GB; "
+                           f"{rule['decided_by']}; SPACESAVING=-1 skips the check)")
 
 
 def _tree_size(path: Path) -> int:
@@ -431,10 +442,13 @@ def calibrate(member, options: Options | None = None, registry: CasaRegistry | N
         # scriptForPI ran ImagingPrep and SPACESAVING itself.
         return finish(member, p, options, outputs_of(member, p.ebs, run, report), time.monotonic() - t0,
                       by_us=False)
-    prepare_layout(member, p.ebs)
     if p.engine == "manual":
-        records = [run_manual(member, eb, p.resolution, options, runner) for eb in p.ebs]
-    elif parallel > 1:
+        # scriptForPI's manual branch, whole: it runs ImagingPrep and SPACESAVING itself.
+        records, steps = run_manual(member, p, options, runner)
+        return finish(member, p, options, records, time.monotonic() - t0, by_us=False,
+                      extra={"manual_scripts": steps})
+    prepare_layout(member, p.ebs)
+    if parallel > 1:
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(parallel) as pool:
             futures = [pool.submit(restore_eb, member, eb, split=p.split, resolution=p.resolution,
@@ -446,31 +460,103 @@ def calibrate(member, options: Options | None = None, registry: CasaRegistry | N
     return finish(member, p, options, records, time.monotonic() - t0, runner=runner)
 
 
-def run_manual(member, eb, resolution: Resolution, options: Options, runner: CasaRunner | None = None) -> dict:
-    """One EB's scriptForCalibration.py, in calibrated/<EB>.calibration/ with the
-    ASDM linked in under its EB name, as scriptForPI lays out manual data."""
+# ---------------------------------------------------------------- manual calibration, as scriptForPI runs it
+MANUAL_JOB = "manual_calibration"   # calibrated/manual_calibration.{job,result}.json
+
+
+def prepare_manual(member, ebs: list, spacesaving: int) -> dict:
+    """calibrated/ for manual data as scriptForPI lays it out, and the job for
+    include/casa_scripts/run_manual_calibration.py. Per EB (in scriptForPI's order:
+    Delivery.manual_runs): calibrated/<EB>.calibration/ holding `<EB>` -> ../../raw/<EB>.asdm.sdm
+    and a link to each calibration/*.eph; then scriptForPolCalibration.py,
+    scriptForFluxCalibration.py and scriptForImagingPrep.py, run in calibrated/.
+    `ebs`: the EBs to calibrate (those in raw/). SPACESAVING as scriptForPI applies it
+    (limited to 1 for a renormalising flux script: Delivery.disk_rule)."""
     member = Member.coerce(member)
-    f = naming.uid_to_file(eb)
-    script = next((s for s in member.delivery.manual_scripts() if s.name.startswith(f)), None)
-    if script is None:
-        raise DeliveryError(member.script, f"no {f}.ms.scriptForCalibration.py for EB {eb}")
-    where = member.calibrated / f"{f}.calibration"
-    if where.exists():
-        shutil.rmtree(where)  # ours, from an earlier attempt: rebuilt from raw/
-    where.mkdir()
-    (where / f).symlink_to(Path("..") / "rawdata" / f)
+    d = member.delivery
+    cal = member.calibrated
+    if cal.exists() and not (cal / MARKER).exists():
+        set_aside(cal)
+    cal.mkdir(exist_ok=True)
+    (cal / MARKER).write_text("made by alma-regen; safe to rebuild\n")
+    wanted = {naming.uid_to_file(e) for e in ebs}
+    ephemerides = sorted(p.name for p in member.calibration.glob("*.eph")) if member.calibration.is_dir() else []
+    steps = []
+    for run in d.manual_runs():
+        f = naming.uid_to_file(run["eb"])
+        if f not in wanted:
+            continue
+        where = cal / f"{f}.calibration"
+        if where.exists() or where.is_symlink():
+            shutil.rmtree(where)  # ours (calibrated/ carries our marker), from an earlier attempt
+        where.mkdir()
+        (where / f).symlink_to(Path("..") / ".." / "raw" / naming.asdm_dir(f))
+        for eph in ephemerides:
+            (where / eph).symlink_to(Path("..") / ".." / "calibration" / eph)
+        script = _confined(member.root, member.script / run["script"])
+        steps.append({"kind": "eb", "eb": f, "single_dish": run["kind"] == "single-dish", "script": run["script"],
+                      "path": str(script), "cwd": where.name})
+    for role, kind in (("pol_calibration", "pol"), ("flux_calibration", "flux"), ("imaging_prep", "imaging_prep")):
+        script = d.script(role)  # two of a kind: scriptForPI's "non-unique" stop, here a DeliveryError
+        if script is not None:
+            steps.append({"kind": kind, "script": script.name, "path": str(_confined(member.root, script)),
+                          "cwd": "."})
+    rule = d.disk_rule(spacesaving)
+    return {"steps": steps, "ebs": [s["eb"] for s in steps if s["kind"] == "eb"], "ephemerides": ephemerides,
+            "spacesaving": rule["effective_spacesaving"], "spacesaving_rule": rule}
+
+
+def run_manual(member, p: Plan, options: Options, runner: CasaRunner | None = None) -> tuple:
+    """The manual calibration of the whole MOUS in one CASA session, as scriptForPI runs it
+    (`applyonly = True` first; the EB scripts in order, each in its folder, SPACESAVING after
+    each; then the pol, flux and ImagingPrep scripts): include/casa_scripts/run_manual_calibration.py
+    under the exact CASA of the reduction, in the sandbox like all delivery code. Returns
+    (one record per EB, every script's step as the wrapper reports it)."""
+    member = Member.coerce(member)
+    job = prepare_manual(member, p.ebs, options.spacesaving)
+    if not job["ebs"]:
+        raise DeliveryError(member.script, "no calibration script for the EBs in raw/ "
+                                           f"({', '.join(p.ebs) or 'none'}): nothing to calibrate")
+    cj = CasaJob(member.calibrated, MANUAL_JOB)
     runner = runner or CasaRunner(log)
-    run = runner.run(resolution.launcher.command(script.resolve(), shell=True), cwd=where,
-                     timeout=options.timeout_s, label=script.name)
-    out = where / f"{f}.ms.split.cal"
-    if not out.exists():
-        raise CasaError(f"{script.name} finished without making {out.name} in {where}")
-    link = member.calibrated / out.name
-    if link.is_symlink():
-        link.unlink()
-    link.symlink_to(Path(where.name) / out.name)
-    return {"eb": eb, "output": str(link), "duration_s": run.duration_s, "max_rss_mb": run.max_rss_mb,
-            "casa_run": run.as_dict()}
+    label = f"manual calibration ({len(job['ebs'])} EBs)"
+    try:
+        # The delivery's scripts print what they print: judged by the wrapper's result.
+        run, result = cj.run(runner, p.resolution.launcher, "run_manual_calibration.py", job, relative=True,
+                             shell=True, strict=False, timeout=options.timeout_s, label=label)
+    except CasaError as exc:
+        stopped = _manual_stopped(cj)
+        if stopped is None:
+            raise
+        raise CasaError(f"{stopped['script']} (in calibrated/{stopped['cwd']}) stopped the manual calibration: "
+                        f"{stopped['error']}") from exc
+    missing = [s for s in result["steps"] if s["kind"] == "eb" and not s["made"]]
+    if missing:
+        raise CasaError("; ".join(f"{s['script']} finished without making {s['eb']}.ms.split.cal"
+                                  for s in missing) + " (scriptForPI goes on with the other EBs; their "
+                                  f"outputs are in {member.calibrated})")
+    records = []
+    for s in (s for s in result["steps"] if s["kind"] == "eb"):
+        out = member.calibrated / s["made"]
+        if s["made"] in result["removed_at_end"]:
+            out = member.calibrated / "calibrated.ms"  # SPACESAVING >= 3 kept only the concatenation
+        if not (out / "table.dat").is_file():
+            raise CasaError(f"{out}: not a measurement set")
+        records.append({"eb": naming.file_to_uid(s["eb"]), "output": str(out), "script": s["script"],
+                        "single_dish": next(j["single_dish"] for j in job["steps"] if j.get("eb") == s["eb"]),
+                        "removed": s["removed"], "seconds": s["seconds"], "duration_s": run.duration_s,
+                        "max_rss_mb": run.max_rss_mb, "casa_run": _run_record(run)})
+    steps = [{k: s[k] for k in ("kind", "script", "eb", "cwd", "applyonly", "seconds", "made", "removed")}
+             for s in result["steps"]]
+    steps.append({"kind": "spacesaving", "level": result["spacesaving"], "removed": result["removed_at_end"]})
+    return records, steps
+
+
+def _manual_stopped(cj: CasaJob) -> dict | None:
+    try:
+        return json.loads(cj.result_path.read_text()).get("stopped")
+    except (OSError, ValueError):
+        return None
 
 
 def outputs_of(member, ebs, run, report: dict) -> list:
@@ -527,7 +613,7 @@ def _output_entry(cal: Path, entries: dict, f: str):
 
 
 def finish(member, p: Plan, options: Options, records: list, elapsed_s: float,
-           runner: CasaRunner | None = None, by_us: bool = True) -> dict:
+           runner: CasaRunner | None = None, by_us: bool = True, extra: dict | None = None) -> dict:
     """After every EB: ImagingPrep, SPACESAVING (unless scriptForPI did them), calibration.json."""
     member = Member.coerce(member)
     cal = member.calibrated
@@ -549,6 +635,7 @@ def finish(member, p: Plan, options: Options, records: list, elapsed_s: float,
         "spacesaving_removed": removed,
         "elapsed_s": round(elapsed_s, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
     }
     (cal / SUMMARY).write_text(json.dumps(summary, indent=1))
     log.info("calibration of %s done: %d EBs, %s", summary["mous_uid"], len(records), cal / SUMMARY)

@@ -56,11 +56,14 @@ from .asdm import validate_asdm
 from .errors import AlmaRegenError, DeliveryError
 
 SCHEMA = "alma-regen/plan/1"
-_VERSION_RE = re.compile(
-    r"CASA\s+version(?:\s+used\s+for\s+(?:reduction|calibration|imaging|processing))?\s*[:=]?\s*(?:CASA\s+)?"
-    r"([0-9]+\.[0-9]+\.[0-9]+(?:[-.][0-9]+)?)", re.I)
+_VERSION_PATTERN = (r"CASA\s+version(?:\s+used\s+for\s+(?:reduction|calibration|imaging|processing))?\s*{sep}\s*"
+                    r"(?:CASA\s+)?([0-9]+\.[0-9]+\.[0-9]+(?:[-.][0-9]+)?)")
+# In text a colon must follow the label ("Please use CASA version 6.5.4 or later" is no record);
+# in an HTML report the label and the value may sit in two cells.
+_VERSION_RE = re.compile(_VERSION_PATTERN.format(sep="[:=]"), re.I)
+_VERSION_HTML_RE = re.compile(_VERSION_PATTERN.format(sep="[:=]?"), re.I)
 # `Pipeline: 42030M (...)`, `Pipeline version: 2023.1.0.124`, `Pipeline version 2024.1.0.8`.
-_PIPELINE_RE = re.compile(r"Pipeline(?:\s+version\s*[:=]?|\s*[:=])\s*([^\s,;<]+)", re.I)
+_PIPELINE_RE = re.compile(r"Pipeline(?:\s+version\s*[:=]?|\s*[:=])\s*(r?[0-9][^\s,;<]*)", re.I)
 # Bounds on what is read of a README or QA2 report (hostile input): the version lines are
 # near the top; a QA2 PDF's text comes from its first pages.
 _TEXT_READ_LIMIT = 1 << 20
@@ -377,7 +380,7 @@ class Delivery:
                 self.problems.warning(src, f"cannot be read ({exc.strerror or exc}): skipped")
                 skipped.append(src.name)
                 continue
-            m = _VERSION_RE.search(text)
+            m = (_VERSION_HTML_RE if src.suffix.lower() in (".html", ".htm") else _VERSION_RE).search(text)
             if m:
                 pm = _PIPELINE_RE.search(text)
                 return {"version": m.group(1), "pipeline_version": pm.group(1) if pm else None,
@@ -723,7 +726,7 @@ def _split_line(split: dict) -> str:
         return "?"
     head = "yes" if split["needed"] else "no"
     why = split.get("why") or "; ".join(split["reasons"])
-    rule = f" [{split['rule']} rule of {split['decided_by']}]" if split.get("rule") else ""
+    rule = f" [rule: {split['rule']}]" if split.get("rule") else ""
     return f"{head}: {why}{rule}" if why else head
 
 
@@ -744,11 +747,12 @@ def format_plan(plan: dict) -> str:
         lines.append(f"              note: {plan['split']['note']}")
     sfpi = plan.get("scriptforpi")
     if sfpi:
-        lines.insert(3, f"scriptForPI   {sfpi['version'] or 'version unknown'}: rules of {sfpi['decided_by']}")
+        lines.insert(3, f"scriptForPI   {sfpi['version']} (the delivery's): its rules decide below" if sfpi["version"]
+                     else f"scriptForPI   version unknown: the rules of {sfpi['rules_of']} (the newest read) decide below")
     manual = plan.get("manual")
     if manual:
-        lines.append(f"manual        {len(manual['runs'])} EB script(s), order {manual['order']['rule']} "
-                     f"({manual['order']['decided_by']})"
+        lines.append(f"manual        {len(manual['runs'])} EB script(s), order {manual['order']['rule']}: "
+                     f"{manual['order']['why']}"
                      + (f"; ephemerides linked in: {', '.join(manual['ephemerides'])}" if manual["ephemerides"] else ""))
         for n, r in enumerate(manual["runs"], 1):
             lines.append(f"  {n}. {r['eb']:<28} {r['script']}" + (" (single dish)" if r["kind"] == "single-dish" else ""))
