@@ -115,6 +115,11 @@ PARAMS = {
                               "raw: what a rerun needs (raw/, script/, calibration/, qa/, log/, product/, "
                               "README); the calibrated data and images go. nothing: the whole folder goes. "
                               "Nothing is removed when the run does not publish.", section="Products"),
+    "require_all_ebs": Param(False, type="boolean", title="Require all EBs",
+                             description="On: an EB the PPR lists but the archive lacks fails the run. Off: "
+                                         "the run goes on with the other EBs, as scriptForPI does, and its "
+                                         "manifest records it as partial (partial.missing_ebs).",
+                             section="What"),
     "force": Param(False, type="boolean", title="Force",
                    description="Regenerate even a MOUS whose products are already published with the same "
                                "inputs and CASA. Off: such a run stops at check_published and skips the rest.",
@@ -168,14 +173,17 @@ with DAG(
                                           "published with the same inputs and CASA; Force redoes it.")
     with TaskGroup("staging", prefix_group_id=False, tooltip="The MOUS's files from the archive") as stage:
         aux = StageAuxiliaryOperator(task_id="stage_auxiliary", pool=S.staging_pool, **stage_args,
+                                     require_all_ebs="{{ params.require_all_ebs }}",
                                      doc_md="README, scripts, calibration tables and delivered products.")
         inspect = InspectDeliveryOperator(task_id="inspect", **stage_args,
+                                          require_all_ebs="{{ params.require_all_ebs }}",
                                           doc_md="The plan before the raw data come: the EBs to stage and their "
                                                  "size, the CASA version, the engines, the disk needed.")
         asdms = StageAsdmOperator.partial(task_id="stage_asdm", pool=S.staging_pool, **stage_args,
                                           map_index_template="{{ task.eb_uid }}",
                                           doc_md="One EB's raw ASDM (one task per EB).").expand(eb_uid=aux.output)
         staged = CheckStagedOperator(task_id="check_staged", mous_uid=mous, workdir=S.workdir,
+                                     require_all_ebs="{{ params.require_all_ebs }}",
                                      doc_md="Whether everything is there to calibrate: fails on what is not.")
         aux >> inspect >> asdms >> staged
     with TaskGroup("calibration", prefix_group_id=False, tooltip="The calibrated measurement sets") as calibrate:

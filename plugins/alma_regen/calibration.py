@@ -128,7 +128,7 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     recorded = d.casa_version()["version"] if not options.casa_version else None
     recorded = options.casa_version or recorded
     split = d.split_needed(options.dosplit)
-    ebs = d.ppr_ebs()
+    ebs = present_ebs(member, d.ppr_ebs())
     engine = options.engine
     # What the native restore would get wrong (renormalisation, single dish, selfcal).
     limits = native_restore_limits(member.root) if engine in ("auto", "native") else []
@@ -151,6 +151,21 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     p = Plan(engine, reason, res, ebs, split["needed"], split["reasons"])
     log.info("calibration: engine %s (%s); CASA %s (%s)", engine, reason, res.launcher.describe(), res.reason)
     return p
+
+
+def present_ebs(member, ebs: list) -> list:
+    """The PPR's EBs whose ASDM is in raw/: the ones calibrated. One the archive lacks is left
+    out with a warning, as scriptForPI v2.5 does ("absent from directory raw ... Will try to
+    proceed with the rest"), and the run is partial (the published manifest says which);
+    none present is its "Nothing to process". Staging and the plan's check make a missing EB
+    an error when all are required (require_all_ebs)."""
+    member = Member.coerce(member)
+    missing = [eb for eb in ebs if not member.asdm(eb).is_dir()]
+    if missing and len(missing) == len(ebs):
+        raise DeliveryError(member.raw, f"none of the PPR's EBs is in raw/ ({', '.join(missing)}): nothing to process")
+    for eb in missing:
+        log.warning("calibration: %s of the PPR is not in raw/: calibrating the other EBs (the run is partial)", eb)
+    return [eb for eb in ebs if eb not in missing]
 
 
 def _auto(kind, registry, recorded, override, limits=()):

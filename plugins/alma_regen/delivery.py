@@ -16,8 +16,11 @@ this model instead of globbing on its own. It reads, never writes.
     ppr            {path, ebs}                                  (EB uids, uid://A002/...)
     staged         false for the plan made before the raw data are staged (`plan(staged=False)`)
     raw            {ebs: [{eb, asdm, state: ok|missing|invalid|to_stage, scans, antennas, spws,
-                           size_bytes, problem}], extra: [...]} (extra = semipass, ignored;
-                   to_stage: not in raw/ yet, before staging; size_bytes then the archive's tar size)
+                           size_bytes, problem}], extra: [...], missing: [EB uids]} (extra = semipass,
+                   ignored; to_stage: not in raw/ yet, before staging; size_bytes then the archive's
+                   tar size; missing: PPR EBs not in raw/, or not in the archive before staging: a
+                   warning, as scriptForPI goes on with the rest (a partial run), an error with
+                   require_all_ebs, and an error when no EB is left)
     disk           {raw_bytes, needed_bytes_min, needed_bytes_max, free_bytes, enough, estimated}
                    (estimated: raw_bytes from the archive's sizes, before staging)
     problems       [{severity: error|warning, path, message}]
@@ -557,9 +560,15 @@ class Delivery:
         return {**base, "needed": bool(reasons), "reasons": reasons, "why": why}
 
     # ------------------------------------------------------------ raw/
-    def raw_state(self, ebs: list, staged: bool = True, archive_sizes: dict | None = None) -> dict:
+    def raw_state(self, ebs: list, staged: bool = True, archive_sizes: dict | None = None,
+                  require_all: bool = False) -> dict:
         """Each EB's ASDM in raw/. Before staging (`staged=False`) an ASDM not there yet is
-        `to_stage`, sized by `archive_sizes` ({EB: bytes of its tar}) when given."""
+        `to_stage`, sized by `archive_sizes` ({EB: bytes of its tar}) when given, and `missing`
+        when the archive's sizes do not list it. A missing EB is scriptForPI v2.5's "absent from
+        directory raw ... Will try to proceed with the rest": a warning (an error with `require_all`,
+        or when none is left: its "Nothing to process")."""
+        from .staging.missing import read_missing_ebs
+        said = {m.get("eb"): m.get("archive") for m in read_missing_ebs(self.path)}
         raw = self.path / "raw"
         present = {p.name: p for p in _names(raw, self.problems) if p.name.endswith(".asdm.sdm") and p.is_dir()}
         states = []
@@ -579,15 +588,26 @@ class Delivery:
                     if info.eb_uid and info.eb_uid != eb:
                         entry.update(state="invalid", problem=f"ExecBlock.xml says {info.eb_uid}")
                         self.problems.error(raw / name, f"ExecBlock.xml names {info.eb_uid}, the PPR expects {eb}")
-            elif not staged:
+            elif not staged and (archive_sizes is None or eb in archive_sizes):
                 entry.update(state="to_stage", size_bytes=(archive_sizes or {}).get(eb))
             else:
-                self.problems.error(raw / name, "missing: the PPR lists this EB but raw/ does not hold its ASDM")
+                where = "the archive does not list it" if not staged else "raw/ does not hold its ASDM"
+                why = f" ({said[eb]})" if said.get(eb) else ""
+                if require_all:
+                    self.problems.error(raw / name, f"missing: the PPR lists this EB but {where}{why}")
+                else:
+                    self.problems.warning(raw / name, f"missing: the PPR lists this EB but {where}{why}: going on "
+                                                      "with the other EBs as scriptForPI does, the run is partial "
+                                                      "(require_all_ebs makes this an error)")
             states.append(entry)
+        missing = [e["eb"] for e in states if e["state"] == "missing"]
+        if missing and len(missing) == len(states) and not require_all:
+            self.problems.error(raw, "none of the PPR's EBs is " + ("in raw/" if staged else "in the archive")
+                                + ": nothing to process")
         extra = sorted(present)
         for name in extra:
             self.problems.warning(raw / name, "not in the PPR (QA semipass?): ignored")
-        return {"ebs": states, "extra": extra}
+        return {"ebs": states, "extra": extra, "missing": missing}
 
     def disk_rule(self, spacesaving: int = 0) -> dict:
         """scriptForPI's disk check for this delivery (see disk_factor): f from the flux,
@@ -646,7 +666,8 @@ class Delivery:
                 "enough": need is None or free >= need, "estimated": estimated, "rule": rule}
 
     # ------------------------------------------------------------ the plan
-    def plan(self, staged: bool = True, archive_sizes: dict | None = None, spacesaving: int = 0) -> dict:
+    def plan(self, staged: bool = True, archive_sizes: dict | None = None, spacesaving: int = 0,
+             require_all_ebs: bool = False) -> dict:
         """Everything at once, each problem reported rather than raised.
 
         staged=False: the plan before the raw data are staged (see `raw_state`); the
@@ -701,7 +722,7 @@ class Delivery:
                 out["project"] = safexml.text_of(root, "ProposalCode") or None
             except DeliveryError:
                 pass
-        out["raw"] = self.raw_state(ebs, staged, archive_sizes)
+        out["raw"] = self.raw_state(ebs, staged, archive_sizes, require_all_ebs)
         raw_bytes = sum(e["size_bytes"] or 0 for e in out["raw"]["ebs"])
         out["disk"] = self.disk(raw_bytes, estimated=any(e["state"] == "to_stage" for e in out["raw"]["ebs"]),
                                 spacesaving=spacesaving)

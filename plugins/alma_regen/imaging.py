@@ -10,7 +10,8 @@ Engines:
             run alone (`native_units` + `run_native_unit`, what the DAG maps over)
             or several at once (`image(..., workers=N)`);
   auto      follows the delivery model: pipeline-imaged -> pipeline when a
-            pipeline CASA is installed, else native; script-imaged -> script.
+            pipeline CASA is installed, else native; script-imaged -> script, or
+            native on a partial run (an EB missing: the script names every EB's MS).
 
 Inputs: the calibrated MSs at `<member>/calibrated/` level (`*.ms.split.cal`
 preferred, else `*.ms`, links followed), as scriptForPI leaves them; the
@@ -148,12 +149,27 @@ def choose_engine(member_dir, engine: str = "auto", registry=None) -> dict:
         else:
             choice = {"engine": "native", "reason": f"{kind['reason']}; no pipeline CASA is installed "
                                                     f"({registry.describe_installed()}): native tclean instead"}
+    elif kind["kind"] == "script" and (missing := _missing_ebs(member_dir)):
+        # The delivered script's vislist names every EB's MS: on a partial run it would fail on
+        # the missing ones; native tclean images the EBs that were calibrated.
+        choice = {"engine": "native", "reason": f"{kind['reason']}, but it images every EB and "
+                                                f"{', '.join(missing)} is missing (a partial run): native tclean "
+                                                "on the EBs calibrated"}
     elif kind["kind"] == "script":
         choice = {"engine": "script", "reason": kind["reason"]}
     else:
         choice = {"engine": "native", "reason": f"{kind['reason']}: native tclean"}
     log.info("imaging engine %s: %s", choice["engine"], choice["reason"])
     return choice
+
+
+def _missing_ebs(member_dir) -> list:
+    """The PPR's EBs without an ASDM in raw/ (a partial run, as alma_regen.calibration.present_ebs)."""
+    member = Member.coerce(member_dir)
+    try:
+        return [eb for eb in member.delivery.ppr_ebs() if not member.asdm(eb).is_dir()]
+    except DeliveryError:
+        return []
 
 
 def _recorded_casa(member: Member):

@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 
 def run_mous(mous: str, source_url: str, workdir, *, cal_options: calibration.Options | None = None,
              stage_options: StageOptions | None = None, parallel: int = 2, imaging: str = "auto",
-             publish_to: str | None = None, run_id: str | None = None) -> dict:
+             publish_to: str | None = None, run_id: str | None = None, require_all_ebs: bool = False) -> dict:
     """Stage, check, calibrate, image, compare and (optionally) publish one MOUS.
-    Returns a summary with the time of each step."""
+    Returns a summary with the time of each step.
+
+    require_all_ebs: a PPR EB the archive lacks is an error; by default the run goes on with the
+    other EBs, as scriptForPI does, and the published manifest records it as partial."""
     timings = {}
 
     def step(name, fn, *args, **kw):
@@ -37,6 +40,7 @@ def run_mous(mous: str, source_url: str, workdir, *, cal_options: calibration.Op
     # A malformed uid (a trailing newline...) is refused before anything is made.
     member = Member.of(workdir, mous)
     # The MOUS's lock, the one the DAG's runs take: no DAG run or other command works in it meanwhile.
+    stage_options = replace(stage_options or StageOptions(), require_all_ebs=require_all_ebs)
     with held(workdir, mous, "run"):
         return _run_locked(member, mous, source_url, workdir, step, timings, cal_options, stage_options, parallel,
                            imaging, publish_to, run_id)
@@ -52,7 +56,7 @@ def _run_locked(member, mous, source_url, workdir, step, timings, cal_options, s
         cal_options = replace(cal_options, timeout_s=casa_limit)
     casa_limit = cal_options.timeout_s
     # The delivery model, read once the files are staged, serves every step after.
-    plan = step("inspect", lambda: member.delivery.plan())
+    plan = step("inspect", lambda: member.delivery.plan(require_all_ebs=stage_options.require_all_ebs))
     errors = [p for p in plan["problems"] if p["severity"] == "error"]
     if errors:
         raise DeliveryError(errors[0]["path"], errors[0]["message"] +

@@ -4,7 +4,7 @@ from .common import casa_timeout, casa_version_arg, member_step, print_json
 
 def cmd_inspect(a):
     from ..member import Member
-    plan = Member.coerce(a.member_dir).delivery.plan()
+    plan = Member.coerce(a.member_dir).delivery.plan(require_all_ebs=a.require_all_ebs)
     if a.json:
         print_json(plan)
     else:
@@ -46,6 +46,8 @@ def register(sub):
     s = sub.add_parser("inspect", help="print the regeneration plan of a member folder")
     s.add_argument("member_dir")
     s.add_argument("--json", action="store_true", help="the documented JSON object")
+    s.add_argument("--require-all-ebs", action="store_true",
+                   help="a PPR EB missing from raw/ is an error (default: a warning, as scriptForPI)")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("casa-versions", help="list the installed CASA versions (the CASA registry)")

@@ -35,6 +35,8 @@ def register(sub) -> None:
                         f"(a transient error; run again to resume; 0: never; default {min_rate_bps:.0f})")
     s.add_argument("--min-rate-window", type=float, default=min_rate_window_s, metavar="SECONDS",
                    help=f"the window of --min-rate (default {min_rate_window_s:.0f})")
+    s.add_argument("--require-all-ebs", action="store_true",
+                   help="a PPR EB the archive lacks is an error (default: a warning, the run goes on with the other EBs and is published as partial, as scriptForPI does)")
     s.set_defaults(func=cmd_stage)
 
 
@@ -47,7 +49,8 @@ def cmd_stage(a) -> None:
     else:
         source = open_source(a.source, cookie=os.environ.get("ALMA_REQUEST_HANDLER_COOKIE", ""))
     opts = StageOptions(parallel=a.parallel, lock_timeout=a.lock_timeout, progress_interval=a.progress_interval,
-                        min_rate_bps=max(a.min_rate, 0.0), min_rate_window_s=max(a.min_rate_window, 1.0))
+                        min_rate_bps=max(a.min_rate, 0.0), min_rate_window_s=max(a.min_rate_window, 1.0),
+                        require_all_ebs=a.require_all_ebs)
     # SIGTERM (a scheduler or `kill`) stops like Ctrl-C: transfers stop, partial data stay for a resume.
     signal.signal(signal.SIGTERM, _interrupt)
     print_json(stage_mous(a.mous, source, a.workdir, opts))

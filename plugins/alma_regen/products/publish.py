@@ -9,6 +9,13 @@ Layout, for `s3://bucket/prefix` and MOUS uid___A001_X1_X2:
                                  /manifest.json          written LAST
     prefix/uid___A001_X1_X2/latest.json                  moved after the manifest
 
+manifest.json: schema, mous_uid, run, location, published_at, alma_regen, inputs (the archive
+files as staged), engines, timings_s, outputs (every object, verified), fidelity, and
+`partial`: null when every EB of the PPR was calibrated, else {"missing_ebs": [EB uids the
+run went without], "reasons": {EB uid: why, e.g. what the archive answered}}: a run the
+archive could not give every EB for goes on with the rest as scriptForPI does (the DAG's
+`require_all_ebs`, `--require-all-ebs`, make that an error instead).
+
 Rules: a set without manifest.json is not published (readers look for the
 manifest first); every object is verified after upload (HEAD: size, and the
 S3 CRC32 checksum the server computed from the bytes it received against our
@@ -197,6 +204,7 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
                           "publish": round(time.monotonic() - t0, 3)},
             "outputs": sorted(outputs, key=lambda o: o["key"]),
             "fidelity": _fidelity_summary(fidelity_doc),
+            "partial": partial_of(member),
         }
         # Last: the manifest makes the set published; latest.json follows it.
         body = json.dumps(manifest, indent=1).encode()
@@ -211,6 +219,26 @@ def publish(member_dir, to: str, *, run: str | None = None, client=None, include
     log.info("published %s: %d objects, manifest written last, latest.json moved (%.1f s)", location,
              len(manifest["outputs"]), time.monotonic() - t0)
     return manifest
+
+
+def partial_of(member) -> dict | None:
+    """{"missing_ebs", "reasons"} when the run calibrated fewer EBs than the PPR lists, else None.
+
+    The EBs calibrated are the calibration plan's (calibration.json); without one, those in raw/.
+    The reasons are staging's record of what the archive said (staging.missing)."""
+    from ..staging.missing import read_missing_ebs
+    member = Member.coerce(member)
+    try:
+        ppr = member.delivery.ppr_ebs()
+    except DeliveryError:
+        return None
+    done = ((_load(_calibration_json(member)) or {}).get("plan") or {}).get("ebs")
+    missing = [eb for eb in ppr if (eb not in done if done is not None else not member.asdm(eb).is_dir())]
+    if not missing:
+        return None
+    said = {m.get("eb"): m.get("archive") for m in read_missing_ebs(member.root)}
+    return {"missing_ebs": missing,
+            "reasons": {eb: said.get(eb) or "not in raw/ when the calibration was planned" for eb in missing}}
 
 
 def _engines(member, imaging_doc, requested: dict | None = None) -> dict:

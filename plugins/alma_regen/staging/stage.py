@@ -42,6 +42,7 @@ from ..member import Member
 from .datalink import RemoteFile
 from .errors import Interrupted, NotFoundError, SourceChangedError, TooSlowError
 from .layout import ASDM, AUXILIARY, PACKAGE, PRODUCT, README, MemberLayout
+from .missing import MISSING_EBS, read_missing_ebs, write_missing_ebs  # noqa: F401  (this module's API too)
 from .lock import file_lock
 from .progress import Progress, RateFloor, human
 from .tarstream import ResumeError, TarStreamExtractor
@@ -53,8 +54,6 @@ _UIDF = r"uid___A\d{3}_X[0-9a-fA-F]+_X[0-9a-fA-F]+"
 # Cycle 0 product tars are named by delivery date, not by MOUS: `2011.0.00121.S_2012-07-30_001_of_002.tar`
 # (the archive's download scripts); the source's listing for the MOUS is what ties them to it.
 _DATE = r"\d{4}-\d{2}-\d{2}"
-# In the member folder: the PPR EBs the archive lacks, as staging found them (ebs_to_stage).
-MISSING_EBS = ".missing-ebs.json"
 
 
 @dataclass
@@ -669,7 +668,7 @@ def ebs_to_stage(member: Member, listing: MousFiles, require_all: bool = False) 
     an error, as is a PPR none of whose EBs the source has."""
     ebs = ppr_ebs(member)
     if ebs is None:
-        write_missing_ebs(member, [])
+        write_missing_ebs(member.root, [])
         return sorted(listing.asdms), []
     missing = []
     for eb in ebs:
@@ -687,30 +686,8 @@ def ebs_to_stage(member: Member, listing: MousFiles, require_all: bool = False) 
         log.warning("%s: the PPR lists EB %s, which %s does not provide (%s): going on with the other EBs, as "
                     "scriptForPI does; the run is partial (require_all_ebs makes this an error)",
                     listing.mous, m["eb"], "the source", m["archive"])
-    write_missing_ebs(member, missing)
+    write_missing_ebs(member.root, missing)
     return [eb for eb in ebs if eb in listing.asdms], [m["eb"] for m in missing]
-
-
-def write_missing_ebs(member: Member, missing: list) -> None:
-    """Record (or clear) the PPR EBs the archive lacks: [{eb, file, archive}] (what it said)."""
-    from ..jsonstore import write_atomic
-    path = member.root / MISSING_EBS
-    if not missing:
-        path.unlink(missing_ok=True)
-        return
-    write_atomic(path, {"missing_ebs": missing}, what="the record of the EBs the archive lacks")
-
-
-def read_missing_ebs(member) -> list:
-    """The record `write_missing_ebs` left: [{eb, file, archive}], [] when there is none."""
-    path = Member.coerce(member).root / MISSING_EBS
-    try:
-        return list(json.loads(path.read_text()).get("missing_ebs", []))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning("%s: unreadable (%s): no record of EBs the archive lacks", path, exc)
-        return []
 
 
 def stage_eb(mous: str, eb: str, source, workdir, opts: Optional[StageOptions] = None,

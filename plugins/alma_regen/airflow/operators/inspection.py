@@ -14,14 +14,16 @@ from .mous import MousOperator
 class InspectDeliveryOperator(MousOperator):
     """The plan before the raw data come: what will be staged (each EB and its size in
     the archive), the CASA version, the engines, the disk it will need. A missing
-    ASDM is what staging is for, not an error; every other problem is (permanent)."""
+    ASDM is what staging is for, not an error (one the archive lacks is a warning, a partial
+    run, unless require_all_ebs); every other problem is (permanent)."""
 
-    template_fields: Sequence[str] = ("mous_uid", "workdir", "source")
+    template_fields: Sequence[str] = ("mous_uid", "workdir", "source", "require_all_ebs")
 
     def __init__(self, *, source: str = "request_handler", http_conn_id: str = "alma_request_handler",
-                 aws_conn_id: str = "alma_archive_s3", **kwargs):
+                 aws_conn_id: str = "alma_archive_s3", require_all_ebs=False, **kwargs):
         super().__init__(**kwargs)
         self.source, self.http_conn_id, self.aws_conn_id = source, http_conn_id, aws_conn_id
+        self.require_all_ebs = require_all_ebs
 
     def _archive_sizes(self) -> dict | None:
         """{EB uid: bytes of its ASDM tar} as the archive lists them; None if it cannot say."""
@@ -40,18 +42,28 @@ class InspectDeliveryOperator(MousOperator):
         from ...steps import record_step
         member = self.member
         record_step(member.root, self.task_id, context["dag_run"].run_id)
-        plan = member.delivery.plan(staged=False, archive_sizes=self._archive_sizes())
+        from .staging import truthy
+        plan = member.delivery.plan(staged=False, archive_sizes=self._archive_sizes(),
+                                    require_all_ebs=truthy(self.require_all_ebs))
         self.log.info("regeneration plan, before staging the raw data:\n%s", format_plan(plan))
         _fail_on_errors(plan)
         return _summary(plan)
 
 
 class CheckStagedOperator(MousOperator):
-    """After staging: the plan again, now with raw/ as staged; fails on any error (permanent)."""
+    """After staging: the plan again, now with raw/ as staged; fails on any error (permanent).
+    A PPR EB the archive lacked is a warning (a partial run) unless require_all_ebs."""
+
+    template_fields: Sequence[str] = ("mous_uid", "workdir", "require_all_ebs")
+
+    def __init__(self, *, require_all_ebs=False, **kwargs):
+        super().__init__(**kwargs)
+        self.require_all_ebs = require_all_ebs
 
     def execute(self, context: Any) -> dict:
         from ...delivery import format_plan
-        plan = self.member.delivery.plan()
+        from .staging import truthy
+        plan = self.member.delivery.plan(require_all_ebs=truthy(self.require_all_ebs))
         self.log.info("staged; the plan as it now stands:\n%s", format_plan(plan))
         _fail_on_errors(plan)
         return _summary(plan)
@@ -70,4 +82,5 @@ def _summary(plan: dict) -> dict:
         "casa_version": plan["casa_version"]["version"],
         "calibration": plan["calibration"]["kind"], "imaging": plan["imaging"]["kind"],
         "split": plan["split"]["needed"], "ebs": plan["ppr"]["ebs"],
+        "missing_ebs": plan["raw"].get("missing", []),
     }

@@ -44,7 +44,20 @@ class _StagingBase(StagingTimeouts, BaseOperator):
 
 
 class StageAuxiliaryOperator(_StagingBase):
-    """README + auxiliary + product tars into the member folder; returns the EB uids to stage."""
+    """README + auxiliary + product tars into the member folder; returns the EB uids to stage.
+
+    require_all_ebs (the run's param, templated): a PPR EB the archive lacks fails the task; by
+    default it is left out with a warning and the run is partial, as scriptForPI goes on."""
+
+    template_fields: Sequence[str] = (*_StagingBase.template_fields, "require_all_ebs")
+
+    def __init__(self, *, require_all_ebs=False, **kwargs):
+        super().__init__(**kwargs)
+        self.require_all_ebs = require_all_ebs
+
+    def _options(self):
+        from dataclasses import replace
+        return replace(super()._options(), require_all_ebs=truthy(self.require_all_ebs))
 
     def _files(self, listing) -> list:  # the size its time limit follows (operators/timeouts.py)
         return [listing.readme, listing.auxiliary, *listing.products]
@@ -74,3 +87,8 @@ class StageAsdmOperator(_StagingBase):
 
     def _files(self, listing) -> list:  # the size its time limit follows (operators/timeouts.py)
         return [listing.asdms.get(self.eb_uid)]
+
+
+def truthy(value) -> bool:
+    """A templated boolean param ("True"/"False" once rendered) as a bool."""
+    return str(value).strip().lower() in ("true", "1", "yes", "on")
