@@ -377,3 +377,34 @@ def test_cli_read_only_workdir_is_one_line(tmp_path, archive, served):
     line = _one_error_line(r)
     assert "Read-only file system" in line and str(work) in line
     assert [p.name for p in work.iterdir()] == ["keep.txt"]
+
+
+def test_a_hasher_slower_than_the_network_still_hashes_the_bytes_sent(tmp_path, archive, served, monkeypatch):
+    # The pipeline reuses its read buffers: one may go back to the socket only once it is
+    # written AND hashed. A hasher that lags (here: sleeps before each buffer) must still see
+    # every byte as sent; reusing a buffer it has not read yet would change the sha256.
+    import time
+    from alma_regen.staging import stage as stage_mod
+
+    real_update = stage_mod.ThreadedSha256.__init__
+
+    def slow_init(self, depth=8):
+        real_update(self, depth)
+        inner = self._h
+
+        class Slow:
+            def update(self, data):
+                time.sleep(0.002)
+                inner.update(data)
+
+            def hexdigest(self):
+                return inner.hexdigest()
+        self._h = Slow()
+    monkeypatch.setattr(stage_mod.ThreadedSha256, "__init__", slow_init)
+    # Small buffers, few of them: many reuses per file.
+    monkeypatch.setattr(stage_mod, "BUFFER", 16 << 10)
+    work = tmp_path / "work"
+    summary = stage_mous(archive.mous, HttpSource(served.url), work, replace(FAST, pipeline_depth=1))
+    for f in summary["files"]:
+        assert f["sha256"] == hashlib.sha256(archive.path(f["file"]).read_bytes()).hexdigest(), f["file"]
+    assert ab.staged_member(member_path(work, archive.mous)) == ab.expected_member(archive)

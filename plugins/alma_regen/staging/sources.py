@@ -1,9 +1,11 @@
 """Where archive files come from: the request handler (HTTP) or an S3 mirror, behind one interface.
 
 A source lists a MOUS's files (`list_files`) and opens a byte range of one
-(`open(file, start, etag, last_modified)` -> `Body`, an iterator of chunks).
-A Body whose `start` is 0 when a later offset was asked means the remote file
-changed (If-Range/If-Match failed): the caller must restart from scratch.
+(`open(file, start, etag, last_modified)` -> `Body`, read with `readinto(buffer)`
+into the caller's buffers: no bytes object per read, the bytes are copied once from
+the socket to where they are hashed and written). A Body whose `start` is 0 when a
+later offset was asked means the remote file changed (If-Range/If-Match failed):
+the caller must restart from scratch.
 
 Errors are mapped once, here, onto the two families: network faults, 5xx and
 throttling are TransientError; 404, 401/403 and other 4xx are PermanentError.
@@ -17,12 +19,14 @@ import base64
 import http.client
 import logging
 import re
+import select
 import socket
+import ssl
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional
+from typing import Optional
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from .. import s3
@@ -32,7 +36,6 @@ from .errors import AccessDeniedError, NotFoundError, SourceChangedError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20  # read size: large enough for disk-speed streaming, small for memory
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -50,20 +53,28 @@ def origin(url: str) -> tuple:
 
 
 class Body:
-    """The bytes of one file from `start`, as an iterator of chunks, with the file's identity."""
+    """The bytes of one file from `start` to its end (`length` of them), with the file's identity.
 
-    def __init__(self, chunks: Iterator[bytes], start: int, etag: str = "", last_modified: str = "",
-                 close=None):
-        self._chunks, self.start = chunks, start
+    `readinto(view)` puts what has arrived (at least one byte, at most len(view)) into the
+    caller's buffer and returns how many; 0 once every byte was read and checked (the body is
+    exactly the listing's size, never more). Errors are TransientError (the caller resumes at
+    the next byte) or SourceChangedError. `close()` may be called from another thread: it wakes
+    a reader blocked on the network.
+    """
+
+    def __init__(self, reader, start: int, length: int, etag: str = "", last_modified: str = ""):
+        self._reader, self.start, self.length = reader, start, length
         self.etag, self.last_modified = etag, last_modified
-        self._close = close
 
-    def __iter__(self):
-        return self._chunks
+    def readinto(self, view) -> int:
+        return self._reader.readinto(view)
+
+    def ready(self) -> bool:
+        """True when readinto() would not wait for the network (bytes have arrived, or the end)."""
+        return self._reader.ready()
 
     def close(self) -> None:
-        if self._close:
-            self._close()
+        self._reader.close()
 
     def __enter__(self):
         return self
@@ -104,7 +115,7 @@ class HttpSource:
     kind = "http"
 
     def __init__(self, root: str, *, auth: Optional[tuple] = None, cookie: str = "",
-                 timeout: float = 60.0, chunk: int = CHUNK):
+                 timeout: float = 60.0):
         u = urlsplit(root)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise PermanentError(f"not a request handler URL: {root!r}")
@@ -116,7 +127,7 @@ class HttpSource:
         # requests/urllib3 scope them: a listing or a redirect naming another origin (another
         # port of the same host, http instead of https) gets neither the password nor the cookie.
         self._origin = origin(self.root)
-        self.timeout, self.chunk = timeout, chunk
+        self.timeout = timeout
         self._headers = {"User-Agent": "alma-regen-staging"}
         if auth:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
@@ -197,9 +208,8 @@ class HttpSource:
         except BaseException:
             conn.close()
             raise
-        want = f.size - served
-        return Body(self._chunks(resp, f, want, served), served, resp.getheader("ETag") or "",
-                    resp.getheader("Last-Modified") or "", close=_closer(conn))
+        return Body(_Stream(conn, resp, f, served), served, f.size - served, resp.getheader("ETag") or "",
+                    resp.getheader("Last-Modified") or "")
 
     def _check(self, resp, f: RemoteFile, start: int) -> int:
         if resp.status == 206:
@@ -222,21 +232,17 @@ class HttpSource:
             raise SourceChangedError(f"{f.name}: range bytes={start}- not satisfiable (file shrank?)")
         raise _status_error(resp.status, resp.reason, f"{f.name} ({f.url})", resp.getheader("Retry-After"))
 
-    def _chunks(self, resp, f: RemoteFile, want: int, served: int) -> Iterator[bytes]:
-        return _read_body(resp, f, want, served, self.chunk)
 
 
-def _closer(conn):
+def _close_conn(conn) -> None:
     """Close a connection from another thread: shutdown() wakes a reader blocked in recv(),
     close() alone may not."""
-    def close():
-        try:
-            if conn.sock is not None:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        conn.close()
-    return close
+    try:
+        if conn.sock is not None:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
 
 
 def _cpu_ticks() -> Optional[tuple]:
@@ -256,24 +262,68 @@ def _idle_share(before: Optional[tuple], after: Optional[tuple]) -> Optional[flo
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def _read_body(resp, f: RemoteFile, want: int, served: int, chunk: int) -> Iterator[bytes]:
-    # Read exactly `want` bytes: the listing's content_length is the size truth,
-    # not the response's Content-Length (a server can get that wrong).
-    got = 0
-    while got < want:
+class _Stream:
+    """The rest of a file from one response, from byte `served` to the listing's size.
+
+    Exactly that many bytes are read: the listing's content_length is the size truth, not the
+    response's Content-Length (a server can get that wrong). Each read is what has arrived
+    (one recv at most), so a slow link still feeds the untar and the checkpoints promptly.
+    """
+
+    def __init__(self, conn, resp, f: RemoteFile, served: int):
+        self.conn, self.resp, self.f = conn, resp, f
+        self.offset, self.end = served, f.size
+        self._poll = None
+
+    def ready(self) -> bool:
+        sock = self.conn.sock
+        if sock is None or self.offset >= self.end:
+            return True  # readinto says what it is
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted bytes wait in the TLS layer
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
+        return bool(self._poll.poll(0))
+
+    def readinto(self, view) -> int:
+        left = self.end - self.offset
+        if left <= 0:
+            return 0
         try:
-            # read1: what has arrived (up to a chunk), so a slow link still feeds
-            # the untar and the checkpoints promptly.
-            data = resp.read1(min(chunk, want - got))
-        except (OSError, http.client.HTTPException) as exc:
-            raise TransientError(f"{f.name}: connection lost after byte {served + got}: "
+            n = _readinto1(self.resp, view[:left])
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise TransientError(f"{self.f.name}: connection lost after byte {self.offset}: "
                                  f"{type(exc).__name__}") from None
-        if not data:
-            raise TransientError(f"{f.name}: response ended at byte {served + got} of {f.size}")
-        got += len(data)
-        if got >= want:
-            _check_no_more(resp, f, served + got)
-        yield data
+        if not n:
+            raise TransientError(f"{self.f.name}: response ended at byte {self.offset} of {self.f.size}")
+        self.offset += n
+        if self.offset >= self.end:
+            _check_no_more(self.resp, self.f, self.offset)
+        return n
+
+    def close(self) -> None:
+        _close_conn(self.conn)
+
+
+def _readinto1(resp, view) -> int:
+    """One read of a response body into `view`: what has arrived, at most len(view) bytes.
+
+    http.client has read1() (a new bytes object per read) but no readinto1(): for a body of
+    known length the buffered socket reader's readinto1 fills our buffer directly, and the
+    response's remaining length is kept as http.client keeps it.
+    """
+    fp = resp.fp
+    if resp.chunked or resp.length is None or fp is None or not hasattr(fp, "readinto1"):
+        data = resp.read1(len(view))
+        view[:len(data)] = data
+        return len(data)
+    n = min(len(view), resp.length)
+    if n <= 0:
+        return 0
+    got = fp.readinto1(view[:n])
+    resp.length -= got
+    return got
 
 
 def _check_no_more(resp, f: RemoteFile, offset: int) -> None:
@@ -346,21 +396,21 @@ class S3Source:
 
     def __init__(self, url: str, client=None, *, part_size: int = 8 << 20, workers: int = 4,
                  parallel_min: int = 32 << 20, probe_bytes: int = 32 << 20, parallel_below: float = 256e6,
-                 spare_cpu: float = 0.25, chunk: int = CHUNK, timeout: float = 60.0):
+                 spare_cpu: float = 0.25, timeout: float = 60.0):
         u = urlsplit(url)
         if u.scheme != "s3" or not u.netloc:
             raise PermanentError(f"not an s3://bucket/prefix URL: {url!r}")
         self.bucket, self.prefix = u.netloc, u.path.strip("/")
         self.client = client if client is not None else default_s3_client()
-        self.part_size, self.workers, self.parallel_min, self.chunk = part_size, workers, parallel_min, chunk
+        self.part_size, self.workers, self.parallel_min = part_size, workers, parallel_min
         # A big object starts as one stream; after `probe_bytes` it goes on in `workers` parallel
         # ranges only if the stream delivered less than `parallel_below` bytes/s while the
         # machine had at least `spare_cpu` of its CPU idle. Ranges add up where one TCP stream
         # is slow (a far store); where the CPU is what limits (a store on the same host, a busy
-        # worker) they only cost CPU and memory: bench/staging.py measured 4 ranges from the
-        # local SeaweedFS 1.3x slower than one stream. probe_bytes=0: ranges from byte 0.
+        # worker) they only cost CPU and memory. probe_bytes=0: ranges from byte 0.
         self.probe_bytes, self.parallel_below, self.spare_cpu = probe_bytes, parallel_below, spare_cpu
         self.timeout = timeout
+        self._signed: dict = {}  # key -> (presigned URL, when): one signature per object, not per range
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
@@ -405,35 +455,58 @@ class S3Source:
         if not etag:
             etag = _s3_call(self.client.head_object, f.name, Bucket=self.bucket, Key=key)["ETag"].strip('"')
         if f.size - start < self.parallel_min or self.workers <= 1:
-            conn, resp = self._get(f, key, start, None, etag)
-            return Body(_read_body(resp, f, f.size - start, start, self.chunk), start, etag, close=_closer(conn))
-        if self.probe_bytes <= 0:
-            return Body(self._parts(f, key, start, etag), start, etag)
-        return self._probed(f, key, start, etag)
+            reader = _Stream(*self._get(f, key, start, None, etag), f, start)
+        elif self.probe_bytes <= 0:
+            reader = _Parts(self, f, key, start, etag)
+        else:
+            reader = _Probed(self, f, key, start, etag)
+        return Body(reader, start, f.size - start, etag)
 
-    def _get(self, f: RemoteFile, key: str, start: int, end: Optional[int], etag: str):
-        """GET bytes [start, end) of the object version `etag`.
+    def _url(self, key: str) -> str:
+        """A presigned GET URL of the object, made once per object and reused for an hour's
+        half (a signature costs about a millisecond of CPU; a big object has hundreds of ranges)."""
+        url, made = self._signed.get(key, ("", None))
+        if made is None or time.monotonic() - made > 1800:
+            url = self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                     ExpiresIn=3600)
+            self._signed[key] = (url, time.monotonic())
+        return url
+
+    def _get(self, f: RemoteFile, key: str, start: int, end: Optional[int], etag: str, conn=None):
+        """(connection, response) of a GET of bytes [start, end) of the object version `etag`.
 
         The bytes go through a presigned URL and http.client rather than botocore's
         streaming body: same credentials, a third of the CPU per byte (measured with
-        bench/staging.py), which matters on a 2-core worker.
+        bench/staging.py), which matters on a 2-core worker. `conn`: an idle keep-alive
+        connection to the same store to send the request on (the parts reuse theirs).
         """
-        url = self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
-                                                  ExpiresIn=3600)
+        u = urlsplit(self._url(key))
         headers = {"If-Match": f'"{etag}"'}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        u = urlsplit(url)
-        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        conn = cls(u.hostname, u.port, timeout=self.timeout)
+        if conn is None:
+            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+            conn = cls(u.hostname, u.port, timeout=self.timeout)
         try:
             conn.request("GET", f"{u.path}?{u.query}", headers=headers)
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise TransientError(f"{f.name}: {type(exc).__name__}: {exc}") from None
-        if resp.status in (200, 206):
+        ranged = bool(start or end is not None)
+        if resp.status == 206 and ranged:
+            m = re.match(r"bytes (\d+)-", resp.getheader("Content-Range") or "")
+            if m and int(m[1]) == start:
+                return conn, resp
+            conn.close()
+            raise TransientError(f"{f.name}: the store answered another range "
+                                 f"({resp.getheader('Content-Range')!r} for {headers['Range']})")
+        if resp.status == 200 and not ranged:
             return conn, resp
+        if resp.status in (200, 206):
+            conn.close()
+            raise TransientError(f"{f.name}: the store answered {resp.status} to "
+                                 f"{headers.get('Range', 'a GET of the whole object')}")
         try:
             detail = resp.read(2000).decode(errors="replace")
         except (OSError, http.client.HTTPException):
@@ -447,102 +520,155 @@ class S3Source:
             raise SourceChangedError(f"{what}: range not satisfiable (object shrank?)")
         raise _status_error(resp.status, resp.reason, what, resp.getheader("Retry-After"))
 
-    def _probed(self, f: RemoteFile, key: str, start: int, etag: str) -> Body:
-        """One stream; after probe_bytes, the rest in parallel ranges if the stream is slow.
 
-        The rate counts only the time spent waiting for the network (the request and each
-        read), not the time the consumer holds a chunk: a slow disk must not make the
-        network look slow (parallel ranges would not help it).
-        """
-        cpu0 = _cpu_ticks()
+class _Probed:
+    """One stream; after probe_bytes, the rest in parallel ranges if the stream is slow.
+
+    The rate counts only the time spent waiting for the network (the request and each
+    read), not the time the consumer holds a buffer: a slow disk must not make the
+    network look slow (parallel ranges would not help it).
+    """
+
+    def __init__(self, src: S3Source, f: RemoteFile, key: str, start: int, etag: str):
+        self.src, self.f, self.key, self.start, self.etag = src, f, key, start, etag
+        self.cpu0 = _cpu_ticks()
         t0 = time.monotonic()
-        conn, resp = self._get(f, key, start, None, etag)
-        waited = time.monotonic() - t0
-        close = _closer(conn)
+        self.cur = _Stream(*src._get(f, key, start, None, etag), f, start)
+        self.waited = time.monotonic() - t0
+        self.probing, self.closed = True, False
+        self.lock = threading.Lock()
 
-        def chunks() -> Iterator[bytes]:
-            nonlocal waited
-            offset, probing = start, True
-            reads = _read_body(resp, f, f.size - start, start, self.chunk)
-            try:
-                while True:
-                    t = time.monotonic()
-                    data = next(reads, None)
-                    waited += time.monotonic() - t
-                    if data is None:
-                        return
-                    offset += len(data)
-                    yield data
-                    if probing and offset - start >= self.probe_bytes:
-                        probing = False
-                        rate = (offset - start) / max(waited, 1e-6)
-                        idle = _idle_share(cpu0, _cpu_ticks())
-                        if rate < self.parallel_below and f.size - offset >= self.parallel_min and \
-                                (idle is None or idle >= self.spare_cpu):
-                            log.info("%s: one stream gives %.0f MB/s (< %.0f) with %s of the CPU idle: the "
-                                     "remaining %.0f MB in %d parallel ranges", f.name, rate / 1e6,
-                                     self.parallel_below / 1e6, "?" if idle is None else f"{idle:.0%}",
-                                     (f.size - offset) / 1e6, self.workers)
-                            break
-            finally:
-                close()
-            yield from self._parts(f, key, offset, etag)
+    def readinto(self, view) -> int:
+        if not self.probing:
+            return self.cur.readinto(view)
+        t = time.monotonic()
+        n = self.cur.readinto(view)
+        self.waited += time.monotonic() - t
+        done = self.cur.offset - self.start
+        if done >= self.src.probe_bytes:
+            self.probing = False
+            self._decide(done)
+        return n
 
-        return Body(chunks(), start, etag, close=close)
+    def _decide(self, done: int) -> None:
+        src, offset = self.src, self.cur.offset
+        rate = done / max(self.waited, 1e-6)
+        idle = _idle_share(self.cpu0, _cpu_ticks())
+        if rate >= src.parallel_below or self.f.size - offset < src.parallel_min or \
+                (idle is not None and idle < src.spare_cpu):
+            return
+        log.info("%s: one stream gives %.0f MB/s (< %.0f) with %s of the CPU idle: the remaining %.0f MB "
+                 "in %d parallel ranges", self.f.name, rate / 1e6, src.parallel_below / 1e6,
+                 "?" if idle is None else f"{idle:.0%}", (self.f.size - offset) / 1e6, src.workers)
+        with self.lock:
+            if self.closed:
+                return
+            self.cur.close()
+            self.cur = _Parts(src, self.f, self.key, offset, self.etag)
 
-    def _parts(self, f: RemoteFile, key: str, start: int, etag: str) -> Iterator[bytes]:
-        """Bytes [start, size) of the object, fetched `workers` ranges at a time, in order."""
-        stop = threading.Event()
+    def ready(self) -> bool:
+        return self.cur.ready()
 
-        def get(lo: int, hi: int):
-            if stop.is_set():
-                return b""
-            conn, resp = self._get(f, key, lo, hi, etag)
-            # One buffer per part, filled piece by piece (no joined second copy).
-            data, got = bytearray(hi - lo), 0
-            try:
-                view = memoryview(data)
-                while got < hi - lo:
-                    n = resp.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-            except (OSError, http.client.HTTPException) as exc:
-                raise TransientError(f"{f.name}: part {lo}-{hi - 1} lost after {got} bytes: "
-                                     f"{type(exc).__name__}") from None
-            finally:
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.cur.close()
+
+
+class _Parts:
+    """Bytes [start, size) of an object, fetched in `workers` parallel ranged GETs, read in order.
+
+    At most `workers` parts are in flight and one is being read: workers + 1 buffers of
+    part_size, reused from part to part (no buffer allocated per part). Each worker keeps its
+    connection alive from one range to the next (no new TCP/TLS handshake per part).
+    """
+
+    def __init__(self, src: S3Source, f: RemoteFile, key: str, start: int, etag: str):
+        self.src, self.f, self.key, self.etag = src, f, key, etag
+        self.ranges = ((lo, min(lo + src.part_size, f.size)) for lo in range(start, f.size, src.part_size))
+        self.pool = ThreadPoolExecutor(src.workers, thread_name_prefix="s3part")
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.busy: set = set()  # connections receiving a part (closed by close() to wake them)
+        self.idle: list = []  # kept-alive connections between parts
+        self.spare: list = []  # buffers of parts read to the end
+        self.pending: deque = deque()
+        self.cur, self.pos = memoryview(b""), 0
+        for _ in range(src.workers):
+            self._submit()
+
+    def _submit(self) -> None:
+        r = next(self.ranges, None)
+        if r is not None:
+            self.pending.append(self.pool.submit(self._fetch, *r, self.spare.pop() if self.spare else None))
+
+    def _fetch(self, lo: int, hi: int, buf: Optional[bytearray]):
+        with self.lock:
+            if self.stop.is_set():
+                raise TransientError(f"{self.f.name}: stopped")
+            conn = self.idle.pop() if self.idle else None
+        conn, resp = self.src._get(self.f, self.key, lo, hi, self.etag, conn)
+        with self.lock:
+            self.busy.add(conn)
+            stopped = self.stop.is_set()
+        if stopped:
+            _close_conn(conn)
+        if buf is None:
+            buf = bytearray(self.src.part_size)
+        view, got, kept = memoryview(buf)[:hi - lo], 0, False
+        try:
+            while got < hi - lo:
+                n = resp.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            # the whole body read: the connection can carry the next range
+            kept = got == hi - lo and resp.isclosed() and not resp.will_close
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise TransientError(f"{self.f.name}: part {lo}-{hi - 1} lost after {got} bytes: "
+                                 f"{type(exc).__name__}") from None
+        finally:
+            with self.lock:
+                self.busy.discard(conn)
+                if kept and not self.stop.is_set():
+                    self.idle.append(conn)
+                else:
+                    conn.close()
+        if got != hi - lo:
+            raise TransientError(f"{self.f.name}: part {lo}-{hi - 1} returned {got} bytes")
+        return buf, hi - lo
+
+    def readinto(self, view) -> int:
+        if self.pos >= len(self.cur):
+            if self.cur.obj is not None and len(self.cur):
+                self.spare.append(self.cur.obj)
+            self.cur, self.pos = memoryview(b""), 0
+            if not self.pending:
+                return 0
+            buf, n = self.pending.popleft().result()
+            self._submit()
+            self.cur = memoryview(buf)[:n]
+        k = min(len(view), len(self.cur) - self.pos)
+        view[:k] = self.cur[self.pos:self.pos + k]
+        self.pos += k
+        return k
+
+    def ready(self) -> bool:
+        return self.pos < len(self.cur) or not self.pending or self.pending[0].done()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.stop.is_set():
+                return
+            self.stop.set()
+            for conn in self.busy:
+                _close_conn(conn)
+            for conn in self.idle:
                 conn.close()
-            if got != hi - lo:
-                raise TransientError(f"{f.name}: part {lo}-{hi - 1} returned {got} bytes")
-            return data
-
-        def parts() -> Iterator[bytes]:
-            # Parts are fetched `workers` at a time and yielded in order; at most
-            # workers + 1 parts are held here (8 MiB each by default).
-            ranges = iter([(lo, min(lo + self.part_size, f.size)) for lo in range(start, f.size, self.part_size)])
-            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="s3part")
-            pending = deque()
-            try:
-                for r in ranges:
-                    pending.append(pool.submit(get, *r))
-                    if len(pending) >= self.workers + 1:
-                        break
-                while pending:
-                    data = memoryview(pending.popleft().result())
-                    nxt = next(ranges, None)
-                    if nxt:
-                        pending.append(pool.submit(get, *nxt))
-                    # In 1 MiB slices, so the queues downstream (counted in chunks) pin
-                    # few parts in memory.
-                    for i in range(0, len(data), self.chunk):
-                        yield data[i:i + self.chunk]
-            finally:
-                stop.set()
-                for fut in pending:
-                    fut.cancel()
-                pool.shutdown(wait=True)
-
-        return parts()
+            self.idle.clear()
+        for fut in self.pending:
+            fut.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def open_source(url: str, *, s3_client=None, auth=None, cookie: str = "", **kw):

@@ -30,6 +30,7 @@ import re
 import shutil
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -65,7 +66,7 @@ class StageOptions:
     checkpoint_seconds: float = 0.5  # ...and this often: bounds what a kill re-fetches
     max_attempts: int = 6  # in-process retries in a row without any progress
     backoff: float = 0.5
-    pipeline_depth: int = 4  # chunks between the network thread and the disk/hash thread
+    pipeline_depth: int = 4  # read buffers (stage.BUFFER) between the network thread and the disk/hash threads
     # Give up on a source sending less than `min_rate_bps` over `min_rate_window_s` (0: never):
     # a trickling server must not hold a worker forever; the partial state is kept for a resume.
     min_rate_bps: float = 0.0
@@ -280,21 +281,36 @@ def stamp_matches(slot: Slot, source) -> Optional[dict]:
 class ThreadedSha256:
     """sha256 in its own thread: hashlib releases the GIL, so hashing overlaps the disk writes.
 
-    Chunks handed to update() must not change afterwards (they are bytes from the network).
+    A buffer handed to update() must not change until it is hashed: `ticket()` after an
+    update names it, `wait(ticket)` returns once it is (the pipeline reuses its buffers so).
     """
 
     def __init__(self, depth: int = 8):
         self._h = hashlib.sha256()
         self._q: queue.Queue = queue.Queue(depth)
+        self._queued = self._hashed = 0
+        self._cv = threading.Condition()
         self._t = threading.Thread(target=self._run, name="stage-sha256", daemon=True)
         self._t.start()
 
     def _run(self) -> None:
         while (data := self._q.get()) is not None:
             self._h.update(data)
+            with self._cv:
+                self._hashed += 1
+                self._cv.notify_all()
 
     def update(self, data) -> None:
+        self._queued += 1  # only the feeding thread updates
         self._q.put(data)
+
+    def ticket(self) -> int:
+        """The number of the last update: wait(ticket) returns once it is hashed."""
+        return self._queued
+
+    def wait(self, ticket: int, timeout: Optional[float] = None) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: self._hashed >= ticket or not self._t.is_alive(), timeout)
 
     def close(self) -> None:
         if self._t.is_alive():
@@ -372,40 +388,111 @@ def _check_cancel(opts: StageOptions, name: str) -> None:
         raise Interrupted(f"{name}: interrupted; the partial download is kept for a resume")
 
 
-def _pipelined(body, depth: int, tick=None, poll_s: float = 0.2):
+# Bytes per read buffer. 1 MiB: few Python steps per GB, and the buffers in flight stay in the
+# CPU's cache between the socket copy, the hash and the write (4 MiB buffers cost 40% more CPU
+# per byte in bench/staging.py on the 2-core test machine: each byte went through memory twice).
+BUFFER = 1 << 20
+FILL_S = 0.05  # a buffer is handed on once full or after this long: a slow link feeds promptly
+
+
+class _Buffers:
+    """The pipeline's read buffers, reused in turn (no allocation per read).
+
+    A buffer goes back to the reader once the consumer is done with it (it asked for the next
+    one) and, with a threaded hasher, once its bytes are hashed (hasher.ticket/wait).
+    """
+
+    def __init__(self, count: int, size: int, hasher=None):
+        self.count, self.size = count, size
+        self.views: list = []
+        self._free: deque = deque()
+        self._held: deque = deque()  # (index, hasher ticket) given back by the consumer
+        self._ticket = getattr(hasher, "ticket", None)
+        self._hasher = hasher
+        self._cv = threading.Condition()
+
+    def take(self, stop: threading.Event) -> Optional[int]:
+        """A buffer for the reader (its index); None once `stop` is set."""
+        while not stop.is_set():
+            with self._cv:
+                if self._free:
+                    return self._free.popleft()
+                if len(self.views) < self.count:
+                    self.views.append(memoryview(bytearray(self.size)))
+                    return len(self.views) - 1
+                if not self._held:
+                    self._cv.wait(0.2)
+                    continue
+                i, ticket = self._held[0]
+            if self._hasher.wait(ticket, 0.2):
+                with self._cv:
+                    self._held.popleft()
+                return i
+        return None
+
+    def give_back(self, i: int) -> None:
+        """The consumer is done with buffer i (the hasher may still be reading it)."""
+        with self._cv:
+            if self._ticket is None:
+                self._free.append(i)
+            else:
+                self._held.append((i, self._ticket()))
+            self._cv.notify()
+
+
+def _fill(body, view, fill_s: float) -> tuple:
+    """Read into `view`: the first bytes, then what keeps arriving without a wait, until it is
+    full or `fill_s` passed (a trickle is handed on as it comes, a fast stream in full buffers).
+
+    (bytes read, None), (0, None) at the end; an error after some bytes comes back beside
+    them, (n, error), so the bytes before a dropped connection are kept (the resume starts
+    after them).
+    """
+    n = body.readinto(view)
+    if n:
+        deadline = time.monotonic() + fill_s
+        while n < len(view) and time.monotonic() < deadline and body.ready():
+            try:
+                k = body.readinto(view[n:])
+            except Exception as exc:  # noqa: BLE001 - raised by the consumer after the bytes
+                return n, exc
+            if not k:
+                break
+            n += k
+    return n, None
+
+
+def _pipelined(body, depth: int, tick=None, poll_s: float = 0.2, hasher=None, size: Optional[int] = None,
+               fill_s: float = FILL_S):
     """Read the body in a thread, so the network and the disk/hash work overlap (two cores).
 
+    Yields memoryviews of `depth` + 2 buffers of `size` bytes, filled by the reader thread
+    straight from the socket and reused: the consumer must be done with a view when it asks
+    for the next one; a threaded `hasher` given here is waited for before a buffer is reused.
     `tick(n)` is called with each chunk's size, and with 0 every `poll_s` while nothing
     arrives, so a stop request or a rate floor is seen even on a silent connection.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    size = size or BUFFER
+    size = max(min(size, getattr(body, "length", size)), 1)
+    bufs = _Buffers(depth + 2, size, hasher)
+    q: queue.Queue = queue.Queue()  # bounded by the buffers
     stop = threading.Event()
     END = object()
 
-    def put(item) -> bool:
-        """Queue `item` unless the consumer has stopped; False when it has."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def produce():
-        it = iter(body)
         try:
-            for chunk in it:
-                if not put(chunk):
+            while (i := bufs.take(stop)) is not None:
+                n, error = _fill(body, bufs.views[i], fill_s)
+                if n:
+                    q.put((i, n))
+                if error is not None:
+                    raise error
+                if not n:
                     break
             item = END
         except BaseException as exc:  # handed to the consumer, raised at the right offset
             item = exc
-        finally:
-            close = getattr(it, "close", None)  # a generator: run its clean-up (S3 part pool)
-            if close:
-                close()
-        put(item)
+        q.put(item)
 
     t = threading.Thread(target=produce, name="stage-reader", daemon=True)
     t.start()
@@ -421,9 +508,11 @@ def _pipelined(body, depth: int, tick=None, poll_s: float = 0.2):
                 return
             if isinstance(item, BaseException):
                 raise item
+            i, n = item
             if tick:
-                tick(len(item))
-            yield item
+                tick(n)
+            yield bufs.views[i][:n]
+            bufs.give_back(i)
     finally:
         stop.set()
         body.close()  # unblocks a reader waiting on the socket
@@ -475,7 +564,7 @@ def _transfer(slot: Slot, source, project: str, mous: str, opts: StageOptions) -
                                 last_modified=body.last_modified or identity["last_modified"])
                 sink.checkpoint(identity)
                 last_ck, last_t = sink.offset, time.monotonic()
-                for chunk in _pipelined(body, opts.pipeline_depth, tick, opts.poll_s):
+                for chunk in _pipelined(body, opts.pipeline_depth, tick, opts.poll_s, sink.sha):
                     sink.feed(chunk)
                     fetched += len(chunk)
                     progress.update(sink.offset)
