@@ -79,15 +79,21 @@ def test_layout_and_summary(calibrated, synth_delivery):
         assert rec["casa_run"]["env"]["CASASITECONFIG"].endswith("include/casa/casasiteconfig.py")
 
 
-def test_split_holds_only_science_spws_and_the_target(calibrated):
+def test_split_holds_the_science_spws_and_every_field_as_scriptforpi(calibrated):
+    """scriptForPI's split (v2.5, the newest rule: the synthetic scriptForPI states no version):
+    mstransform of the science spws, every field, the original spw ids when the EBs' science
+    spws agree (both EBs: 0,1), every SPECTRAL_WINDOW row and the ASDM_* subtables kept."""
     member, summary = calibrated
     work = member / "calibrated" / "working"
+    assert summary["plan"]["reindex"] is False and summary["plan"]["split_rule"]["rule"] == "if-different"
     for rec in summary["ebs"]:
         result = json.loads((work / f"{naming.uid_to_file(rec['eb'])}.restore.result.json").read_text())
         assert result["science_spws"] == [0, 1]
         assert sorted(map(int, result["summary"]["spws"])) == [0, 1, 2]
         assert sorted(map(int, result["split_summary"]["spws"])) == [0, 1]
-        assert result["split_summary"]["fields"] == ["TW_Hya_synth"]
+        assert result["split_spw_rows"] == result["spw_rows"] == 3
+        assert sorted(result["split_summary"]["fields"]) == ["J1924-2914", "TW_Hya_synth"]
+        assert "ASDM_SBSUMMARY" in result["split_asdm_subtables"]
         # calapply.txt's pipeline intents went to applycal as the MS's obs_modes, cross-correlations only.
         applied = {a["field"]: a for a in result["applied"]}
         assert applied["TW_Hya_synth"]["intent"] == "OBSERVE_TARGET#ON_SOURCE"

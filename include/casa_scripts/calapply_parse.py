@@ -23,7 +23,14 @@ Format (pipeline source, exportdata/callibrary)::
 - every path is rewritten to the working directory by its basename, as
   hifa_restoredata does: `vis` must be `<EB>.ms` and every caltable must start
   with `<EB>.ms.` (the caltables tgz members are named so), which also keeps a
-  path such as `/etc/passwd` or `..` out;
+  path such as `/etc/passwd` or `..` out. With the EB's `session` given, a
+  caltable of the session may also be named: `<session>_<name>.ms.<table>`, as
+  hifa_polcal names the tables it solves on the session's concatenated MS
+  (`session_1_polcalib.ms.hifa_polcal.s20_4.spw0_1.solintinf_5MHz.pcal.tbl`);
+  hifa_restoredata unpacks every member of the session's tarball that starts
+  with the session's name. Those are read from `<EB>.ms.session_caltables/`
+  (SESSION_TABLES: each EB its own copy, so that the EBs of one session can be
+  restored side by side);
 - `docallib=True` and a non-empty `callib=` are refused: a CASA callibrary
   names its caltables by its own paths, which the rewriting above never sees
   (a restore applied a caltable from outside the delivery through one); a
@@ -49,6 +56,11 @@ import os
 
 SUFFIX = ".ms.calapply.txt"
 HEADER = "# Apply file for "
+# Where the native restore unpacks an EB's copy of its session's tables: <EB>.ms.<SESSION_TABLES>/.
+SESSION_TABLES = "session_caltables"
+# hifa_restoredata applies with parang=True when any caltable to apply was made by hifa_polcal
+# (PIPE-1973: '.hifa_polcal.' in its name; hifa/tasks/restoredata/almarestoredata.py).
+POLCAL_MARK = ".hifa_polcal."
 # The keywords of casatasks.applycal (6.7): nothing else is accepted.
 APPLYCAL_KEYWORDS = frozenset((
     "vis", "field", "spw", "intent", "selectdata", "timerange", "uvrange", "antenna", "scan",
@@ -80,12 +92,27 @@ def eb_of(path) -> str:
     return name[: -len(SUFFIX)]
 
 
-def parse_calapply(path, workdir, eb=None) -> list:
+def parse_calapply(path, workdir, eb=None, session=None) -> list:
     """The applycal keyword dicts of the file at `path`, paths under `workdir`."""
-    return [kwargs for _, kwargs in parse_calapply_lines(path, workdir, eb)]
+    return [kwargs for _, kwargs in parse_calapply_lines(path, workdir, eb, session)]
 
 
-def parse_calapply_lines(path, workdir, eb=None) -> list:
+def is_session_table(name, session) -> bool:
+    """A caltable of the session itself (solved on its concatenated MS): `<session>_<name>.ms.<table>`."""
+    if not session or not name.startswith(session + "_"):
+        return False
+    ms, dot, table = name[len(session) + 1:].partition(".ms.")
+    return bool(dot and table and ms and "/" not in name)
+
+
+def polcal_tables(calls) -> list:
+    """The caltables of these calls that hifa_polcal made: when there is one, hifa_restoredata
+    applies every line of every MS with parang=True."""
+    return sorted({os.path.basename(t) for c in calls for t in c.get("gaintable", [])
+                   if POLCAL_MARK in os.path.basename(t)})
+
+
+def parse_calapply_lines(path, workdir, eb=None, session=None) -> list:
     """(line number, applycal keyword dict) of every call, so that later checks can name the line."""
     eb = eb or eb_of(path)
     try:
@@ -93,10 +120,10 @@ def parse_calapply_lines(path, workdir, eb=None) -> list:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise CalapplyError(path, 0, f"cannot read: {exc}") from None
-    return parse_calapply_text(text, workdir, eb, path)
+    return parse_calapply_text(text, workdir, eb, path, session)
 
 
-def parse_calapply_text(text, workdir, eb, path="<calapply>") -> list:
+def parse_calapply_text(text, workdir, eb, path="<calapply>", session=None) -> list:
     calls = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -107,7 +134,7 @@ def parse_calapply_text(text, workdir, eb, path="<calapply>") -> list:
             continue
         if not line.startswith("applycal("):
             raise CalapplyError(path, lineno, f"not an applycal call: {_short(line)}")
-        calls.append((lineno, _parse_line(line, lineno, workdir, eb, path)))
+        calls.append((lineno, _parse_line(line, lineno, workdir, eb, path, session)))
     if not calls:
         raise CalapplyError(path, 0, "no applycal call: nothing would be calibrated")
     return calls
@@ -120,7 +147,7 @@ def _check_header(line, lineno, eb, path):
             raise CalapplyError(path, lineno, f"header names {named!r}, but this is the file of {eb}.ms")
 
 
-def _parse_line(line, lineno, workdir, eb, path) -> dict:
+def _parse_line(line, lineno, workdir, eb, path, session=None) -> dict:
     try:
         tree = ast.parse(line, mode="eval")
     except SyntaxError as exc:
@@ -143,7 +170,7 @@ def _parse_line(line, lineno, workdir, eb, path) -> dict:
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             raise CalapplyError(path, lineno, f"{kw.arg}= is not a literal: {_short(ast.unparse(kw.value))}") from None
     _refuse_other_paths(kwargs, lineno, path)
-    _rewrite_paths(kwargs, lineno, workdir, eb, path)
+    _rewrite_paths(kwargs, lineno, workdir, eb, path, session)
     for key, value in PIPELINE_DEFAULTS.items():
         kwargs.setdefault(key, value)
     return kwargs
@@ -163,7 +190,7 @@ def _refuse_other_paths(kwargs, lineno, path):
                                           "any table by path, and the pipeline's lines never use it")
 
 
-def _rewrite_paths(kwargs, lineno, workdir, eb, path):
+def _rewrite_paths(kwargs, lineno, workdir, eb, path, session=None):
     vis = kwargs.get("vis")
     if not isinstance(vis, str):
         raise CalapplyError(path, lineno, "vis= must be given as a string")
@@ -178,9 +205,15 @@ def _rewrite_paths(kwargs, lineno, workdir, eb, path):
     rewritten = []
     for table in tables:
         name = _basename(table, lineno, path)
-        # Caltables come from the session's tgz, whose members all start with <EB>.ms.
+        # Caltables come from the session's tgz: the EB's own start with <EB>.ms., the
+        # session's with <session>_ (read from this EB's copy of them).
+        if is_session_table(name, session):
+            rewritten.append(os.path.join(str(workdir), f"{eb}.ms.{SESSION_TABLES}", name))
+            continue
         if not name.startswith(f"{eb}.ms.") or name == f"{eb}.ms.":
-            raise CalapplyError(path, lineno, f"caltable {table!r} is not a caltable of {eb}.ms (outside the delivery)")
+            also = f" nor of its session {session}" if session else ""
+            raise CalapplyError(path, lineno, f"caltable {table!r} is not a caltable of {eb}.ms{also} "
+                                              "(outside the delivery)")
         rewritten.append(os.path.join(str(workdir), name))
     if "gaintable" in kwargs:
         kwargs["gaintable"] = rewritten

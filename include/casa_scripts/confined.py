@@ -8,8 +8,13 @@ component, and stay there:
 - caltables: members of this EB are those whose first component starts with
   `<EB>.`; each must be a caltable `<EB>.ms.<name>` (as the pipeline names
   them) and not one of the names the restore itself writes (`<EB>.ms`,
-  `<EB>.ms.flagversions`, `<EB>.ms.split.cal`, `<EB>.ms.split`); members of
-  the session's other EBs are left in the tarball;
+  `<EB>.ms.flagversions`, `<EB>.ms.split.cal`, `<EB>.ms.split`,
+  `<EB>.ms.session_caltables`); members of the session's other EBs are left in
+  the tarball. Given the EB's `session`, the session's own tables
+  (`<session>_<name>.ms.<table>`, hifa_polcal's, which hifa_restoredata applies
+  to every EB of the session) are members too: they go to this EB's own
+  `<EB>.ms.session_caltables/` (calapply_parse.SESSION_TABLES), so that two EBs
+  of one session restored side by side never replace each other's copy;
 - no `..`, no absolute name, no NUL, no member that is not a plain file or
   folder (links, devices, FIFOs), no member twice or a file and a folder of one
   name, no name longer than the file system takes.
@@ -28,7 +33,8 @@ import os
 import shutil
 import tarfile
 
-RESERVED_SUFFIXES = (".ms", ".ms.flagversions", ".ms.split.cal", ".ms.split")
+SESSION_TABLES = "session_caltables"  # as calapply_parse.SESSION_TABLES (this file imports nothing)
+RESERVED_SUFFIXES = (".ms", ".ms.flagversions", ".ms.split.cal", ".ms.split", ".ms." + SESSION_TABLES)
 
 
 class ConfinementError(ValueError):
@@ -58,20 +64,32 @@ def _parts(tgz, name):
     return parts
 
 
-def _owned(tgz, parts, eb, kind, shown):
-    """True for a member of this EB, False for another EB's (caltables only); refuses the rest."""
+def _is_session_table(top, session):
+    # calapply_parse.is_session_table's rule (this file imports nothing of ours).
+    if not session or not top.startswith(session + "_"):
+        return False
+    ms, dot, table = top[len(session) + 1:].partition(".ms.")
+    return bool(dot and table and ms)
+
+
+def _owned(tgz, parts, eb, kind, shown, session=None):
+    """Where a member goes: its parts for a member of this EB, its parts under
+    <EB>.ms.session_caltables/ for a table of the EB's session, None for another
+    EB's (caltables only); refuses the rest."""
     top = parts[0] if parts else ""
     if kind == "flagversions":
         if top != eb + ".ms.flagversions":
             raise ConfinementError("%s: member %r is outside %s.ms.flagversions/" % (tgz, _short(shown), eb))
-        return True
+        return parts
+    if _is_session_table(top, session):
+        return [eb + ".ms." + SESSION_TABLES] + parts
     if not top.startswith(eb + "."):
-        return False  # another EB of the session: not unpacked
+        return None  # another EB of the session: not unpacked
     if not top.startswith(eb + ".ms.") or top == eb + ".ms." or any(top == eb + s for s in RESERVED_SUFFIXES):
         raise ConfinementError("%s: member %r is not a caltable of %s.ms (caltables are %s.ms.<name>, and the "
                                "restore writes %s itself)" % (tgz, _short(shown), eb, eb,
                                                               ", ".join(eb + s for s in RESERVED_SUFFIXES)))
-    return True
+    return parts
 
 
 def _check_length(tgz, dest, parts, shown):
@@ -84,10 +102,11 @@ def _check_length(tgz, dest, parts, shown):
         raise ConfinementError("%s: member %r: name too long for the file system" % (tgz, _short(shown)))
 
 
-def safe_extract(tgz, dest, eb, kind):
+def safe_extract(tgz, dest, eb, kind, session=None):
     """Unpack the members of EB `eb` (file form) from a restore tarball of `kind`
-    ("flagversions" or "caltables") into `dest`; returns how many. ConfinementError
-    for anything that does not belong there (see the module docstring)."""
+    ("flagversions" or "caltables") into `dest`, with the tables of its `session`
+    (caltables only); returns how many. ConfinementError for anything that does not
+    belong there (see the module docstring)."""
     if kind not in ("flagversions", "caltables"):
         raise ValueError("kind must be flagversions or caltables, not %r" % (kind,))
     try:
@@ -97,7 +116,8 @@ def safe_extract(tgz, dest, eb, kind):
                 parts = _parts(tgz, m.name)
                 if not parts:
                     continue  # the archive's own "./" entry
-                if not _owned(tgz, parts, eb, kind, m.name):
+                parts = _owned(tgz, parts, eb, kind, m.name, session)
+                if parts is None:
                     continue
                 if not (m.isfile() or m.isdir()):
                     raise ConfinementError("%s: member %r is not a plain file or folder (links, devices and "

@@ -3,18 +3,26 @@
 Usage: python restore_eb.py JOB.json RESULT.json
 
 JOB: {"eb", "session", "asdm", "workdir", "calapply", "flagversions", "caltables",
-      "split": bool, "split_spws": "0,1" or null (science spws chosen here)}
+      "parang": bool (applycal's, decided for the whole MOUS: hifa_restoredata applies with
+      parang=True once any caltable to apply was made by hifa_polcal),
+      "split": bool, "reindex": bool (mstransform's, decided for the whole MOUS),
+      "science_spws": [ids] or null (as read from the ASDM: the MS must have these),
+      "split_spws": "0,1" or null (science spws chosen here)}
 
 importasdm as hifa_restoredata calls it (its options, its `asis` ASDM_* tables,
 then its copies of Source.xml, SpectralWindow.xml and DataDescription.xml into
 the MS) -> drop the default flag backup, unpack <EB>.ms.flagversions.tgz and
 restore `Pipeline_Final` -> unpack this EB's caltables from its session's
-tarball -> replay calapply.txt (parsed as data, never executed) line by line
+tarball, with the session's own (hifa_polcal's `<session>_polcalib.ms.*`) ->
+replay calapply.txt (parsed as data, never executed) line by line
 with hifa_restoredata's selection: the pipeline intents of `intent=` mapped to
 the obs_modes of this MS's STATE table, cross-correlations only, science spws
 only; a line that would select no data is an error naming the line, never a
 silent empty apply -> CORRECTED_DATA holds the calibrated data; optionally
-split the science spws into <EB>.ms.split.cal as scriptForPI does. (Measured:
+split into <EB>.ms.split.cal as scriptForPI does: mstransform of the science
+spws (OBSERVE_TARGET data, more than 4 channels), every field, the corrected
+column, `reindex` as the job says (scriptForPI v1.23/v1.34 keep the ids, v2.5
+renumbers only when the EBs' science spws differ). (Measured:
 bit-identical CORRECTED_DATA and FLAG to the real hifa_restoredata, which
 applies all lines at once through a CASA callibrary.) The worker-side code
 (alma_regen.calibration) prepares the folders and judges the result.
@@ -28,8 +36,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import casa_boot  # noqa: E402
 
-from casatasks import applycal, flagmanager, importasdm, split  # noqa: E402
-from casatools import ms as mstool, msmetadata  # noqa: E402
+from casatasks import applycal, flagmanager, importasdm, mstransform  # noqa: E402
+from casatools import ms as mstool, msmetadata, table  # noqa: E402
 
 import almaopts  # noqa: E402
 import calapply_parse  # noqa: E402
@@ -112,6 +120,20 @@ def science_only(tool, spw, science, lineno, path):
     return ",".join(map(str, kept))
 
 
+def spw_rows(vis):
+    tb = table()
+    tb.open(os.path.join(vis, "SPECTRAL_WINDOW"))
+    try:
+        return tb.nrows()
+    finally:
+        tb.close()
+
+
+def asdm_subtables(vis):
+    """The ASDM_* subtables importasdm copied (asis): the imaging pipeline reads them."""
+    return sorted(n for n in os.listdir(vis) if n.startswith("ASDM_"))
+
+
 def restore(job):
     eb, work = job["eb"], job["workdir"]
     vis = os.path.join(work, eb + ".ms")
@@ -131,9 +153,12 @@ def restore(job):
     timings["flags"] = time.monotonic() - t
 
     t = time.monotonic()
-    confined.safe_extract(job["caltables"], work, eb, "caltables")
-    calls = as_the_pipeline_applies(vis, job["calapply"], calapply_parse.parse_calapply_lines(job["calapply"], work, eb))
+    session = job.get("session")
+    confined.safe_extract(job["caltables"], work, eb, "caltables", session)
+    calls = as_the_pipeline_applies(
+        vis, job["calapply"], calapply_parse.parse_calapply_lines(job["calapply"], work, eb, session))
     for kwargs in calls:
+        kwargs["parang"] = bool(job.get("parang", False))
         # Checked again right before CASA reads them: every caltable really is in the working dir.
         for table in kwargs.get("gaintable", []):
             confined.inside(table, work)
@@ -143,19 +168,25 @@ def restore(job):
     science = msinfo.science_spws(vis)
     out = {"eb": eb, "vis": vis, "applycal_calls": len(calls), "science_spws": science,
            # The selections as applied (obs_modes, not the file's pipeline intents), for the record.
-           "applied": [{k: c.get(k, "") for k in ("field", "intent", "spw", "antenna")} for c in calls],
+           "applied": [{k: c.get(k, "") for k in ("field", "intent", "spw", "antenna", "parang")} for c in calls],
            "summary": msinfo.summary(vis)}
     if job.get("split"):
         t = time.monotonic()
+        expected = job.get("science_spws")
+        if expected is not None and sorted(expected) != science:
+            raise RestoreError("%s: science spws %s, but its ASDM's tables said %s, and the split's spw ids were "
+                               "decided on those for every EB of the MOUS" % (vis, science, sorted(expected)))
         spws = job.get("split_spws") or ",".join(str(s) for s in science)
         if not spws:
             raise RestoreError("%s has no science spw (OBSERVE_TARGET, more than 4 channels) to split" % vis)
         outvis = os.path.join(work, eb + ".ms.split.cal")
-        split(vis=vis, outputvis=outvis, datacolumn="corrected", spw=spws,
-              intent="*OBSERVE_TARGET*", keepflags=True)
-        out["split"] = outvis
-        out["split_spws"] = spws
-        out["split_summary"] = msinfo.summary(outvis)
+        reindex = bool(job.get("reindex", False))
+        mstransform(vis=vis, outputvis=outvis, spw=spws, datacolumn="corrected", reindex=reindex)
+        if not os.path.isdir(outvis):
+            raise RestoreError("mstransform did not write %s" % outvis)
+        out.update(split=outvis, split_spws=spws, reindex=reindex, split_summary=msinfo.summary(outvis),
+                   spw_rows=spw_rows(vis), split_spw_rows=spw_rows(outvis),
+                   asdm_subtables=asdm_subtables(vis), split_asdm_subtables=asdm_subtables(outvis))
         timings["split"] = time.monotonic() - t
     out["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return out

@@ -101,3 +101,80 @@ def validate_asdm(path) -> AsdmInfo:
         scans=tables.get("Scan", 0), antennas=tables.get("Antenna", 0),
         spws=tables.get("SpectralWindow", 0), binaries=len(uids), size_bytes=size,
     )
+
+
+# ---------------------------------------------------------------- science spws, before the import
+# scriptForPI splits the "science spws" of each imported MS: those with OBSERVE_TARGET data
+# and more than 4 channels (msmetadata.spwsforintent('OBSERVE_TARGET*'), nchan > 4; v1.15 to
+# v2.5). v2.5 reindexes the split only when these ids differ between the EBs, a decision over
+# the whole MOUS that the per-EB restores cannot make alone; so it is read here from the
+# ASDMs, before anything is imported, and the restore checks it against the imported MS.
+
+SCIENCE_SCAN_INTENT = "OBSERVE_TARGET"
+SCIENCE_MIN_CHANNELS = 5  # more than 4
+
+
+def _rows(path: Path, *names) -> list:
+    """Each <row> of an ASDM table as {name: text} for the given element names."""
+    if not path.is_file():
+        raise DeliveryError(path, "missing (an XML table is needed to read the spectral setup)")
+    out = []
+    for row in safexml.find_all(safexml.parse_file(path), "row"):
+        out.append({n: safexml.text_of(row, n) for n in names})
+    return out
+
+
+def _ids(text, what, where) -> list:
+    """An ASDM array of ids, `1 N Id_0 Id_1 ...` (dimension count, length, values)."""
+    parts = (text or "").split()
+    try:
+        ndim, n = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        raise DeliveryError(where, f"{what}: not an ASDM array ({(text or '')[:60]!r})") from None
+    if ndim != 1 or len(parts) != 2 + n:
+        raise DeliveryError(where, f"{what}: not a one-dimensional array of {n} ids")
+    return parts[2:]
+
+
+def ms_spw_ids(path) -> dict:
+    """ASDM spw id (`SpectralWindow_7`) -> the MS spw id importasdm gives it: SpectralWindow.xml's
+    rows in order, first those a DataDescription uses, then the others (the same mapping as the
+    pipeline's infrastructure/tablereader.py get_asdm_to_ms_spw_mapping)."""
+    path = Path(path)
+    spws = [r["spectralWindowId"] for r in _rows(path / "SpectralWindow.xml", "spectralWindowId")]
+    used = {r["spectralWindowId"] for r in _rows(path / "DataDescription.xml", "spectralWindowId")}
+    ordered = [s for s in spws if s in used] + [s for s in spws if s not in used]
+    return {s: i for i, s in enumerate(ordered)}
+
+
+def science_spws(path) -> list:
+    """The MS spw ids scriptForPI splits out of this EB once imported: windows with data in an
+    OBSERVE_TARGET scan and more than 4 channels, sorted. From SpectralWindow, DataDescription,
+    ConfigDescription, Scan and Main (XML); a DeliveryError when one of them cannot be read."""
+    path = Path(path)
+    ms_id = ms_spw_ids(path)
+    nchan = {}
+    for r in _rows(path / "SpectralWindow.xml", "spectralWindowId", "numChan"):
+        try:
+            nchan[r["spectralWindowId"]] = int(r["numChan"])
+        except (TypeError, ValueError):
+            raise DeliveryError(path / "SpectralWindow.xml",
+                                f"{r['spectralWindowId']}: numChan is not a number ({r['numChan']!r})") from None
+    spw_of_dd = {r["dataDescriptionId"]: r["spectralWindowId"]
+                 for r in _rows(path / "DataDescription.xml", "dataDescriptionId", "spectralWindowId")}
+    dds_of_config = {r["configDescriptionId"]: _ids(r["dataDescriptionId"], r["configDescriptionId"],
+                                                    path / "ConfigDescription.xml")
+                     for r in _rows(path / "ConfigDescription.xml", "configDescriptionId", "dataDescriptionId")}
+    target_scans = {r["scanNumber"] for r in _rows(path / "Scan.xml", "scanNumber", "scanIntent")
+                    if SCIENCE_SCAN_INTENT in (r["scanIntent"] or "").split()}
+    found = set()
+    for r in _rows(path / "Main.xml", "scanNumber", "configDescriptionId"):
+        if r["scanNumber"] not in target_scans:
+            continue
+        for dd in dds_of_config.get(r["configDescriptionId"], ()):
+            spw = spw_of_dd.get(dd)
+            if spw is None or spw not in ms_id:
+                raise DeliveryError(path, f"Main row of scan {r['scanNumber']}: {dd} names no spectral window")
+            if nchan.get(spw, 0) >= SCIENCE_MIN_CHANNELS:
+                found.add(ms_id[spw])
+    return sorted(found)

@@ -31,18 +31,25 @@ def _parser():
     return module
 
 
-def parse_calapply(path, workdir, eb=None) -> list:
+def parse_calapply(path, workdir, eb=None, session=None) -> list:
     """The applycal keyword dicts of `<EB>.ms.calapply.txt`, paths rewritten under `workdir`.
 
     Raises DeliveryError(path, "line N: ...") for anything that is not a plain
-    applycal call with literal arguments on the EB's own MS and caltables.
+    applycal call with literal arguments on the EB's own MS and caltables (and, given
+    its `session`, the session's own tables).
     """
     p = _parser()
     try:
-        return p.parse_calapply(path, workdir, eb)
+        return p.parse_calapply(path, workdir, eb, session)
     except p.CalapplyError as exc:
         where = f"line {exc.lineno}: " if exc.lineno else ""
         raise DeliveryError(exc.path, where + exc.message) from None
+
+
+def polcal_tables(calls) -> list:
+    """The caltables of these calls that hifa_polcal made: hifa_restoredata applies with parang=True
+    when there is one."""
+    return _parser().polcal_tables(calls)
 
 
 def format_applycal(kwargs) -> str:

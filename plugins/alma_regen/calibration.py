@@ -18,7 +18,8 @@ Output layout of the native engine, after scriptForPI's:
     calibrated/rawdata/<EB>        -> ../../raw/<EB>.asdm.sdm
     calibrated/products            -> ../calibration
     calibrated/working/<EB>.ms     CORRECTED_DATA holds the calibrated data
-    calibrated/working/<EB>.ms.split.cal   science spws, target only (when split)
+    calibrated/working/<EB>.ms.split.cal   science spws, every field, spw ids as scriptForPI's
+                                           version keeps them (split_reindex; when split)
     calibrated/<EB>.ms.split.cal (or <EB>.ms) -> working/...
     calibrated/calibration.json    the summary (engine, CASA, per-EB timings, flags, outputs)
 
@@ -43,7 +44,9 @@ from .casa.registry import CasaRegistry, Resolution, load_registry
 from .calibrated import ENGINES, Options, calibrated_dir, set_aside  # noqa: F401  (part of this module's API)
 from .casa.jobs import CasaJob
 from .casa.runner import CasaRunner
-from .delivery import find_pipeline_manifest, native_restore_limits
+from .asdm import science_spws
+from .calapply import parse_calapply, polcal_tables
+from .delivery import decided_by, find_pipeline_manifest, followed_version, native_restore_limits, version_text
 from .errors import CasaError, DeliveryError, NoSpaceError, PermanentError
 from .member import CALIBRATION_PLAN, Member
 
@@ -63,10 +66,18 @@ class Plan:
     ebs: list
     split: bool
     split_reasons: list = field(default_factory=list)
+    # The native split's spw ids (split_reindex): None when the native engine does not split.
+    reindex: bool | None = None
+    split_rule: dict | None = None
+    # applycal's parang for every EB (polcal_parang): None when the native engine does not restore.
+    parang: bool | None = None
+    parang_rule: dict | None = None
 
     def as_dict(self):
         return {"engine": self.engine, "reason": self.reason, "casa": self.resolution.as_dict(),
-                "ebs": self.ebs, "split": self.split, "split_reasons": self.split_reasons}
+                "ebs": self.ebs, "split": self.split, "split_reasons": self.split_reasons,
+                "reindex": self.reindex, "split_rule": self.split_rule,
+                "parang": self.parang, "parang_rule": self.parang_rule}
 
     @classmethod
     def from_dict(cls, d: dict, registry: CasaRegistry) -> "Plan":
@@ -80,7 +91,8 @@ class Plan:
                             f"{casa['executable']}), which is not installed on this worker; installed: "
                             f"{registry.describe_installed()}")
         res = Resolution(launcher, d["casa"].get("requested"), d["casa"].get("reason", ""))
-        return cls(d["engine"], d["reason"], res, list(d["ebs"]), bool(d["split"]), list(d.get("split_reasons", [])))
+        return cls(d["engine"], d["reason"], res, list(d["ebs"]), bool(d["split"]), list(d.get("split_reasons", [])),
+                   d.get("reindex"), d.get("split_rule"), d.get("parang"), d.get("parang_rule"))
 
 
 # The plan of a DAG run, made once by its prepare step and read by every later step (the
@@ -149,8 +161,93 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     else:  # manual
         res = registry.resolve(recorded, manual=True, override=options.casa_version)
     p = Plan(engine, reason, res, ebs, split["needed"], split["reasons"])
+    if engine == "native":
+        # Decided once for every EB of the MOUS (the per-EB restores cannot see each other).
+        p.parang_rule = polcal_parang(member, ebs)
+        p.parang = p.parang_rule["parang"]
+        if p.split:
+            rule = split_reindex(member, ebs)
+            p.reindex, p.split_rule = rule["reindex"], rule
+            p.split_reasons = p.split_reasons + [rule["why"]]
     log.info("calibration: engine %s (%s); CASA %s (%s)", engine, reason, res.launcher.describe(), res.reason)
     return p
+
+
+# ---------------------------------------------------------------- parang
+
+def polcal_parang(member, ebs) -> dict:
+    """applycal's parang, as hifa_restoredata decides it (hifa/tasks/restoredata/almarestoredata.py,
+    PIPE-1973): True for every MS of the restore once any caltable to apply to any of them was made
+    by hifa_polcal ('.hifa_polcal.' in its name), else False. The calapply files are read as
+    data (and so checked here, before any restore starts). Returns {parang, why, polcal_tables:
+    {EB file name: [table names]}}."""
+    member = Member.coerce(member)
+    man = pipeline_manifest(member)
+    found = {}
+    for eb in ebs:
+        f = naming.uid_to_file(eb)
+        entry = man["ebs"].get(f)
+        if entry is None:
+            continue  # restore_job says so for that EB
+        path = _cal_file(member, entry["applycmds"], "apply file", f)
+        tables = polcal_tables(parse_calapply(path, member.working, f, entry["session"]))
+        if tables:
+            found[f] = tables
+    if found:
+        why = (f"parang=True for every EB: hifa_restoredata applies so once a caltable was made by hifa_polcal "
+               f"({'; '.join(f'{eb}: {len(t)} tables' for eb, t in found.items())})")
+    else:
+        why = "parang=False: no caltable was made by hifa_polcal"
+    return {"parang": bool(found), "why": why, "polcal_tables": found}
+
+
+# ---------------------------------------------------------------- the split's spw ids
+# scriptForPI splits each EB's science spws (OBSERVE_TARGET data, more than 4 channels), every
+# field, the corrected column, into <EB>.ms.split.cal. Read in real copies (the code search):
+#   v1.15 (2015)         split(vis, outputvis, spw=<science>): split renumbers the spws from 0;
+#   v1.23 (2017), v1.34  mstransform(..., spw=<science>, reindex=False): the original ids, which
+#                        scriptForImaging.py files of those cycles select (spw='25,27,29,31');
+#   v2.5 (2023)          mstransform(..., reindex=<the science spw ids differ between the EBs>),
+#                        the ids compared over the EBs it splits.
+# A version between two read ones follows the newer read one, and a delivery without a readable
+# scriptForPI the newest (v2.5): alma_regen.delivery's convention (followed_version).
+SPLIT_KEEPS_IDS_SINCE = (1, 16)
+SPLIT_REINDEX_IF_DIFFERENT_SINCE = (1, 35)
+
+
+def split_reindex(member, ebs) -> dict:
+    """Whether the native split renumbers the spw ids (mstransform's `reindex`), decided once for
+    all EBs of the MOUS by the rule of the delivery's scriptForPI version. For v2.5's rule the
+    science spws of every EB are read from its ASDM (alma_regen.asdm.science_spws); each restore
+    checks them against the imported MS. Returns {reindex, rule, why, decided_by,
+    scriptforpi_version, science_spws: {EB file name: [ids]}}."""
+    member = Member.coerce(member)
+    v = getattr(member.delivery, "scriptforpi_version", lambda: None)()
+    followed = followed_version(v)
+    out = {"scriptforpi_version": version_text(v) if v else None, "decided_by": decided_by(v), "science_spws": {}}
+    if followed < SPLIT_KEEPS_IDS_SINCE:
+        return {**out, "reindex": True, "rule": "always",
+                "why": f"spw ids renumbered from 0: {out['decided_by']} splits with split(), which always "
+                       "reindexes"}
+    if followed < SPLIT_REINDEX_IF_DIFFERENT_SINCE:
+        return {**out, "reindex": False, "rule": "never",
+                "why": f"original spw ids kept: {out['decided_by']} splits with mstransform(reindex=False)"}
+    spws = {}
+    for eb in ebs:
+        asdm = member.asdm(eb)
+        if not asdm.is_dir():
+            raise DeliveryError(asdm, "missing: the split's spw ids (v2.5 renumbers them when the EBs' science spws "
+                                      "differ) need every EB's ASDM: stage the raw data first")
+        spws[naming.uid_to_file(eb)] = science_spws(_confined(member.root, asdm))
+    out["science_spws"] = spws
+    shown = "; ".join(f"{eb}: {','.join(map(str, s)) or 'none'}" for eb, s in spws.items())
+    if len({tuple(s) for s in spws.values()}) > 1:
+        return {**out, "reindex": True, "rule": "if-different",
+                "why": f"spw ids renumbered from 0: the EBs' science spws differ ({shown}), and "
+                       f"{out['decided_by']} then reindexes"}
+    return {**out, "reindex": False, "rule": "if-different",
+            "why": f"original spw ids kept: every EB has the same science spws ({shown}), and "
+                   f"{out['decided_by']} then keeps them (reindex=False)"}
 
 
 def present_ebs(member, ebs: list) -> list:
@@ -334,13 +431,18 @@ def restore_script_sessions(member) -> dict:
 def _manifest_from_restore_script(member: Member) -> dict:
     cal = member.calibration
     ebs = {}
+    names = sorted(p.name for p in cal.iterdir() if p.is_file()) if cal.is_dir() else []
     for eb, session in restore_script_sessions(member).items():
-        # hifa_restoredata's naming without a manifest: <anything>.<session>.caltables.tgz
-        tgz = sorted(cal.glob(f"*.{session}.caltables.tgz"))
+        if not session or "/" in session or session in (".", ".."):
+            raise DeliveryError(member.script, f"the restore script names the session {session!r}")
+        # hifa_restoredata without a manifest, started by a restore script (its OUS id then
+        # unknown; h/tasks/restoredata/restoredata.py): the first, in name order, of
+        # *<session>.caltables.tgz; the flags and apply file by the EB's MS name.
+        tgz = [n for n in names if n.endswith(f"{session}.caltables.tgz")]
         if len(tgz) > 1:
-            raise DeliveryError(cal, f"{len(tgz)} caltables tarballs for {session}: "
-                                     f"{', '.join(p.name for p in tgz)}")
-        ebs[eb] = {"session": session, "caltables": tgz[0].name if tgz else f"*.{session}.caltables.tgz",
+            log.warning("%s: %d caltables tarballs for %s (%s): the first is taken, as hifa_restoredata does",
+                        cal, len(tgz), session, ", ".join(tgz))
+        ebs[eb] = {"session": session, "caltables": tgz[0] if tgz else f"*{session}.caltables.tgz",
                    "finalflags": f"{eb}.ms.flagversions.tgz", "applycmds": f"{eb}.ms.calapply.txt"}
     log.warning("%s: no pipeline manifest; sessions from the restore script, files by the pipeline's naming", cal)
     return {"source": None, "ebs": ebs, "casa_version": None, "pipeline_version": None}
@@ -365,7 +467,11 @@ def _cal_file(member: Member, name: str | None, what: str, eb: str) -> Path:
     return _confined(member.root, p)
 
 
-def restore_job(member, eb, split: bool) -> dict:
+def restore_job(member, eb, split: bool, split_rule: dict | None = None, parang: bool = False) -> dict:
+    """The job file of restore_eb.py for one EB. `split_rule` is the plan's (split_reindex): its
+    `reindex`, and this EB's science spws as read from the ASDM when the rule needed them
+    (`science_spws`: the restore refuses an MS that has others, since the reindex was decided
+    on them). `parang` is the plan's polcal_parang decision."""
     member = Member.coerce(member)
     f = naming.uid_to_file(eb)
     man = pipeline_manifest(member)
@@ -384,24 +490,30 @@ def restore_job(member, eb, split: bool) -> dict:
         "calapply": str(_cal_file(member, entry["applycmds"], "apply file", f)),
         "flagversions": str(_cal_file(member, entry["finalflags"], "flag versions", f)),
         "caltables": str(_cal_file(member, entry["caltables"], f"caltables of {entry['session']}", f)),
+        "parang": bool(parang),
         "split": split,
+        "reindex": bool((split_rule or {}).get("reindex")),
+        "science_spws": (split_rule or {}).get("science_spws", {}).get(f) if split else None,
     }
 
 
 def restore_eb(member, eb, *, split: bool, resolution: Resolution, runner: CasaRunner | None = None,
-               timeout_s=None) -> dict:
-    """Native restore of one EB (the unit the DAG maps). Returns its record."""
+               timeout_s=None, split_rule: dict | None = None, parang: bool | None = None) -> dict:
+    """Native restore of one EB (the unit the DAG maps). Returns its record. `split_rule`: the
+    plan's split_reindex decision, `parang` its polcal_parang one (the same for every EB of the MOUS)."""
     member = Member.coerce(member)
     cal = member.calibrated
     if not (cal / MARKER).exists():
         raise PermanentError(f"{cal}: not prepared; run the calibration's prepare step first")
     f = naming.uid_to_file(eb)
-    job = restore_job(member, eb, split)
+    if parang is None:  # not from a plan: decided here, as the plan decides it, over the whole MOUS
+        parang = polcal_parang(member, member.delivery.ppr_ebs())["parang"]
+    job = restore_job(member, eb, split, split_rule, parang)
     work = member.working
     run, result = CasaJob(work, f"{f}.restore").run(
         runner or CasaRunner(log), resolution.launcher, "restore_eb.py", job, relative=True, timeout=timeout_s,
         label=f"restore {f}")
-    check_restored(result, split)
+    check_restored(result, split, job["reindex"])
     # scriptForPI leaves calibrated/<EB>.ms (or .ms.split.cal) for the user.
     out = Path(result.get("split") or result["vis"])
     link = cal / out.name
@@ -410,7 +522,8 @@ def restore_eb(member, eb, *, split: bool, resolution: Resolution, runner: CasaR
     link.symlink_to(Path("working") / out.name)
     record = {
         "eb": eb, "output": str(link), "vis": result["vis"], "split": result.get("split"),
-        "split_spws": result.get("split_spws"), "flag_fraction": result["summary"]["flag_fraction"],
+        "split_spws": result.get("split_spws"), "reindex": result.get("reindex"), "parang": job["parang"],
+        "science_spws": result.get("science_spws"), "flag_fraction": result["summary"]["flag_fraction"],
         "applycal_calls": result["applycal_calls"], "timings_s": result["timings_s"],
         "duration_s": run.duration_s, "max_rss_mb": run.max_rss_mb, "casa_run": run.as_dict(),
     }
@@ -420,8 +533,10 @@ def restore_eb(member, eb, *, split: bool, resolution: Resolution, runner: CasaR
     return record
 
 
-def check_restored(result: dict, split: bool):
-    """Each calibrated MS opens, holds calibrated data for every science spw and target."""
+def check_restored(result: dict, split: bool, reindex: bool = False):
+    """Each calibrated MS opens, holds calibrated data for every science spw and target; a split
+    is scriptForPI's: every field of the MS, the science spws under their own ids (every
+    SPECTRAL_WINDOW row kept) or, reindexed, under 0..n-1, and the ASDM_* subtables."""
     s = result["summary"]
     if "CORRECTED_DATA" not in s["columns"]:
         raise CasaError(f"{s['vis']}: no CORRECTED_DATA after applycal")
@@ -433,11 +548,22 @@ def check_restored(result: dict, split: bool):
         ss = result.get("split_summary") or {}
         if not ss or "DATA" not in ss["columns"]:
             raise CasaError(f"{result.get('split')}: the split MS has no DATA column")
-        if len(ss["spws"]) != len(result["science_spws"]):
-            raise CasaError(f"{result['split']}: holds {len(ss['spws'])} spws, expected the "
-                            f"{len(result['science_spws'])} science spws")
-        if sorted(ss["fields"]) != sorted(s["target_fields"]):
-            raise CasaError(f"{result['split']}: fields {ss['fields']} are not the targets {s['target_fields']}")
+        science = sorted(result["science_spws"])
+        want = list(range(len(science))) if reindex else science
+        have = sorted(int(k) for k in ss["spws"])
+        if have != want:
+            raise CasaError(f"{result['split']}: holds data of spws {have}, expected {want} (the science spws "
+                            f"{science}, {'renumbered from 0' if reindex else 'under their own ids'})")
+        rows = result.get("split_spw_rows")
+        if not reindex and rows is not None and rows != result.get("spw_rows"):
+            raise CasaError(f"{result['split']}: {rows} SPECTRAL_WINDOW rows, the MS has {result.get('spw_rows')}: "
+                            "a split that keeps the spw ids keeps every row")
+        if sorted(ss["fields"]) != sorted(s["fields"]):
+            raise CasaError(f"{result['split']}: fields {ss['fields']}, the MS has {s['fields']}: "
+                            "scriptForPI's split keeps every field")
+        lost = sorted(set(result.get("asdm_subtables") or ()) - set(result.get("split_asdm_subtables") or ()))
+        if lost:
+            raise CasaError(f"{result['split']}: lost the subtables {', '.join(lost)} of the MS")
 
 
 # ---------------------------------------------------------------- the whole MOUS
@@ -467,11 +593,11 @@ def calibrate(member, options: Options | None = None, registry: CasaRegistry | N
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(parallel) as pool:
             futures = [pool.submit(restore_eb, member, eb, split=p.split, resolution=p.resolution,
-                                   timeout_s=options.timeout_s) for eb in p.ebs]
+                                   timeout_s=options.timeout_s, split_rule=p.split_rule, parang=p.parang) for eb in p.ebs]
             records = [f.result() for f in futures]
     else:
         records = [restore_eb(member, eb, split=p.split, resolution=p.resolution, runner=runner,
-                              timeout_s=options.timeout_s) for eb in p.ebs]
+                              timeout_s=options.timeout_s, split_rule=p.split_rule, parang=p.parang) for eb in p.ebs]
     return finish(member, p, options, records, time.monotonic() - t0, runner=runner)
 
 

@@ -91,7 +91,8 @@ class RestoreEbOperator(_CalibrationBase):
         member = self.member
         p = load_plan(member, self._options(), context["run_id"])
         rec = restore_eb(member, self.eb_uid, split=p.split, resolution=p.resolution,
-                         runner=self._casa_runner(), timeout_s=self.casa_limit())
+                         runner=self._casa_runner(), timeout_s=self.casa_limit(), split_rule=p.split_rule,
+                         parang=p.parang)
         return {k: rec[k] for k in ("eb", "output", "flag_fraction", "duration_s", "max_rss_mb")}
 
 
