@@ -47,3 +47,154 @@ def test_cli_refuses_cycle10_options_for_other_styles(tmp_path):
     assert "--sessions apply to --style cycle10 only, not cycle4" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- the styles, with real CASA data
+# Each style derives from the shared synthesized deliveries (fixtures_synth: one synthesis, many
+# styles): cycle5 and single-dish from the 2-EB one, cycle4 from the 3-EB, 2-session one. Each is
+# staged from serve-archive and from S3 (SeaweedFS), inspected, and restored where the engine can.
+
+import tarfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import archive_builder as ab  # noqa: E402
+
+from alma_regen import naming  # noqa: E402
+from alma_regen.member import Member  # noqa: E402
+from alma_regen.staging import HttpSource, S3Source, StageOptions, member_path, stage_mous  # noqa: E402
+
+FAST = StageOptions(backoff=0.01, max_attempts=3)
+
+
+@pytest.fixture(scope="module")
+def cycle5(synth_delivery, tmp_path_factory):
+    from alma_regen_dev.zoo import cycle5 as style
+    return dict(style.derive(synth_delivery, tmp_path_factory.mktemp("zoo5")), style="cycle5")
+
+
+@pytest.fixture(scope="module")
+def cycle4(synth_delivery_3eb, tmp_path_factory):
+    from alma_regen_dev.zoo import cycle4 as style
+    return dict(style.derive(synth_delivery_3eb, tmp_path_factory.mktemp("zoo4")), style="cycle4")
+
+
+@pytest.fixture(scope="module")
+def single_dish(synth_delivery, tmp_path_factory):
+    from alma_regen_dev.zoo import single_dish as style
+    return dict(style.derive(synth_delivery, tmp_path_factory.mktemp("zoosd")), style="single-dish")
+
+
+def staged_equals_delivery(result, workdir):
+    """Staging brought exactly the style's member folder (every file, byte for byte)."""
+    staged = ab.staged_member(member_path(workdir, result["mous_uid"]))
+    assert staged == ab.tree_bytes(Path(result["member_dir"]))
+
+
+def stage_both_ways(result, tmp_path, archive_server, seaweedfs):
+    served = archive_server(result["archive_dir"])
+    http = stage_mous(result["mous_uid"], HttpSource(served.url), tmp_path / "http", FAST)
+    staged_equals_delivery(result, tmp_path / "http")
+    bucket = seaweedfs.bucket("zoo")
+    for f in result["files"]:
+        seaweedfs.client().upload_file(str(Path(result["archive_dir"]) / f["name"]), bucket, f"m/{f['name']}")
+    s3 = stage_mous(result["mous_uid"], S3Source(f"s3://{bucket}/m", seaweedfs.client(), workers=1),
+                    tmp_path / "s3", FAST)
+    staged_equals_delivery(result, tmp_path / "s3")
+    assert http["ebs"] == s3["ebs"] == result["ebs"] and http["missing_ebs"] == s3["missing_ebs"] == []
+    return Member.of(tmp_path / "http", result["mous_uid"])
+
+
+def test_cycle4_is_packed_as_cycles_0_to_4_were(cycle4):
+    names = {f["name"]: f["semantics"] for f in cycle4["files"]}
+    assert not any(n.endswith("_auxiliary.tar") or n.endswith("README.txt") for n in names)
+    product = naming.product_tar(cycle4["project"], cycle4["mous_uid"])
+    assert names[product] == "#this" and cycle4["project"].startswith("2016.1.")
+    with tarfile.open(Path(cycle4["archive_dir"]) / product) as tf:
+        tops = {n.split(f"member.{naming.uid_to_file(cycle4['mous_uid'])}/", 1)[1].split("/")[0]
+                for n in tf.getnames() if f"member.{naming.uid_to_file(cycle4['mous_uid'])}/" in n}
+    assert tops == {"README", "script", "calibration", "qa2", "log", "product"}
+    member = Path(cycle4["member_dir"])
+    assert not list(member.glob("calibration/*pipeline_manifest.xml"))
+    restore = next(member.glob("script/*casa_piperestorescript.py")).read_text()
+    assert "fixsyscaltimes" in restore and "session_3" in restore and len(cycle4["sessions"]) == 2
+
+
+def test_cycle4_staged_inspected_and_restored_natively(cycle4, tmp_path, archive_server, seaweedfs):
+    # Decisions: staging takes the _001_of_001.tar as the package; the plan reads the version
+    # from qa2/ (4.7.2), sees a restore, no manifest; `auto` restores natively on modular CASA,
+    # each EB with its own session's caltables (found from the restore script's session list).
+    from alma_regen import calibration
+    from alma_regen.calibrated import Options
+    member = stage_both_ways(cycle4, tmp_path, archive_server, seaweedfs)
+    plan = member.delivery.plan()
+    assert plan["ok"], plan["problems"]
+    assert plan["casa_version"]["version"] == "4.7.2" and "qa2" in plan["casa_version"]["source"]
+    assert plan["calibration"]["kind"] == "restore" and plan["ppr"]["ebs"] == cycle4["ebs"]
+    summary = calibration.calibrate(member, Options(), parallel=2)
+    assert summary["plan"]["engine"] == "native" and summary["plan"]["ebs"] == cycle4["ebs"]
+    assert summary["plan"]["casa"]["casa"]["kind"] == "modular"
+    for eb, rec in zip(cycle4["ebs"], summary["ebs"]):
+        assert rec["eb"] == eb and Path(rec["output"]).exists()
+    # Without a manifest, each EB's session from the restore script: the last EB is session_3's,
+    # and its caltables are the session_3 tarball, not session_1's.
+    inputs = calibration.pipeline_manifest(member)["ebs"]
+    last = naming.uid_to_file(cycle4["ebs"][-1])
+    assert inputs[last]["session"] == "session_3" and inputs[last]["caltables"].endswith("session_3.caltables.tgz")
+    assert {inputs[naming.uid_to_file(eb)]["session"] for eb in cycle4["ebs"][:-1]} == {"session_1"}
+
+
+def test_cycle5_staged_inspected_and_restored_natively(cycle5, tmp_path, archive_server, seaweedfs):
+    # Decisions: the auxiliary tar as today; the plan reads 5.1.1-5 (README, QA2 report and
+    # manifest agree); no CASA 5 pipeline here, so `auto` restores natively on modular CASA and
+    # says the recorded version is not installed.
+    from alma_regen import calibration
+    from alma_regen.calibrated import Options
+    names = {f["name"] for f in cycle5["files"]}
+    assert naming.auxiliary_tar(cycle5["project"], cycle5["mous_uid"]) in names
+    member = stage_both_ways(cycle5, tmp_path, archive_server, seaweedfs)
+    plan = member.delivery.plan()
+    assert plan["ok"], plan["problems"]
+    assert plan["casa_version"]["version"] == "5.1.1-5"
+    summary = calibration.calibrate(member, Options(), parallel=2)
+    assert summary["plan"]["engine"] == "native"
+    assert "5.1.1-5" in summary["plan"]["casa"]["reason"] and "not installed" in summary["plan"]["casa"]["reason"]
+    assert [r["eb"] for r in summary["ebs"]] == cycle5["ebs"]
+
+
+def test_single_dish_is_a_layout_routed_to_the_pipeline(single_dish, tmp_path, archive_server, seaweedfs):
+    # Decisions (layout only: the data are interferometric, nothing is restored): staging and the
+    # plan take it (a restore); the native engine refuses it (hsd_ scripts, jyperk.csv); `auto`
+    # routes it to scriptForPI under a pipeline CASA, or stops saying it needs one.
+    from alma_regen import calibration
+    from alma_regen.calibrated import Options
+    from alma_regen.casa.registry import load_registry
+    from alma_regen.errors import CasaError, PermanentError
+    assert single_dish["layout_only"] is True
+    member = stage_both_ways(single_dish, tmp_path, archive_server, seaweedfs)
+    restore = next(member.script.glob("*casa_piperestorescript.py"))
+    assert "hsd_restoredata" in restore.read_text() and "ocorr_mode='ao'" in restore.read_text()
+    assert list(member.calibration.glob("*jyperk*.csv"))
+    plan = member.delivery.plan()
+    assert plan["calibration"]["kind"] == "restore", plan["problems"]
+    with pytest.raises(PermanentError, match="single-dish"):
+        calibration.plan(member, Options(engine="native"))
+    registry = load_registry()
+    if any(c.has_pipeline for c in registry.launchers):
+        p = calibration.plan(member, Options(), registry)
+        assert p.engine == "scriptforpi" and "single-dish" in p.reason
+    else:
+        with pytest.raises(CasaError, match="needs a pipeline CASA"):
+            calibration.plan(member, Options(), registry)
+
+
+def test_single_dish_with_the_pipeline_casa_of_the_tests(single_dish, pipeline_registry, tmp_path):
+    # Decision with the real pipeline CASA of the tests: `auto` chooses scriptForPI (hsd_restoredata
+    # needs the pipeline). It is not run: hsd_restoredata cannot restore interferometric ASDMs
+    # relabelled as total power (a layout-only delivery has no single-dish data).
+    import shutil
+    from alma_regen import calibration
+    from alma_regen.calibrated import Options
+    member = tmp_path / Path(single_dish["member_dir"]).name
+    shutil.copytree(single_dish["member_dir"], member, symlinks=True)
+    p = calibration.plan(member, Options(), pipeline_registry)
+    assert p.engine == "scriptforpi" and p.resolution.launcher.has_pipeline

@@ -632,8 +632,12 @@ def _add_tree(tf: tarfile.TarFile, root: Path, arc_root: str):
             tf.addfile(info)
 
 
-def pack_archive(spec, member: Path, archive: Path) -> list:
-    """The files exactly as the archive's request handler serves them."""
+def pack_archive(spec, member: Path, archive: Path, old_package: bool = False) -> list:
+    """The files exactly as the archive's request handler serves them.
+
+    old_package: as Cycles 0-4 packed a MOUS (the delivery zoo's cycle4 style): no auxiliary
+    tar and no README beside the tars; script/, calibration/, qa/ or qa2/, log/, product/ and
+    the README (named `README`) in the `_001_of_001.tar`."""
     archive.mkdir(parents=True, exist_ok=True)
     prefix = (f"{spec['project']}/science_goal.{naming.uid_to_file(spec['science_goal'])}"
               f"/group.{naming.uid_to_file(spec['group'])}/member.{spec['mous_file']}")
@@ -650,6 +654,10 @@ def pack_archive(spec, member: Path, archive: Path) -> list:
     for e in spec["ebs"]:
         eb = naming.uid_to_file(e["uid"])
         tar(naming.asdm_tar(spec["project"], e["uid"]), [f"raw/{eb}.asdm.sdm"], "#progenitor")
+    if old_package:
+        tar(naming.product_tar(spec["project"], spec["mous"]),
+            ["README", "script", "calibration", "qa", "qa2", "log", "product"], "#this")
+        return files
     tar(naming.auxiliary_tar(spec["project"], spec["mous"]), ["script", "calibration", "qa", "log"], "#auxiliary")
     tar(naming.product_tar(spec["project"], spec["mous"]), ["product"], "#this")
     readme = naming.readme_name(spec["mous"])
