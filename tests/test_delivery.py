@@ -243,7 +243,15 @@ def test_missing_asdm(member_copy, synth_delivery):
     asdm = member_copy / "raw" / naming.asdm_dir(synth_delivery["ebs"][1])
     import shutil
     shutil.rmtree(asdm)
-    only_error(member_copy, "the PPR lists this EB", asdm.name)
+    # scriptForPI v2.5 warns and goes on with the other EBs (tests/test_missing_ebs.py): a
+    # warning; an error when every EB is required.
+    plan = Delivery(member_copy).plan()
+    assert plan["ok"] and plan["raw"]["missing"] == [synth_delivery["ebs"][1]]
+    assert any(p["severity"] == "warning" and "the PPR lists this EB" in p["message"] for p in plan["problems"])
+    errs = errors(Delivery(member_copy).plan(require_all_ebs=True))
+    assert any("the PPR lists this EB" in e["message"] and e["path"].endswith(asdm.name) for e in errs), errs
+    r = inspect_cli(member_copy, "--require-all-ebs")
+    assert r.returncode == 1 and "the PPR lists this EB" in r.stdout and "Traceback" not in r.stderr
 
 
 def test_non_utf8_file_name(member_copy):

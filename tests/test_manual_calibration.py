@@ -84,6 +84,8 @@ def test_the_scripts_ran_as_scriptforpi_runs_them(manual_calibrated, synth_deliv
     # The flux script ran in calibrated/ after the EBs: it concatenated them.
     assert (cal / "calibrated.ms").is_dir() and steps[-2]["cwd"] == "."
     assert [r["eb"] for r in summary["ebs"]] == synth_delivery["ebs"]
+    # Delivery code: run in the sandbox, as every CASA child.
+    assert {r["casa_run"]["env"].get("ALMA_REGEN_SANDBOX") for r in summary["ebs"]} <= {"bwrap", "bwrap-strict"}
     assert json.loads((cal / "calibration.json").read_text())["manual_scripts"] == steps
 
 
@@ -95,6 +97,19 @@ def test_without_applyonly_the_zoo_script_needs_analysisutils(manual_calibrated,
     (tmp_path / script.name).write_text(script.read_text())
     with pytest.raises(CasaError, match="name 'aU' is not defined"):
         CasaRunner().run(load_registry().modular().command(tmp_path / script.name, shell=True), cwd=tmp_path)
+
+
+def test_the_manual_package_as_the_archive_serves_it(manual_calibrated, synth_delivery):
+    import tarfile
+    delivery, _, _ = manual_calibrated
+    aux = next(f["name"] for f in delivery["files"] if f["semantics"] == "#auxiliary")
+    with tarfile.open(Path(delivery["archive_dir"]) / aux) as tf:
+        names = [n.split("/", 4)[-1] for n in tf.getnames()]
+    for eb in synth_delivery["ebs"]:
+        assert f"script/{naming.uid_to_file(eb)}.ms.scriptForCalibration.py" in names
+    assert "script/scriptForFluxCalibration.py" in names and f"calibration/{delivery['manual']['ephemeris']}" in names
+    assert not [n for n in names if "pipescript" in n or "piperestore" in n or "PPR" in n or "manifest" in n]
+    assert sum(f["semantics"] == "#progenitor" for f in delivery["files"]) == len(synth_delivery["ebs"])
 
 
 def test_inspect_says_how_scriptforpi_runs_the_manual_delivery(manual_calibrated, synth_delivery):

@@ -579,3 +579,25 @@ def test_a_readme_version_template_is_not_a_version(tmp_path):
     (m / "qa2").mkdir()
     (m / "qa2" / "qa2.pdf").write_bytes(make_pdf(QA2_LINES))
     assert Delivery(m).casa_version()["version"] == "4.2.2"
+
+
+# ---------------------------------------------------------------- (j) a Python 2 scriptForPI on CASA 6
+
+@pytest.mark.parametrize("version, refused", [("1.23", True), ("1.25", True), ("1.34", False)])
+def test_a_python2_scriptforpi_is_refused_before_casa_starts(tmp_path, version, refused):
+    # v1.25 and older print with statements: CASA 6 cannot even compile them. Refused in one
+    # line before anything is touched; v1.34 is Python 3: CASA starts (this stand-in has no
+    # more to run than its first lines).
+    from alma_regen.casa.registry import load_registry
+    from alma_regen.errors import CasaError
+    from alma_regen.scriptforpi import run_script_for_pi
+    m = member(tmp_path, {**RESTORE, f"PPR_{MOUS_F}.xml": ppr_text(EB1), "scriptForPI.py": sfpi_head(version)})
+    launcher = load_registry().modular()
+    try:
+        run_script_for_pi(m, launcher)
+        said = ""
+    except CasaError as exc:
+        said = str(exc)
+    assert ("a Python 2 script" in said) == refused, said
+    if refused:
+        assert "\n" not in said and not (m / "calibrated").exists()

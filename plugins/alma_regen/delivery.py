@@ -11,8 +11,15 @@ this model instead of globbing on its own. It reads, never writes.
                    decision: what a pipeline delivery without any version runs with, else null)
     calibration    {kind: restore|pipeline|manual|null, reason, script}
     imaging        {kind: pipeline|script|none, reason, script}
-    split          {needed, reasons}                            (what scriptForPI would do)
-    scripts        {scriptForPI, restore, pipescript, imaging, imaging_prep, calibration: [...]}
+    scriptforpi    {version, rules_of, decided_by}  (the delivery's scriptForPI version, "2.5", null if
+                   unknown; rules_of: the version whose rules decide, the newest read when unknown)
+    split          {needed, reasons, why, rule: manual|always|imaging-pipeline-used, decided_by,
+                    scriptforpi_version, imaging_pipeline: {used, hif_makeimages_lines,
+                    science_images, imaging_code_lines} | null, note}  (what scriptForPI would do)
+    manual         (manual data only) {order: {rule: chronological|by-name, why, decided_by, ...},
+                    runs: [{eb, script, kind: interferometric|single-dish}], ephemerides: [...]}
+    scripts        {scriptForPI, restore, pipescript, imaging, imaging_prep, flux_calibration,
+                    pol_calibration, calibration: [...], sd_calibration: [...]}
     ppr            {path, ebs}                                  (EB uids, uid://A002/...)
     staged         false for the plan made before the raw data are staged (`plan(staged=False)`)
     raw            {ebs: [{eb, asdm, state: ok|missing|invalid|to_stage, scans, antennas, spws,
@@ -21,8 +28,10 @@ this model instead of globbing on its own. It reads, never writes.
                    tar size; missing: PPR EBs not in raw/, or not in the archive before staging: a
                    warning, as scriptForPI goes on with the rest (a partial run), an error with
                    require_all_ebs, and an error when no EB is left)
-    disk           {raw_bytes, needed_bytes_min, needed_bytes_max, free_bytes, enough, estimated}
-                   (estimated: raw_bytes from the archive's sizes, before staging)
+    disk           {raw_bytes, needed_bytes, needed_bytes_min, needed_bytes_max, free_bytes, enough,
+                    estimated, rule}  (needed_bytes: scriptForPI's check at plan(spacesaving=...),
+                   null for -1; min/max: at SPACESAVING 2..0; rule: Delivery.disk_rule; estimated:
+                   raw_bytes from the archive's sizes, before staging)
     problems       [{severity: error|warning, path, message}]
     ok             true when there is no error
 
@@ -30,13 +39,17 @@ Rules (scriptForPI's): scripts are matched by suffix, with or without the
 `member.<MOUS>.` and recipe prefixes, and two matches are an error; a
 casa_piperestorescript means restore, else a *cal*casa_pipescript (or one
 without a recipe word) means the full pipeline calibration, else per-EB
-*.ms.scriptForCalibration.py mean manual calibration; scriptForImaging.py with
-only comments means the pipeline imaged; a scriptForImagingPrep.py with a line
-that has no `#` is non-trivial and forces the split (the seed's option 1).
+*.ms.scriptForCalibration.py (and *.ms.scriptForSDCalibration.py) mean manual
+calibration; scriptForImaging.py with only comments means the pipeline imaged.
 
-scriptForPI's own rules, as read in real copies (v1.23 of 2017, v1.34 of 2022,
-v2.5 of 2023, the newest readable; where they differ v2.5 is followed unless a
-comment says why not):
+scriptForPI's own rules, as read in real copies (v1.7 of 2014, v1.15 of 2015, v1.23
+of 2017, v1.34 of 2022, v2.5 of 2023, the newest readable). Where versions differ the
+delivery's own version decides (`Delivery.scriptforpi_version`, `followed_version`; the
+*_SINCE constants below); without one, v2.5:
+- split (`Delivery.split_needed`): see there; a non-trivial scriptForImagingPrep.py
+  (the knowledge base's option 1) forces no split in any read version.
+- disk (`disk_factor`, `Delivery.disk_rule`), manual order and SD scripts
+  (`Delivery.manual_runs`): see there; calibration.run_manual runs them.
 - PPR (`Delivery.ppr`): `*PPR*.xml` first (several: error), else `*pprequest.xml`,
   of several the `*cal*` one; v2.5 looks only for `*cal*pprequest.xml`, v1.23 for
   any: a single pprequest without `cal` is still taken (it is the only EB list).

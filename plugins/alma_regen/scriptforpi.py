@@ -31,6 +31,9 @@ from .paths import casa_script
 
 log = logging.getLogger(__name__)
 ASIDE_SUFFIX = ".set-aside-by-alma-regen"
+# scriptForPI v1.25 and older are Python 2 (`print '...'`, `globals().has_key`; read: v1.7, v1.15,
+# v1.23, and v1.25 per DOMAIN.md); v1.34 is Python 3. CASA 6 runs Python 3 only.
+PYTHON2_UNTIL = (1, 25)
 RESULT = "scriptForPI.result.json"  # the wrapper's report, kept in calibrated/
 
 
@@ -80,6 +83,10 @@ def run_script_for_pi(member, launcher: CasaLauncher, options: Options | None = 
     script = member.delivery.script("scriptForPI")
     if script is None:
         raise DeliveryError(member.script, "no scriptForPI.py (nor member.<MOUS>.scriptForPI.py)")
+    version = member.delivery.scriptforpi_version()
+    if version and version <= PYTHON2_UNTIL and launcher.version.major >= 6:
+        raise CasaError(f"{script.name} is scriptForPI v{version[0]}.{version[1]}, a Python 2 script, and CASA "
+                        f"{launcher.version} runs Python 3 only: use the native engine (or a CASA 5 with its pipeline)")
     set_aside(member.calibrated)
     # Outside calibrated/: scriptForPI must find no ../calibrated when it starts.
     report_path = member.root / f".{RESULT}"

@@ -71,6 +71,8 @@ def make_manual(member: Path, spec: dict, result: dict, casa: str, *, flux_scrip
             p.unlink()
     shutil.rmtree(cal)
     cal.mkdir()
+    for log in (member / "log").glob("*casa_commands.log"):   # the pipeline's command log
+        log.unlink()
     eph = f"{spec['target']['name']}.eph" if ephemeris else None
     if eph:
         (cal / eph).write_text(ephemeris_text(spec))
