@@ -17,10 +17,11 @@ On one synthetic delivery (served by serve-archive, products to SeaweedFS):
     local = LocalExecutor on SQLite; celery = CeleryExecutor with PostgreSQL + Redis
     with the settings of tests/airflow_procs.py (as docker-compose.yaml: the scheduler's
     idle sleep 0.2 s instead of 1 s); --airflow-env KEY=VALUE adds or overrides settings.
-  Time = from the trigger (REST) to the run's end as the client sees it, and the
-  run's own queued -> end. Ratio = Airflow / baseline (goal <= 1.3, issue 15).
+  Time = from the trigger (REST) to the run's end (its end_date), and the run's own
+  queued -> end. Ratio = Airflow / baseline (goal <= 1.3, issue 15).
   --repeat N alternates baseline and Airflow N times per mode (each round's ratio is
-  against its own baseline, so a change of load on this shared machine falls on both).
+  against its own baseline, so a change of load on this shared machine falls on both);
+  --variant NAME:KEY=VALUE,... adds an Airflow run per round with other settings.
 
 CPU, beside each time: our CPU-seconds (the `alma-regen run` process and what it reaped;
 for Airflow every process of the cluster and what they reaped: tasks, CASA children),
@@ -70,28 +71,43 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / HZ
 
 
-def tree_cpu_s(roots) -> float:
+def tree_cpu(roots) -> dict:
     """CPU-seconds of the live processes under `roots` (pids) and of every descendant they reaped
     (utime + stime + cutime + cstime): a task process, its CASA child and the child's bwrap are
-    counted once each has been waited for, as the LocalExecutor's workers and the runner do."""
+    counted once each has been waited for, as the LocalExecutor's workers and the runner do.
+    By kind of process: the workers' own time is the Task SDK's supervisor (log forwarding, the
+    Execution API calls, heartbeats), what they reaped is the task processes (and their CASA)."""
     table, kids = {}, {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()[:200].replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         f = stat[stat.rindex(")") + 2:].split()
-        table[int(d.name)] = sum(int(x) for x in f[11:15])
+        table[int(d.name)] = (sum(int(x) for x in f[11:13]), sum(int(x) for x in f[13:15]), cmd)
         kids.setdefault(int(f[1]), []).append(int(d.name))
-    total, todo = 0, list(roots)
+    out, todo = {}, list(roots)
     while todo:
         pid = todo.pop()
-        if pid in table:
-            total += table[pid]
-            todo += kids.get(pid, [])
-    return total / HZ
+        if pid not in table:
+            continue
+        own, reaped, cmd = table[pid]
+        if "LocalExecutor" in cmd or "celery" in cmd.lower() and pid not in roots:
+            out["supervisors"] = out.get("supervisors", 0) + own
+            out["task processes"] = out.get("task processes", 0) + reaped
+        else:
+            kind = next((k for k in ("serve-logs", "api-server", "scheduler", "dag-processor", "triggerer", "celery")
+                         if k in cmd.replace("api_server", "api-server")), "other")
+            out[kind] = out.get(kind, 0) + own + reaped
+        todo += kids.get(pid, [])
+    return {k: v / HZ for k, v in out.items()}
+
+
+def tree_cpu_s(roots) -> float:
+    return sum(tree_cpu(roots).values())
 
 
 class CpuMeter:
@@ -102,19 +118,34 @@ class CpuMeter:
         self.roots = roots
         self.t0, self.m0, self.o0 = time.monotonic(), machine_busy_s(), self._ours()
 
-    def _ours(self) -> float:
+    def _ours(self) -> dict:
         if self.roots is not None:
-            return tree_cpu_s(self.roots)
+            return tree_cpu(self.roots)
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return r.ru_utime + r.ru_stime
+        return {"alma-regen": r.ru_utime + r.ru_stime}
 
     def stop(self) -> dict:
-        wall, machine, ours = time.monotonic() - self.t0, machine_busy_s() - self.m0, self._ours() - self.o0
+        wall, machine, now = time.monotonic() - self.t0, machine_busy_s() - self.m0, self._ours()
+        by_kind = {k: round(v - self.o0.get(k, 0.0), 2) for k, v in now.items()}
+        ours = sum(by_kind.values())
         return {"cpu_s": round(ours, 1), "others_cpu_s": round(max(machine - ours, 0.0), 1),
-                "others_cores": round(max(machine - ours, 0.0) / wall, 2) if wall else None}
+                "others_cores": round(max(machine - ours, 0.0) / wall, 2) if wall else None,
+                "cpu_by_process_s": by_kind}
 
 
 CASA_CPU = re.compile(r"CASA finished in ([0-9.]+) s, CPU ([0-9.]+) s")
+
+
+def synthetic_delivery(folder: Path, ebs: int) -> dict:
+    """The synthetic delivery (seed 1: the same bytes each time), made in `folder` or reused from it."""
+    stamp = folder / "synth.json"
+    if stamp.is_file():
+        synth = json.loads(stamp.read_text())
+        if len(synth["ebs"]) == ebs and Path(synth["archive_dir"]).is_dir():
+            return synth
+    synth = synthesize(folder, ebs=ebs, seed=1)
+    stamp.write_text(json.dumps(synth, default=str))
+    return synth
 
 
 def baseline(mode: str, synth: dict, url: str, root: Path, s3, bucket: str, tag: str = "") -> dict:
@@ -122,6 +153,7 @@ def baseline(mode: str, synth: dict, url: str, root: Path, s3, bucket: str, tag:
     work = root / f"cli-{mode}{tag}"
     shutil.rmtree(work, ignore_errors=True)
     env = dict(os.environ, **s3.env())
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # our bytecode cached, as for the clusters (tests/airflow_procs.py)
     cmd = [BIN / "alma-regen", "run", synth["mous_uid"], "--source", url, "--workdir", work]
     if mode == "full":  # stage, inspect, calibrate, image, fidelity, publish
         cmd += ["--publish-to", f"s3://{bucket}/cli-{mode}{tag}"]
@@ -175,17 +207,20 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
         time.sleep(IDLE_S)
         idle = idle.stop()
         meter = CpuMeter(roots)
-        t0 = time.monotonic()
+        t0 = time.time()
         run_id = cluster.trigger("alma_regenerate", conf)
         end_poll = time.monotonic() + 1800
+        # Polled every POLL_S: each poll is a request the api-server serves (about 20 ms of its
+        # CPU here: at 4 a second they were a quarter of the run's Airflow CPU). The end is the
+        # run's own end_date, not when a poll saw it.
         while time.monotonic() < end_poll:
             state = cluster.run_state("alma_regenerate", run_id)
             if state in ("success", "failed"):
                 break
-            time.sleep(0.25)
-        wall = time.monotonic() - t0
+            time.sleep(POLL_S)
         cpu = meter.stop()
         run = cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{_q(run_id)}")
+        wall = _ts(run["end_date"]) - t0
         if state != "success":
             raise RuntimeError(f"run {state}:\n{cluster.failure_report('alma_regenerate', run_id)}")
         tis = cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{_q(run_id)}/taskInstances?limit=500")["task_instances"]
@@ -219,6 +254,7 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
 
 
 IDLE_S = 10  # how long the cluster's idle CPU is measured before the trigger
+POLL_S = 2.0  # how often the run's state is asked for
 
 
 def _ts(v):
@@ -393,14 +429,20 @@ def main(argv=None):
     ap.add_argument("--ebs", type=int, default=2)
     ap.add_argument("--executors", default="local,celery")
     ap.add_argument("--modes", default="cal,full")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="one more Airflow run per round with these settings on top, e.g. "
+                         "hb1:AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL=1")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of (baseline, Airflow) per mode")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--synth-cache", metavar="DIR",
+                    help="make the synthetic delivery there once and reuse it in later runs (same --ebs, seed 1)")
     ap.add_argument("--parse-only", action="store_true")
+    ap.add_argument("--no-parse", action="store_true", help="leave out the DAG parse timings")
     ap.add_argument("--airflow-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Airflow settings for the clusters, e.g. "
                          "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2")
     a = ap.parse_args(argv)
-    results = {"parse": parse_times()}
+    results = {"parse": {} if a.no_parse else parse_times()}
     print(json.dumps({"parse": results["parse"]}, indent=1), flush=True)
     if a.parse_only:
         return 0
@@ -408,9 +450,17 @@ def main(argv=None):
     if "celery" in executors and (postgres_problem() or redis_problem()):
         print(f"celery skipped: {postgres_problem() or redis_problem()}", flush=True)
         executors.remove("celery")
+    # Each executor as configured, then once more per --variant (its settings on top).
+    common = dict(kv.split("=", 1) for kv in a.airflow_env)
+    arms = []
+    for ex in executors:
+        arms.append((ex, ex, common))
+        for v in a.variant:
+            name, _, kvs = v.partition(":")
+            arms.append((f"{ex}+{name}", ex, {**common, **dict(kv.split("=", 1) for kv in kvs.split(",") if kv)}))
     root = Path(tempfile.mkdtemp(prefix="bench-orch-"))
     try:
-        synth = synthesize(root / "synth", ebs=a.ebs, seed=1)
+        synth = synthetic_delivery(Path(a.synth_cache) if a.synth_cache else root / "synth", a.ebs)
         server = ArchiveServer(synth["archive_dir"], "127.0.0.1", 0)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         (root / "s3").mkdir()
@@ -424,15 +474,15 @@ def main(argv=None):
                     base = baseline(mode, synth, server.url, root, s3, bucket, tag)
                     results.setdefault(f"baseline-{mode}", []).append(base)
                     print(f"baseline {mode}{tag} (load {_load()}): {base}", flush=True)
-                    for ex in executors:
-                        r = airflow_run(ex, mode, synth, server.url, root, s3, bucket,
-                                        dict(kv.split("=", 1) for kv in a.airflow_env), tag)
+                    for arm, ex, env in arms:
+                        r = airflow_run(ex, mode, synth, server.url, root, s3, bucket, env,
+                                        tag + (f"-{arm.split('+', 1)[1]}" if "+" in arm else ""))
                         r["ratio_wall"] = round(r["wall_s"] / base["wall_s"], 3)
                         r["ratio_queued_to_end"] = round(r["queued_to_end_s"] / base["wall_s"], 3)
-                        results.setdefault(f"airflow-{ex}-{mode}", []).append(r)
-                        print(f"airflow {ex} {mode}{tag} (load {_load()}): "
+                        results.setdefault(f"airflow-{arm}-{mode}", []).append(r)
+                        print(f"airflow {arm} {mode}{tag} (load {_load()}): "
                               f"{ {k: v for k, v in r.items() if k != 'life'} }", flush=True)
-                        print_life(f"{ex} {mode}{tag}", r["life"])
+                        print_life(f"{arm} {mode}{tag}", r["life"])
         server.shutdown()
         server.server_close()
     finally:
@@ -445,7 +495,7 @@ def main(argv=None):
             print(f"  {mode:<5} round {i + 1} alma-regen alone       {b['wall_s']:8.1f}          "
                   f"cpu {b['cpu_s']:.1f} (CASA {b['casa_cpu_s']:.1f} in {b['casa_children']} children), "
                   f"others {b['others_cores']:.2f} cores")
-            for ex in executors:
+            for ex, _, _ in arms:
                 runs = results.get(f"airflow-{ex}-{mode}") or []
                 if i < len(runs):
                     r = runs[i]
@@ -454,7 +504,10 @@ def main(argv=None):
                           f"{r['casa_children']} children), others {r['others_cores']:.2f} cores; "
                           f"{r['tasks']} tasks, {r['task_seconds_sum']:.1f} task-seconds; idle cluster "
                           f"{r['idle_cores']:.3f} cores")
-        for ex in executors:
+                    print(f"  {'':<5}         Airflow's CPU by process: " + ", ".join(
+                        f"{k} {v:.1f}" for k, v in sorted(r["cpu_by_process_s"].items(), key=lambda kv: -kv[1]))
+                          + f" (task processes include CASA's {r['casa_cpu_s']:.1f})")
+        for ex, _, _ in arms:
             ratios = sorted(r["ratio_wall"] for r in results.get(f"airflow-{ex}-{mode}") or [])
             if len(ratios) > 1:
                 print(f"  {mode:<5} Airflow {ex}: median ratio x{ratios[len(ratios) // 2]:.2f} over "

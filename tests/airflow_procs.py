@@ -133,6 +133,10 @@ class AirflowCluster:
         self.executor = executor
         db_url = db_url or f"sqlite:///{self.home / 'airflow.db'}"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ALMA_REGEN_"))}
+        # Every task process imports our modules anew: without their bytecode cached (a shell
+        # that exports PYTHONDONTWRITEBYTECODE) each one compiles them again, 30-60 ms of CPU
+        # per task here (bench/orchestration.py). __pycache__/ is git-ignored.
+        base.pop("PYTHONDONTWRITEBYTECODE", None)
         base.update({
             "AIRFLOW_HOME": str(self.home),
             "PYTHONUNBUFFERED": "1",
@@ -159,6 +163,9 @@ class AirflowCluster:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",  # as docker-compose.yaml
+            # As docker-compose.yaml: how long a worker slot stays taken after its task process
+            # ended, and how late a skipped or failed task's end is recorded (Airflow 3.3.2).
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",

@@ -181,12 +181,15 @@ def test_scheduler_settings_and_warm_up_alike(compose, tmp_path):
     from airflow_procs import AirflowCluster
     from alma_regen_dev import demo
 
-    key = "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"
-    compose_value = compose["services"]["airflow-scheduler"]["environment"][key]
-    assert compose_value.startswith("${") and compose_value.endswith("}")
-    default = compose_value.split(":-", 1)[1].rstrip("}")
-    assert AirflowCluster(tmp_path / "af").env[key] == default
-    assert demo.Airflow(tmp_path / "demo", {}, 8080).env[key] == default
+    # The scheduler's idle sleep, and the supervisor's heartbeat window (how soon a worker slot
+    # is free again after its task process ended, and a skipped or failed step's end is seen).
+    for service, key in (("airflow-scheduler", "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"),
+                         ("airflow-worker", "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL")):
+        compose_value = compose["services"][service]["environment"][key]
+        assert compose_value.startswith("${") and compose_value.endswith("}")
+        default = compose_value.split(":-", 1)[1].rstrip("}")
+        assert AirflowCluster(tmp_path / "af").env[key] == default
+        assert demo.Airflow(tmp_path / "demo", {}, 8080).env[key] == default
     # execute_tasks_new_python_interpreter stays at its default (False): a task process is a fork.
     for env in (compose["services"]["airflow-worker"]["environment"], AirflowCluster(tmp_path / "af2").env):
         assert "AIRFLOW__CORE__EXECUTE_TASKS_NEW_PYTHON_INTERPRETER" not in env

@@ -51,9 +51,11 @@ def on_task_instance_running(previous_state, task_instance):
             from pathlib import Path
 
             from .. import naming
-            from ..config import runtime_settings
+            from ..config import settings
             from ..steps import record_step
-            record_step(Path(runtime_settings().workdir) / naming.member_dir(mous), task_instance.task_id,
+            # The workdir is a parse-time setting (the Variable cannot change it): no round trip
+            # to the Execution API for the Variable in every task (bench/orchestration.py).
+            record_step(Path(settings().workdir) / naming.member_dir(mous), task_instance.task_id,
                         task_instance.run_id)
     except Exception as exc:  # noqa: BLE001
         log.debug("alma-regen listener (running): %s", exc)
@@ -93,8 +95,8 @@ def on_task_instance_failed(previous_state, task_instance, error):
         mous = task_instance.dag_id == "alma_regenerate" and _mous(task_instance)
         if mous:
             from .. import attempts
-            from ..config import runtime_settings
-            attempts.note_error(runtime_settings().workdir, mous, task_instance.run_id, task_instance.task_id,
+            from ..config import settings
+            attempts.note_error(settings().workdir, mous, task_instance.run_id, task_instance.task_id,
                                 error if error is not None else "failed")
     except Exception as exc:  # noqa: BLE001
         log.debug("alma-regen listener (attempts): %s", exc)
