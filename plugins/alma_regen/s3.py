@@ -23,6 +23,7 @@ No Airflow here.
 import os
 import re
 import socket
+import threading
 
 from .errors import AlmaRegenError, PermanentError, TransientError
 
@@ -58,19 +59,31 @@ def run_folder(run_id) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(run_id or "")).strip("_.-")
 
 
+_SESSION: list = []  # the process's one botocore session (as boto3.client() keeps one): models load once
+_SESSION_LOCK = threading.Lock()
+
+
 def make_client(*, endpoint: str | None = None, region: str | None = None, key_id: str | None = None,
                 secret: str | None = None, pool: int = WORKERS + 4, connect_timeout: float = 10,
                 read_timeout: float = 120, attempts: int = 3):
     """A boto3 S3 client; an explicit endpoint (a mirror, SeaweedFS) gets path-style addressing.
-    Credentials None: boto3's own chain (environment, profile, role)."""
-    import boto3
+    Credentials None: boto3's own chain (environment, profile, role).
+
+    Made by botocore, which is what boto3.client() does underneath, without importing boto3
+    itself (its transfer manager and resources): that import was a third of the fixed cost
+    of `alma-regen stage` from S3 (bench/staging.py). Nothing here uses boto3's additions
+    (upload_file and co.; products/upload.py has its own)."""
+    import botocore.session
     from botocore.config import Config
-    return boto3.client(
-        "s3", endpoint_url=endpoint or None, region_name=region or "us-east-1",
-        aws_access_key_id=key_id or None, aws_secret_access_key=secret or None,
-        config=Config(s3={"addressing_style": "path"} if endpoint else {}, max_pool_connections=pool,
-                      retries={"mode": "standard", "max_attempts": attempts},
-                      connect_timeout=connect_timeout, read_timeout=read_timeout))
+    with _SESSION_LOCK:  # creating clients from one session is not thread-safe
+        if not _SESSION:
+            _SESSION.append(botocore.session.get_session())
+        return _SESSION[0].create_client(
+            "s3", endpoint_url=endpoint or None, region_name=region or "us-east-1",
+            aws_access_key_id=key_id or None, aws_secret_access_key=secret or None,
+            config=Config(s3={"addressing_style": "path"} if endpoint else {}, max_pool_connections=pool,
+                          retries={"mode": "standard", "max_attempts": attempts},
+                          connect_timeout=connect_timeout, read_timeout=read_timeout))
 
 
 def s3_client(*, workers: int = WORKERS, settings=None):

@@ -25,11 +25,7 @@ def register(sub) -> None:
                    help="seconds to wait for another run staging the same file (default 3600)")
     s.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines")
     s.add_argument("--s3-workers", type=int, default=4,
-                   help="parallel ranged GETs per big file from S3 when one stream is slow (default 4; "
-                        "1 = always one stream)")
-    s.add_argument("--s3-parallel-below", type=float, default=256.0, metavar="MB_PER_S",
-                   help="a big S3 file starts as one stream and goes on in --s3-workers ranges if that "
-                        "stream gives less than this (default 256 MB/s)")
+                   help="parallel ranged GETs per file of 32 MiB or more from S3 (default 4; 1 = one stream)")
     s.add_argument("--min-rate", type=float, default=min_rate_bps, metavar="BYTES_PER_S",
                    help=f"give up on a file whose source sends less than this over --min-rate-window "
                         f"(a transient error; run again to resume; 0: never; default {min_rate_bps:.0f})")
@@ -45,7 +41,7 @@ def cmd_stage(a) -> None:
     from ..staging.stage import StageOptions, stage_mous
 
     if a.source.startswith("s3://"):
-        source = open_source(a.source, workers=a.s3_workers, parallel_below=a.s3_parallel_below * 1e6)
+        source = open_source(a.source, workers=a.s3_workers)
     else:
         source = open_source(a.source, cookie=os.environ.get("ALMA_REQUEST_HANDLER_COOKIE", ""))
     opts = StageOptions(parallel=a.parallel, lock_timeout=a.lock_timeout, progress_interval=a.progress_interval,

@@ -245,23 +245,6 @@ def _close_conn(conn) -> None:
     conn.close()
 
 
-def _cpu_ticks() -> Optional[tuple]:
-    """(idle, total) CPU ticks of the whole machine since boot (Linux /proc/stat); None elsewhere."""
-    try:
-        with open("/proc/stat", "rb") as fh:
-            ticks = [int(x) for x in fh.readline().split()[1:9]]
-        return ticks[3], sum(ticks)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _idle_share(before: Optional[tuple], after: Optional[tuple]) -> Optional[float]:
-    """The share of the machine's CPU that was idle between two readings (None: not known)."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
 class _Stream:
     """The rest of a file from one response, from byte `served` to the listing's size.
 
@@ -395,20 +378,20 @@ class S3Source:
     kind = "s3"
 
     def __init__(self, url: str, client=None, *, part_size: int = 8 << 20, workers: int = 4,
-                 parallel_min: int = 32 << 20, probe_bytes: int = 32 << 20, parallel_below: float = 256e6,
-                 spare_cpu: float = 0.25, timeout: float = 60.0):
+                 parallel_min: int = 32 << 20, timeout: float = 60.0):
         u = urlsplit(url)
         if u.scheme != "s3" or not u.netloc:
             raise PermanentError(f"not an s3://bucket/prefix URL: {url!r}")
         self.bucket, self.prefix = u.netloc, u.path.strip("/")
         self.client = client if client is not None else default_s3_client()
+        # An object of at least `parallel_min` bytes comes in `workers` parallel ranged GETs of
+        # `part_size` (fewer when it has fewer parts), a smaller one in one stream. Ranges add up
+        # where one TCP stream is held back (a far store, S3's per-connection rate), and let a
+        # store on the same host serve on every core: bench/staging.py measured them faster than
+        # one stream from the local SeaweedFS too (the previous default, one stream first and
+        # ranges only when it was slow with CPU to spare, stayed one stream there, and behind a
+        # 100 MB/s-per-stream link on a busy machine as well). workers=1: always one stream.
         self.part_size, self.workers, self.parallel_min = part_size, workers, parallel_min
-        # A big object starts as one stream; after `probe_bytes` it goes on in `workers` parallel
-        # ranges only if the stream delivered less than `parallel_below` bytes/s while the
-        # machine had at least `spare_cpu` of its CPU idle. Ranges add up where one TCP stream
-        # is slow (a far store); where the CPU is what limits (a store on the same host, a busy
-        # worker) they only cost CPU and memory. probe_bytes=0: ranges from byte 0.
-        self.probe_bytes, self.parallel_below, self.spare_cpu = probe_bytes, parallel_below, spare_cpu
         self.timeout = timeout
         self._signed: dict = {}  # key -> (presigned URL, when): one signature per object, not per range
 
@@ -456,10 +439,8 @@ class S3Source:
             etag = _s3_call(self.client.head_object, f.name, Bucket=self.bucket, Key=key)["ETag"].strip('"')
         if f.size - start < self.parallel_min or self.workers <= 1:
             reader = _Stream(*self._get(f, key, start, None, etag), f, start)
-        elif self.probe_bytes <= 0:
-            reader = _Parts(self, f, key, start, etag)
         else:
-            reader = _Probed(self, f, key, start, etag)
+            reader = _Parts(self, f, key, start, etag)
         return Body(reader, start, f.size - start, etag)
 
     def _url(self, key: str) -> str:
@@ -519,60 +500,6 @@ class S3Source:
         if resp.status == 416:
             raise SourceChangedError(f"{what}: range not satisfiable (object shrank?)")
         raise _status_error(resp.status, resp.reason, what, resp.getheader("Retry-After"))
-
-
-class _Probed:
-    """One stream; after probe_bytes, the rest in parallel ranges if the stream is slow.
-
-    The rate counts only the time spent waiting for the network (the request and each
-    read), not the time the consumer holds a buffer: a slow disk must not make the
-    network look slow (parallel ranges would not help it).
-    """
-
-    def __init__(self, src: S3Source, f: RemoteFile, key: str, start: int, etag: str):
-        self.src, self.f, self.key, self.start, self.etag = src, f, key, start, etag
-        self.cpu0 = _cpu_ticks()
-        t0 = time.monotonic()
-        self.cur = _Stream(*src._get(f, key, start, None, etag), f, start)
-        self.waited = time.monotonic() - t0
-        self.probing, self.closed = True, False
-        self.lock = threading.Lock()
-
-    def readinto(self, view) -> int:
-        if not self.probing:
-            return self.cur.readinto(view)
-        t = time.monotonic()
-        n = self.cur.readinto(view)
-        self.waited += time.monotonic() - t
-        done = self.cur.offset - self.start
-        if done >= self.src.probe_bytes:
-            self.probing = False
-            self._decide(done)
-        return n
-
-    def _decide(self, done: int) -> None:
-        src, offset = self.src, self.cur.offset
-        rate = done / max(self.waited, 1e-6)
-        idle = _idle_share(self.cpu0, _cpu_ticks())
-        if rate >= src.parallel_below or self.f.size - offset < src.parallel_min or \
-                (idle is not None and idle < src.spare_cpu):
-            return
-        log.info("%s: one stream gives %.0f MB/s (< %.0f) with %s of the CPU idle: the remaining %.0f MB "
-                 "in %d parallel ranges", self.f.name, rate / 1e6, src.parallel_below / 1e6,
-                 "?" if idle is None else f"{idle:.0%}", (self.f.size - offset) / 1e6, src.workers)
-        with self.lock:
-            if self.closed:
-                return
-            self.cur.close()
-            self.cur = _Parts(src, self.f, self.key, offset, self.etag)
-
-    def ready(self) -> bool:
-        return self.cur.ready()
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            self.cur.close()
 
 
 class _Parts:
