@@ -60,7 +60,12 @@ def test_hook_builds_the_source_from_the_connection(monkeypatch):
 
 def test_operator_template_fields_and_permanent_errors(tmp_path, archive, archive_server):
     from alma_regen.airflow.operators.staging import StageAsdmOperator, StageAuxiliaryOperator
-    assert set(StageAuxiliaryOperator.template_fields) == {"mous_uid", "workdir", "source"}
+    assert set(StageAuxiliaryOperator.template_fields) == {"mous_uid", "workdir", "source", "require_all_ebs"}
+    # The run's require_all_ebs param arrives rendered ("True"/"False") and reaches staging as a bool.
+    for rendered, wanted in (("True", True), ("False", False)):
+        strict = StageAuxiliaryOperator(task_id=f"aux_{rendered}", mous_uid="uid://A001/X9/X9", workdir=str(tmp_path),
+                                        source="s3://b/p", require_all_ebs=rendered)
+        assert strict._options().require_all_ebs is wanted
     assert "eb_uid" in StageAsdmOperator.template_fields
     srv = archive_server(archive.dir)
     op = StageAuxiliaryOperator(task_id="aux", mous_uid="uid://A001/X9/X9", workdir=str(tmp_path), source=srv.url)
