@@ -195,7 +195,8 @@ def test_inspect_before_staging_describes_what_will_be_staged(unstaged_member):
     assert [e["state"] for e in plan["raw"]["ebs"]] == ["to_stage", "to_stage"]
     assert "2.00 GB in the archive" in text and "500.0 MB in the archive" in text
     assert plan["disk"]["raw_bytes"] == 2_500_000_000 and plan["disk"]["estimated"]
-    assert "needs 27.50 GB to 35.00 GB" in text  # 11-14 x the raw data, before it is staged
+    # scriptForPI's disk check, before the data are staged: (11 + 3f) x raw/, f = 0 here
+    assert "needs 27.50 GB (11 + 3 x 0 = 11 x raw/" in text
     assert text.endswith("READY TO STAGE: 2 ASDM(s) to fetch")
     # Without the archive's sizes it says when the disk will be known, not "0.00 GB".
     text = format_plan(Delivery(unstaged_member).plan(staged=False))
