@@ -128,11 +128,12 @@ def _python_for_casa() -> str:
 
 
 def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: CasaRunner | None = None,
-               sessions=None, restore_template: str = "current") -> dict:
+               sessions=None, restore_template: str = "current", customize=None) -> dict:
     """Build OUT/archive/ (and OUT/delivery/, the untarred member) and describe it.
 
     sessions: the session number of each EB (default_sessions when None);
-    restore_template: "current" or "old" (the pre-2021 restore script)."""
+    restore_template: "current" or "old" (the pre-2021 restore script);
+    customize: a style's change to the spec before CASA runs (zoo.polarisation), called with it."""
     if restore_template not in RESTORE_TEMPLATES:
         raise PermanentError(f"--restore-template must be one of {', '.join(RESTORE_TEMPLATES)}, "
                              f"not {restore_template!r}")
@@ -146,6 +147,8 @@ def synthesize(out, ebs: int = 2, seed: int = 1, antennas: int = 8, runner: Casa
     member = delivery / naming.member_dir(spec["mous"])
     spec["member_dir"] = str(member)
     spec["truth_dir"] = str(out / "truth")
+    if customize is not None:
+        customize(spec)
     scratch.mkdir(parents=True)
     (scratch / "spec.json").write_text(json.dumps(spec, indent=1))
     runner = runner or CasaRunner(log)

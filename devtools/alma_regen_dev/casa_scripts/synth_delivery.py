@@ -14,6 +14,17 @@ then save the `Pipeline_Final` flags as exportdata does. Caltables are packed
 per session. Finally image the target from the calibrated data for product/.
 The parent process (alma_regen_dev.synth) writes the scripts, README, PPR and
 manifest and packs the archive.
+
+With spec["polarisation"] (the polarisation style, alma_regen_dev.zoo.polarisation):
+full polarisation products (XX XY YX YY), a third field, a polarised calibrator,
+observed over a wide parallactic angle range; the data carry known leakage
+(D-terms) and an X-Y phase, and are solved as hifa_polcal does: per session the
+polarisation calibrator's calibrated data of every EB concatenated into
+`<session>_polcalib.ms`, then its cross-hand delay (KCROSS), X-Y phase and source
+Q, U (Xfparang+QU), leakage (Dflls) and X/Y amplitude ratio, tables named
+`<session>_polcalib.ms.hifa_polcal.*` as the pipeline names them, applied to every
+EB of the session (calapply.txt lines, interp 'nearest', calwt False) with
+parang=True, as hifa_restoredata applies them.
 This file must not import airflow or alma_regen. It lives in the dev tools (alma-regen-dev)
 and imports the product's CASA-side helpers (casa_boot, almaopts, calapply_parse,
 imaging_params) from include/casa_scripts, found through ALMA_REGEN_INCLUDE, which
@@ -31,9 +42,9 @@ sys.path.insert(0, os.path.join(os.environ["ALMA_REGEN_INCLUDE"], "casa_scripts"
 import casa_boot  # noqa: E402  (offline CASA; must come before casatools)
 
 import numpy as np  # noqa: E402
-from casatasks import (applycal, bandpass, exportasdm, exportfits, flagdata,  # noqa: E402
-                       flagmanager, gaincal, importasdm, setjy, tclean)
-from casatools import componentlist, measures, msmetadata, simulator, table, version_string  # noqa: E402
+from casatasks import (applycal, bandpass, concat, exportasdm, exportfits, flagdata,  # noqa: E402
+                       flagmanager, gaincal, importasdm, mstransform, polcal, setjy, tclean)
+from casatools import componentlist, measures, msmetadata, quanta, simulator, table, version_string  # noqa: E402
 
 import almaopts  # noqa: E402
 import calapply_parse  # noqa: E402
@@ -72,9 +83,9 @@ def simulate(spec, eb, msname):
     for spw in spec["spws"]:
         sm.setspwindow(spwname=spw["name"], freq="%.6fGHz" % spw["freq_ghz"],
                        deltafreq="%.6fMHz" % spw["width_mhz"], freqresolution="%.6fMHz" % spw["width_mhz"],
-                       nchannels=spw["nchan"], stokes="XX YY")
+                       nchannels=spw["nchan"], stokes=spec.get("stokes", "XX YY"))
     sm.setfeed(mode="perfect X Y", pol=[""])
-    for f in (spec["calibrator"], spec["target"]):
+    for f in fields(spec):
         sm.setfield(sourcename=f["name"], sourcedirection=me.direction("J2000", f["ra"], f["dec"]),
                     calcode="C" if f is spec["calibrator"] else "")
     sm.setlimits(shadowlimit=0.001, elevationlimit="8.0deg")
@@ -82,13 +93,20 @@ def simulate(spec, eb, msname):
     sm.settimes(integrationtime="%ds" % spec["integration_s"], usehourangle=True,
                 referencetime=me.epoch("UTC", spec["date"]))
     t = eb["hour_angle_s"]
-    for field, dur in spec["scans"]:
+    for scan in spec["scans"]:
+        # [field, seconds] or [field, seconds, seconds to the next scan]
+        field, dur = scan[:2]
         name = spec[field]["name"]
         for spw in spec["spws"]:
             sm.observe(name, spw["name"], starttime="%ds" % t, stoptime="%ds" % (t + dur))
-        t += dur + spec["slew_s"]
+        t += dur + (scan[2] if len(scan) > 2 else spec["slew_s"])
     sm.close()
     fix_subtables(msname, spec)
+
+
+def fields(spec):
+    """The fields in their MS order: the calibrator (field 0), the target, the polarisation calibrator."""
+    return [spec["calibrator"], spec["target"]] + ([spec["polcal"]] if spec.get("polcal") else [])
 
 
 def fix_subtables(msname, spec):
@@ -138,6 +156,10 @@ def predict(spec, msname, workdir):
                     spectrumtype="spectral index", index=cal["spix"])
     for s in spec["target"]["sources"]:
         cl.addcomponent(dir="J2000 %s %s" % (s["ra"], s["dec"]), flux=s["flux_jy"], fluxunit="Jy",
+                        freq="%.6fGHz" % spec["ref_freq_ghz"], shape="point")
+    pol = spec.get("polcal")
+    if pol:  # its Stokes I here; corrupt_polarised adds its Q, U
+        cl.addcomponent(dir="J2000 %s %s" % (pol["ra"], pol["dec"]), flux=pol["flux_jy"], fluxunit="Jy",
                         freq="%.6fGHz" % spec["ref_freq_ghz"], shape="point")
     cl.rename(clname)
     cl.close()
@@ -255,11 +277,215 @@ def corrupt(spec, eb, msname, model_path):
     }
 
 
+# ---------------------------------------------------------------- polarisation
+
+def parallactic_angles(spec, field, times, msname):
+    """Parallactic angle plus the X receptor angle (rad) of `field` at each time (MJD s),
+    as CASA's P-Jones for linear feeds rotates by."""
+    qa = quanta()
+    obs = me.observatory("ALMA")
+    lat = me.measure(obs, "WGS84")["m1"]["value"]
+    me.doframe(obs)
+    feed = table()  # not the module's tb: the caller holds it open on the main table
+    feed.open(msname + "/FEED")
+    receptor = float(feed.getcol("RECEPTOR_ANGLE")[0, 0])
+    feed.close()
+    direction = me.direction("J2000", field["ra"], field["dec"])
+    out = {}
+    for t in np.unique(times):
+        me.doframe(me.epoch("UTC", qa.quantity(float(t), "s")))
+        hadec = me.measure(direction, "HADEC")
+        h, d = hadec["m0"]["value"], hadec["m1"]["value"]
+        out[t] = math.atan2(math.sin(h) * math.cos(lat), math.sin(lat) * math.cos(d) - math.cos(lat) * math.sin(d) * math.cos(h)) + receptor
+    return np.array([out[t] for t in times])
+
+
+def corrupt_polarised(spec, eb, msname, model_path):
+    """Full polarisation: DATA = J_i P V_sky P^T J_j^H + noise, J = B G D X per antenna.
+
+    V_sky: the predicted (unpolarised) visibilities, plus the polarisation calibrator's
+    fractional Q, U; P: the parallactic angle rotation of linear feeds; X: an X-Y phase
+    per spw; D: leakage per antenna and feed; G: gains whose X and Y share the phase
+    drift (X-Y differ by a constant, as ALMA's), B: a bandpass per antenna. The leakage
+    and the X-Y offsets are the antennas' own: the same in every EB. The sky-frame
+    model goes to MODEL.npz (what a calibration with parang=True must give back)."""
+    rng = np.random.default_rng(eb["seed"])
+    # What belongs to the antennas' hardware is the same in every EB (hifa_polcal solves it once
+    # per session): the leakage and each antenna's X-Y phase offset. Gains and drifts are the EB's.
+    hardware = np.random.default_rng(spec["seed"] * 7919 + 1)
+    nant, pol = spec["antennas"], spec["polarisation"]
+    dterms = (hardware.normal(0, pol["leakage"], (nant, 2)) + 1j * hardware.normal(0, pol["leakage"], (nant, 2)))
+    xy_offset = hardware.uniform(-1, 1, nant)
+    gain_amp = rng.uniform(0.8, 1.2, (nant, 2))
+    phase0 = rng.uniform(-np.pi, np.pi, nant)[:, None] + np.stack([np.zeros(nant), xy_offset], 1)
+    rate = (rng.uniform(-1, 1, nant) * np.radians(pol["phase_drift_deg_per_10min"]) / 600.0)[:, None]
+    xy_phase = np.radians(pol["xy_phase_deg"])
+    bp_phase = np.radians(rng.uniform(-15, 15, (nant, 1)))
+    sigma = spec["noise_jy"]
+    polcal_id = len(fields(spec)) - 1
+    q, u = spec["polcal"]["q"], spec["polcal"]["u"]
+    tb.open(msname, nomodify=False)
+    t_start = tb.getcol("TIME").min()
+    model = {}
+    for ddid in range(len(spec["spws"])):
+        sub = tb.query("DATA_DESC_ID==%d" % ddid)
+        sky = sub.getcol("DATA")  # XX XY YX YY
+        a1, a2, t, fid = sub.getcol("ANTENNA1"), sub.getcol("ANTENNA2"), sub.getcol("TIME"), sub.getcol("FIELD_ID")
+        on = fid == polcal_id
+        stokes_i = 0.5 * (sky[0] + sky[3])
+        sky[0, :, on] += (q * stokes_i[:, on]).T
+        sky[3, :, on] -= (q * stokes_i[:, on]).T
+        sky[1, :, on] += (u * stokes_i[:, on]).T
+        sky[2, :, on] += (u * stokes_i[:, on]).T
+        model.update({"time%d" % ddid: t, "a1_%d" % ddid: a1, "a2_%d" % ddid: a2, "model%d" % ddid: sky.copy()})
+        chi = np.zeros(t.size)
+        for f, field in enumerate(fields(spec)):
+            rows = fid == f
+            if rows.any():
+                chi[rows] = parallactic_angles(spec, field, t[rows], msname)
+        nchan, nrow = sky.shape[1], sky.shape[2]
+        v = sky.reshape(2, 2, nchan, nrow)  # [[XX, XY], [YX, YY]]
+        c, s_ = np.cos(chi), np.sin(chi)
+        prot = np.array([[c, s_], [-s_, c]])  # (2, 2, nrow)
+        v = np.einsum("abr,bcfr,dcr->adfr", prot, v, prot)
+        chan = np.arange(nchan) / max(nchan - 1, 1)
+        dt = t - t_start
+
+        def jones(ant):
+            g = gain_amp[ant].T * np.exp(1j * (phase0[ant].T + rate[ant].T * dt[None, :]))  # (2, nrow)
+            b = np.exp(1j * bp_phase[ant, 0][None, :] * (chan[:, None] - 0.5))  # (nchan, nrow)
+            j = np.zeros((2, 2, nchan, nrow), complex)
+            d = dterms[ant]  # (nrow, 2)
+            # G D X: rows X, Y; the Y column carries the X-Y phase.
+            j[0, 0] = g[0][None, :] * b
+            j[0, 1] = g[0][None, :] * b * d[:, 0][None, :] * np.exp(1j * xy_phase)
+            j[1, 0] = g[1][None, :] * b * d[:, 1][None, :]
+            j[1, 1] = g[1][None, :] * b * np.exp(1j * xy_phase)
+            return j
+
+        ji, jj = jones(a1), jones(a2)
+        obs = np.einsum("abfr,bcfr,dcfr->adfr", ji, v, np.conj(jj)).reshape(4, nchan, nrow)
+        obs += rng.normal(0, sigma, obs.shape) + 1j * rng.normal(0, sigma, obs.shape)
+        sub.putcol("DATA", obs.astype(np.complex64))
+        sub.putcol("SIGMA", np.full((4, nrow), sigma * math.sqrt(2), np.float32))
+        sub.putcol("WEIGHT", np.full((4, nrow), 1 / (2 * sigma ** 2), np.float32))
+        sub.close()
+    tb.close()
+    np.savez_compressed(model_path, **model)
+    return {"gain_amp": gain_amp.round(4).tolist(), "xy_phase_deg": pol["xy_phase_deg"],
+            "dterms": [[[round(float(x.real), 5), round(float(x.imag), 5)] for x in row] for row in dterms],
+            "rfi": None}
+
+
+POL_INTENTS = "POLARIZATION,POLANGLE,POLLEAKAGE"  # hifa_polcal's intent (its calapply lines)
+
+
+def polcal_line(spec, lines):
+    """The polarisation calibrator's line: the target's tables (the phase calibrator's gains)."""
+    target = next(kw for kw in lines if kw["intent"] == almaopts.TARGET_PIPELINE_INTENTS)
+    return dict(target, field=spec["polcal"]["name"], intent=POL_INTENTS)
+
+
+def polcal_names(session_ms, spws):
+    """hifa_polcal's tables, as the pipeline's caltable namer writes them: <vis>.hifa_polcal.s<stage>_<n>.
+    spw<ids>.solint<solint, ',' as '_'>.<gcal|pcal|gacal>.tbl."""
+    base = "%s.hifa_polcal.s20_%%d.spw%s.%%s.tbl" % (session_ms, "_".join(map(str, spws)))
+    return {"kcross": base % (3, "solintinf_5MHz.gcal"), "xyphase": base % (4, "solintinf_5MHz.pcal"),
+            "leakage": base % (7, "solintinf_5MHz.pcal"), "xyratio": base % (8, "solintinf.gacal")}
+
+
+def solve_session_polcal(spec, session, members, lines_of, work):
+    """hifa_polcal for one session: the polarisation calibrator of every EB, calibrated by its
+    EB's tables, concatenated into <session>_polcalib.ms, then XY delay (KCROSS), XY phase and
+    source Q, U (Xfparang+QU), leakage (Dflls), X/Y amplitude ratio. Returns the tables (paths)
+    and the solved fractional Q, U."""
+    pol = spec["polcal"]["name"]
+    science = [i for i, w in enumerate(spec["spws"]) if w["nchan"] > 4]
+    parts = []
+    for vis in members:
+        apply_as_restore(vis, [kw for kw in lines_of[vis] if kw["field"] == pol], vis + ".calapply(polcal)")
+        out = vis[:-3] + ".polcalib.ms"
+        shutil.rmtree(out, ignore_errors=True)
+        mstransform(vis=vis, outputvis=out, intent="CALIBRATE_POLARIZATION*", spw=id_ranges(science),
+                    datacolumn="corrected", reindex=False)
+        parts.append(out)
+    session_ms = session + "_polcalib.ms"
+    sess = os.path.join(work, session_ms)
+    shutil.rmtree(sess, ignore_errors=True)
+    concat(vis=parts, concatvis=sess)
+    names = {k: os.path.join(work, v) for k, v in polcal_names(session_ms, science).items()}
+    for path in names.values():
+        shutil.rmtree(path, ignore_errors=True)
+    refant = "DA%02d" % (41 + spec["refant"])
+    scan_s = max(scan[1] for scan in spec["scans"] if scan[0] == "polcal")
+    q, u = spec["polcal"]["q"], spec["polcal"]["u"]
+    gaincal(vis=sess, caltable=names["kcross"], gaintype="KCROSS", solint="inf,5MHz", combine="obs,scan",
+            smodel=[1, q, u, 0], refant=refant, parang=True)
+    solved = polcal(vis=sess, caltable=names["xyphase"], poltype="Xfparang+QU", solint="inf,5MHz",
+                    combine="obs,scan", preavg=scan_s, smodel=[1, q, u, 0], gaintable=[names["kcross"]],
+                    interp=["nearest"])
+    qu = _solved_qu(solved)
+    polcal(vis=sess, caltable=names["leakage"], poltype="Dflls", solint="inf,5MHz", combine="obs,scan",
+           preavg=scan_s, smodel=[1, qu[0], qu[1], 0], refant="", gaintable=[names["kcross"], names["xyphase"]],
+           interp=["nearest", "nearest"])
+    # The polarisation recomputed once calibrated (as hifa_polcal does before its X/Y ratio): the
+    # Xfparang+QU estimate runs some 20 % high here, and the X/Y ratio solved against it would
+    # pass that on to every field as instrumental Stokes Q.
+    applycal(vis=sess, gaintable=[names["kcross"], names["xyphase"], names["leakage"]], interp=["nearest"] * 3,
+             parang=True, calwt=False, flagbackup=False)
+    qu = _calibrated_qu(sess)
+    smodel = [1, qu[0], qu[1], 0]
+    gaincal(vis=sess, caltable=names["xyratio"], calmode="a", solint="inf", combine="obs,scan", smodel=smodel,
+            refant=refant, solnorm=True, parang=True,
+            gaintable=[names["kcross"], names["xyphase"], names["leakage"]], interp=["nearest"] * 3)
+    for part in parts:
+        shutil.rmtree(part)
+    return names, {"q": qu[0], "u": qu[1], "session_ms": session_ms}
+
+
+def _calibrated_qu(vis):
+    """Fractional Q, U of the calibrated (sky-frame) XX XY YX YY of an MS, over its unflagged data."""
+    t = table()
+    t.open(vis)
+    try:
+        data, flag = t.getcol("CORRECTED_DATA"), t.getcol("FLAG")
+    finally:
+        t.close()
+    ok = ~flag.any(axis=0)
+    xx, xy, yx, yy = (data[i][ok] for i in range(4))
+    i = np.sum(xx + yy)
+    return float(np.real(np.sum(xx - yy) / i)), float(np.real(np.sum(xy + yx) / i))
+
+
+def _solved_qu(returned):
+    """Fractional Q, U of the spw average from polcal's Xfparang+QU return value."""
+    for value in returned.values():
+        if isinstance(value, dict) and "SpwAve" in value:
+            ave = value["SpwAve"]
+            return float(ave[1]) / float(ave[0]), float(ave[2]) / float(ave[0])
+    raise RuntimeError("polcal Xfparang+QU returned no Q, U: %r" % (returned,))
+
+
+def with_session_tables(spec, lines, tables):
+    """Every line gets the session's XY delay, XY phase and leakage (interp 'nearest', calwt False,
+    as hifa_polcal registers them for all intents); the lines of the other calibrators and the
+    target also the X/Y ratio (registered for AMPLITUDE, BANDPASS, CHECK, PHASE, TARGET)."""
+    out = []
+    for kw in lines:
+        extra = [tables["kcross"], tables["xyphase"], tables["leakage"]]
+        if kw["intent"] != POL_INTENTS:
+            extra.append(tables["xyratio"])
+        out.append(dict(kw, gaintable=kw["gaintable"] + extra, gainfield=kw["gainfield"] + [""] * len(extra),
+                        spwmap=kw["spwmap"] + [[]] * len(extra), interp=kw["interp"] + ["nearest"] * len(extra),
+                        calwt=kw["calwt"] + [False] * len(extra)))
+    return out
+
+
 def export_asdm(spec, eb, msname, asdm):
     shutil.rmtree(asdm, ignore_errors=True)
     archive, rng_id, _ = eb["uid"].replace("uid://", "").split("/")
     exportasdm(vis=msname, asdm=asdm, datacolumn="DATA", archiveid=archive, rangeid=rng_id,
-               subscanduration="%ds" % max(d for _, d in spec["scans"]))
+               subscanduration="%ds" % max(scan[1] for scan in spec["scans"]))
     fix_asdm(spec, eb, asdm)
 
 
@@ -322,7 +548,8 @@ def fix_asdm(spec, eb, asdm):
     template = _ROW.findall(scan_xml)[0]
     rows = []
     for i, s in enumerate(scans, 1):
-        intents = (almaopts.CAL_INTENTS if s["field"] == cal_name else almaopts.TARGET_INTENTS).split(",")
+        intents = (spec.get("field_intents", {}).get(s["field"])
+                   or (almaopts.CAL_INTENTS if s["field"] == cal_name else almaopts.TARGET_INTENTS)).split(",")
         names = [x.split("#")[0] for x in intents]
         row = template
         row = _set(row, "scanNumber", i)
@@ -363,8 +590,9 @@ def calibrate(spec, eb, vis, caldir, truth_eb):
     refant = "DA%02d" % (41 + spec["refant"])
     # Flags: the RFI burst the pipeline's flagging finds, and the band edges.
     rfi = truth_eb["rfi"]
-    flagdata(vis=vis, mode="manual", antenna="DA%02d" % (41 + rfi["antenna"]), spw="0:2~3",
-             timerange=_timerange(*rfi["time_mjd_s"]), flagbackup=False)
+    if rfi:  # none in the polarisation style
+        flagdata(vis=vis, mode="manual", antenna="DA%02d" % (41 + rfi["antenna"]), spw="0:2~3",
+                 timerange=_timerange(*rfi["time_mjd_s"]), flagbackup=False)
     science = [i for i, w in enumerate(spec["spws"]) if w["nchan"] > 4]
     edges = ",".join("%d:0;%d" % (i, spec["spws"][i]["nchan"] - 1) for i in science)
     flagdata(vis=vis, mode="manual", spw=edges, flagbackup=False)
@@ -411,15 +639,16 @@ def id_ranges(ids):
     return ",".join(str(a) if a == b else "%d~%d" % (a, b) for a, b in runs)
 
 
-def apply_as_restore(vis, lines, path):
+def apply_as_restore(vis, lines, path, parang=False):
     """Apply the lines as hifa_restoredata does: pipeline intents mapped to the
-    MS's obs_modes (CASA selects on those), cross-correlations only."""
+    MS's obs_modes (CASA selects on those), cross-correlations only; parang=True
+    when a hifa_polcal table is among them."""
     md = msmetadata()
     md.open(vis)
     modes = [str(m) for m in md.intents()]
     md.close()
     for n, kw in enumerate(lines, 2):
-        applycal(**calapply_parse.for_casa(kw, modes, n, path), **almaopts.APPLYCAL_DEFAULTS)
+        applycal(**calapply_parse.for_casa(kw, modes, n, path), parang=parang, **almaopts.APPLYCAL_DEFAULTS)
 
 
 def save_final_flags(vis, tgz):
@@ -549,34 +778,49 @@ def main(spec_path, result_path):
     for d in (raw, caldir, product, work, spec["truth_dir"]):
         os.makedirs(d, exist_ok=True)
     result = {"casa_version": version_string(), "ebs": []}
-    vislist = []
+    vislist, lines_of = [], {}
     for eb in spec["ebs"]:
         ebname = eb["uid"].replace("uid://", "uid___").replace("/", "_")
         sim = os.path.join(work, ebname + ".sim.ms")
         shutil.rmtree(sim, ignore_errors=True)
         simulate(spec, eb, sim)
         predict(spec, sim, work)
-        truth = corrupt(spec, eb, sim, os.path.join(spec["truth_dir"], ebname + ".model.npz"))
+        truth = (corrupt_polarised if spec.get("polarisation") else corrupt)(
+            spec, eb, sim, os.path.join(spec["truth_dir"], ebname + ".model.npz"))
         asdm = os.path.join(raw, ebname + ".asdm.sdm")
         export_asdm(spec, eb, sim, asdm)
         shutil.rmtree(sim)
         vis = os.path.join(work, ebname + ".ms")
         import_ms(asdm, vis)
         lines = calibrate(spec, eb, vis, work, truth)
-        calapply = os.path.join(caldir, ebname + ".ms.calapply.txt")
-        write_calapply(calapply, lines, spec, ebname)
-        apply_as_restore(vis, lines, calapply)
-        save_final_flags(vis, os.path.join(caldir, ebname + ".ms.flagversions.tgz"))
+        if spec.get("polarisation"):
+            lines = lines + [polcal_line(spec, lines)]
         truth["uid"] = eb["uid"]
-        truth["caltables"] = sorted({os.path.basename(g) for kw in lines for g in kw["gaintable"]})
         result["ebs"].append(truth)
         vislist.append(vis)
-    # One caltables tarball per session, members named <EB>.ms.* at its top.
+        lines_of[vis] = lines
+    if spec.get("polarisation"):
+        # hifa_polcal: per session, from the polarisation calibrator of all its EBs.
+        for session in sorted({eb["session"] for eb in spec["ebs"]}):
+            members = [v for v, eb in zip(vislist, spec["ebs"]) if eb["session"] == session]
+            tables, solved = solve_session_polcal(spec, session, members, lines_of, work)
+            result.setdefault("polcal", {})[session] = solved
+            for v in members:
+                lines_of[v] = with_session_tables(spec, lines_of[v], tables)
+    for vis, truth in zip(vislist, result["ebs"]):
+        ebname = os.path.basename(vis)[:-3]
+        lines = lines_of[vis]
+        calapply = os.path.join(caldir, ebname + ".ms.calapply.txt")
+        write_calapply(calapply, lines, spec, ebname)
+        apply_as_restore(vis, lines, calapply, parang=bool(spec.get("polarisation")))
+        save_final_flags(vis, os.path.join(caldir, ebname + ".ms.flagversions.tgz"))
+        truth["caltables"] = sorted({os.path.basename(g) for kw in lines for g in kw["gaintable"]})
+    # One caltables tarball per session, members named <EB>.ms.* (and <session>_polcalib.ms.*) at its top.
     for session in sorted({eb["session"] for eb in spec["ebs"]}):
         uids = {eb["uid"] for eb in spec["ebs"] if eb["session"] == session}
         write_tgz(os.path.join(caldir, "%s.%s.caltables.tgz" % (spec["mous_file"], session)),
-                  [(os.path.join(work, name), name) for truth in result["ebs"] if truth["uid"] in uids
-                   for name in truth["caltables"]])
+                  [(os.path.join(work, name), name) for name in sorted(
+                      {name for truth in result["ebs"] if truth["uid"] in uids for name in truth["caltables"]})])
     result["products"], result["imaging_calls"] = image_products(spec, vislist, product, work)
     result["longest_baseline_m"] = max(longest_baseline(v) for v in vislist)
     with open(result_path, "w") as f:
