@@ -192,3 +192,30 @@ def test_check_restored_refuses_ids_against_the_decision():
     with pytest.raises(CasaError, match=r"expected \[17, 19\].*under their own ids"):
         calibration.check_restored(r, split=True, reindex=False)
     calibration.check_restored(r, split=True, reindex=True)
+
+
+# ---------------------------------------------------------------- with real CASA
+
+def test_a_reindexed_split_and_a_wrong_prediction_with_real_casa(member_copy):
+    """v2.5 when the EBs differ: the split's science spws renumbered 0..n-1 (SPECTRAL_WINDOW then
+    holds only them), every field kept. And an MS whose science spws are not those the ASDM's
+    tables said is refused: the reindex was decided on them."""
+    from alma_regen.casa.registry import load_registry
+    from alma_regen.calibration import Options
+    from alma_regen.errors import CasaError as _CasaError
+    p = calibration.plan(member_copy, Options(engine="native"), load_registry())
+    calibration.prepare_layout(member_copy, p.ebs)
+    eb = p.ebs[0]
+    f = naming.uid_to_file(eb)
+    assert p.split_rule["science_spws"][f] == [0, 1]  # read from the ASDM, before any import
+    rule = dict(p.split_rule, reindex=True)
+    rec = calibration.restore_eb(member_copy, eb, split=True, resolution=p.resolution, split_rule=rule)
+    assert rec["reindex"] is True and rec["science_spws"] == [0, 1]
+    import json
+    result = json.loads((member_copy / "calibrated" / "working" / f"{f}.restore.result.json").read_text())
+    assert sorted(map(int, result["split_summary"]["spws"])) == [0, 1]
+    assert result["split_spw_rows"] == 2 and result["spw_rows"] == 3
+    assert sorted(result["split_summary"]["fields"]) == sorted(result["summary"]["fields"])
+    wrong = dict(p.split_rule, science_spws={f: [17, 19]})
+    with pytest.raises(_CasaError, match=r"science spws \[0, 1\], but its ASDM's tables said \[17, 19\]"):
+        calibration.restore_eb(member_copy, eb, split=True, resolution=p.resolution, split_rule=wrong)
