@@ -241,5 +241,6 @@ def test_restore_refuses_docallib_naming_a_caltable_outside(member_copy, synth_d
     n = next(i for i, line in enumerate(lines) if line.startswith("applycal("))
     lines[n] = lines[n][:-1] + f", docallib=True, callib='{lib}')"
     apply.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CasaError, match=f"{apply.name}, line {n + 1}: docallib=True is refused"):
+    # Refused by the plan (it reads every calapply.txt before a restore starts), or by the restore.
+    with pytest.raises((DeliveryError, CasaError), match=f"{apply.name}[,:] line {n + 1}: docallib=True is refused"):
         calibration.calibrate(member, Options(engine="native"))
