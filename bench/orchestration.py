@@ -14,6 +14,8 @@ On one synthetic delivery (served by serve-archive, products to SeaweedFS):
   workers as real processes; the cluster's start is not counted):
     cal   alma_regenerate with imaging=none, publish=false, no products_url
     full  alma_regenerate with the defaults (images, fidelity, publish)
+    noop  Airflow alone: 15 tasks one after the other that do nothing (no baseline; its
+          time per task is what Airflow itself costs per step on this machine)
     local = LocalExecutor on SQLite; celery = CeleryExecutor with PostgreSQL + Redis
     with the settings of tests/airflow_procs.py (as docker-compose.yaml: the scheduler's
     idle sleep 0.2 s instead of 1 s); --airflow-env KEY=VALUE adds or overrides settings.
@@ -95,7 +97,7 @@ def tree_cpu(roots) -> dict:
         if pid not in table:
             continue
         own, reaped, cmd = table[pid]
-        if "LocalExecutor" in cmd or "celery" in cmd.lower() and pid not in roots:
+        if pid not in roots and any(w in cmd for w in ("LocalExecutor", "worker --", "celeryd", "ForkPoolWorker")):
             out["supervisors"] = out.get("supervisors", 0) + own
             out["task processes"] = out.get("task processes", 0) + reaped
         else:
@@ -150,6 +152,9 @@ def synthetic_delivery(folder: Path, ebs: int) -> dict:
 
 def baseline(mode: str, synth: dict, url: str, root: Path, s3, bucket: str, tag: str = "") -> dict:
     """`alma-regen run`: the same library calls as the DAG's tasks, one after the other, no Airflow."""
+    if mode == "noop":  # nothing to do without Airflow
+        return {"wall_s": 0.0, "steps_s": None, "cpu_s": 0.0, "others_cpu_s": 0.0, "others_cores": 0.0,
+                "cpu_by_process_s": {}, "casa_children": 0, "casa_cpu_s": 0.0}
     work = root / f"cli-{mode}{tag}"
     shutil.rmtree(work, ignore_errors=True)
     env = dict(os.environ, **s3.env())
@@ -191,6 +196,13 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
     conf = {"mous_uid": synth["mous_uid"]}
     if mode == "cal":
         conf.update(imaging="none", publish=False)
+    dag_id = "alma_regenerate"
+    if mode == "noop":  # Airflow alone: a chain of tasks that do nothing, in a DAG folder of its own
+        dag_id, conf = NOOP_DAG_ID, {}
+        folder = root / name / "dags"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "bench_noop.py").write_text(NOOP_DAG)
+        env["AIRFLOW__CORE__DAGS_FOLDER"] = folder
 
     def go(cluster):
         t = time.monotonic()
@@ -199,7 +211,7 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
         cluster.wait_ready()
         for name in ("casa", "alma_staging"):
             cluster.api("POST", "/pools", {"name": name, "slots": 2, "description": "bench"})
-        cluster.wait_dag("alma_regenerate")
+        cluster.wait_dag(dag_id)
         startup = time.monotonic() - t
         roots = [p.pid for p in cluster.procs.values()]
         time.sleep(3)  # the DAG's first parse and the pools settle
@@ -208,23 +220,23 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
         idle = idle.stop()
         meter = CpuMeter(roots)
         t0 = time.time()
-        run_id = cluster.trigger("alma_regenerate", conf)
+        run_id = cluster.trigger(dag_id, conf)
         end_poll = time.monotonic() + 1800
         # Polled every POLL_S: each poll is a request the api-server serves (about 20 ms of its
         # CPU here: at 4 a second they were a quarter of the run's Airflow CPU). The end is the
         # run's own end_date, not when a poll saw it.
         while time.monotonic() < end_poll:
-            state = cluster.run_state("alma_regenerate", run_id)
+            state = cluster.run_state(dag_id, run_id)
             if state in ("success", "failed"):
                 break
             time.sleep(POLL_S)
         cpu = meter.stop()
-        run = cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{_q(run_id)}")
+        run = cluster.api("GET", f"/dags/{dag_id}/dagRuns/{_q(run_id)}")
         wall = _ts(run["end_date"]) - t0
         if state != "success":
-            raise RuntimeError(f"run {state}:\n{cluster.failure_report('alma_regenerate', run_id)}")
-        tis = cluster.api("GET", f"/dags/alma_regenerate/dagRuns/{_q(run_id)}/taskInstances?limit=500")["task_instances"]
-        life = task_life(tis, Path(cluster.home) / "logs" / "dag_id=alma_regenerate" / f"run_id={run_id}")
+            raise RuntimeError(f"run {state}:\n{cluster.failure_report(dag_id, run_id)}")
+        tis = cluster.api("GET", f"/dags/{dag_id}/dagRuns/{_q(run_id)}/taskInstances?limit=500")["task_instances"]
+        life = task_life(tis, Path(cluster.home) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}")
         busy = sum(t["duration"] or 0 for t in tis)
         per_task = {}
         for t in tis:
@@ -253,6 +265,20 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
         return go(c)
 
 
+NOOP_DAG_ID = "bench_noop"
+NOOP_TASKS = 15  # as many as alma_regenerate runs one after the other
+NOOP_DAG = f'''"""bench/orchestration.py: {NOOP_TASKS} tasks one after the other that do nothing."""
+from airflow.sdk import DAG, BaseOperator, chain
+
+
+class Noop(BaseOperator):
+    def execute(self, context):
+        return None
+
+
+with DAG(dag_id="{NOOP_DAG_ID}", schedule=None, catchup=False):
+    chain(*[Noop(task_id=f"t{{i:02d}}") for i in range({NOOP_TASKS})])
+'''
 IDLE_S = 10  # how long the cluster's idle CPU is measured before the trigger
 POLL_S = 2.0  # how often the run's state is asked for
 
@@ -477,8 +503,12 @@ def main(argv=None):
                     for arm, ex, env in arms:
                         r = airflow_run(ex, mode, synth, server.url, root, s3, bucket, env,
                                         tag + (f"-{arm.split('+', 1)[1]}" if "+" in arm else ""))
-                        r["ratio_wall"] = round(r["wall_s"] / base["wall_s"], 3)
-                        r["ratio_queued_to_end"] = round(r["queued_to_end_s"] / base["wall_s"], 3)
+                        if mode == "noop":  # no baseline: the figure is Airflow's own cost per task
+                            r["ratio_wall"] = r["ratio_queued_to_end"] = 0.0
+                            r["per_task_s"] = round(r["wall_s"] / NOOP_TASKS, 3)
+                        else:
+                            r["ratio_wall"] = round(r["wall_s"] / base["wall_s"], 3)
+                            r["ratio_queued_to_end"] = round(r["queued_to_end_s"] / base["wall_s"], 3)
                         results.setdefault(f"airflow-{arm}-{mode}", []).append(r)
                         print(f"airflow {arm} {mode}{tag} (load {_load()}): "
                               f"{ {k: v for k, v in r.items() if k != 'life'} }", flush=True)
@@ -499,8 +529,9 @@ def main(argv=None):
                 runs = results.get(f"airflow-{ex}-{mode}") or []
                 if i < len(runs):
                     r = runs[i]
+                    per = (f"{r['per_task_s']:.2f} s per task" if "per_task_s" in r else f"x{r['ratio_wall']:.2f}")
                     print(f"  {mode:<5} round {i + 1} Airflow {ex:<7} trigger->end {r['wall_s']:8.1f}  "
-                          f"x{r['ratio_wall']:.2f}  cpu {r['cpu_s']:.1f} (CASA {r['casa_cpu_s']:.1f} in "
+                          f"{per}  cpu {r['cpu_s']:.1f} (CASA {r['casa_cpu_s']:.1f} in "
                           f"{r['casa_children']} children), others {r['others_cores']:.2f} cores; "
                           f"{r['tasks']} tasks, {r['task_seconds_sum']:.1f} task-seconds; idle cluster "
                           f"{r['idle_cores']:.3f} cores")
@@ -509,7 +540,7 @@ def main(argv=None):
                           + f" (task processes include CASA's {r['casa_cpu_s']:.1f})")
         for ex, _, _ in arms:
             ratios = sorted(r["ratio_wall"] for r in results.get(f"airflow-{ex}-{mode}") or [])
-            if len(ratios) > 1:
+            if len(ratios) > 1 and mode != "noop":
                 print(f"  {mode:<5} Airflow {ex}: median ratio x{ratios[len(ratios) // 2]:.2f} over "
                       f"{len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)})")
     for f, p in results["parse"].items():
