@@ -57,6 +57,8 @@ do not wait), so the disk works while the rest downloads instead of after the
 last byte, and the dirty pages of a 20 GB ASDM never pile up in memory until the
 kernel throttles the writer. Staged means on disk: the final write-back is part
 of the cost (bench/staging.py counts it), and this overlaps it with the transfer.
+The calls are made by a thread of their own: sync_file_range waits when the
+disk's queue is full (another process writing), and the extraction must not.
 """
 from __future__ import annotations
 
@@ -64,8 +66,10 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import stat
 import tarfile
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -99,14 +103,39 @@ _sync_file_range = []  # [the C function or None], looked up at the first big fi
 _SYNC_FILE_RANGE_WRITE = 2  # start write-out of the range's dirty pages, do not wait
 
 
+_WRITEBACK_QUEUE: "queue.Queue" = queue.Queue(64)  # (fd of our own, offset, length) for the thread
+_WRITEBACK_THREAD: list = []
+_WRITEBACK_LOCK = threading.Lock()
+
+
+def _writeback_loop(fn) -> None:
+    while True:
+        fd, offset, length = _WRITEBACK_QUEUE.get()
+        try:
+            fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+        finally:
+            os.close(fd)
+
+
 def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing [offset, offset + length) of `fd` to the disk without waiting (best effort:
-    a file system or platform without it simply leaves the pages to the kernel's write-back)."""
+    """Have [offset, offset + length) of `fd` written to the disk soon, without waiting (best
+    effort: a platform without sync_file_range, or a disk so busy that 64 requests wait, leaves
+    the pages to the kernel's own write-back)."""
     if not _sync_file_range:
         _sync_file_range.append(_writeback_call())
     fn = _sync_file_range[0]
-    if fn is not None and length > 0:
-        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+    if fn is None or length <= 0:
+        return
+    with _WRITEBACK_LOCK:
+        if not _WRITEBACK_THREAD:
+            t = threading.Thread(target=_writeback_loop, args=(fn,), name="stage-writeback", daemon=True)
+            t.start()
+            _WRITEBACK_THREAD.append(t)
+    own = os.dup(fd)  # the file may be closed before the thread gets to it
+    try:
+        _WRITEBACK_QUEUE.put_nowait((own, offset, length))
+    except queue.Full:
+        os.close(own)
 
 # Parser modes.
 HEADER, EXT, DATA, PAD, END = "header", "ext", "data", "pad", "end"
