@@ -236,3 +236,25 @@ def test_hostile_other_eb_in_an_asdm_tar(tmp_path):
 
 def test_hostile_duplicate_member(tmp_path):
     _assert_refused(tmp_path, _hostile(tmp_path, (_info(f"{IN}/ASDM.xml", size=4), b"evil")), "twice")
+
+
+def test_write_back_requests_leave_no_descriptor_behind(tmp_path):
+    # start_writeback hands a dup of the fd to its thread (the file may be closed first); a full
+    # queue drops the request. Either way every dup is closed again, and the data is intact.
+    import time
+
+    from alma_regen.staging.tarstream import start_writeback
+    path = tmp_path / "big.bin"
+    data = os.urandom(1 << 20)
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    for i in range(300):  # more than the queue holds
+        os.write(fd, data[:4096])
+        start_writeback(fd, i * 4096, 4096)
+    os.close(fd)
+    if before is not None:
+        deadline = time.monotonic() + 10
+        while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(os.listdir("/proc/self/fd")) <= before
+    assert path.read_bytes() == data[:4096] * 300
