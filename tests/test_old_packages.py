@@ -115,3 +115,65 @@ def test_a_package_member_outside_the_package_folders_is_refused(tmp_path, archi
     served = archive_server(arc.dir)
     with pytest.raises(HostileTarError, match="outside"):
         stage_mous(MOUS, HttpSource(served.url), tmp_path / "work", FAST)
+
+
+# ---------------------------------------------------------------- ASDM tars without the project prefix
+# The old request handler served raw ASDMs as `uid___A002_X..._X....asdm.sdm.tar`, no `<project>_`
+# (its download scripts, kept in astroquery's test data: downloadRequest786572566script.sh); the
+# DataLink service names them `<project>_uid___....asdm.sdm.tar`. Other forms those test data show
+# (README, `_auxiliary.tar`, `_<n>_of_<N>.tar`, Cycle 0's dated tars) are covered above and in
+# test_staging_http. Expected: a bare name is the listing's project's EB, staged as the prefixed one.
+
+def bare_asdm_names(arc):
+    """The archive with its ASDM tars renamed without the project prefix."""
+    for eb in arc.ebs:
+        prefixed = naming.asdm_tar(arc.project, eb)
+        bare = f"{naming.uid_to_file(eb)}.asdm.sdm.tar"
+        arc.path(prefixed).rename(arc.path(bare))
+        arc.files[bare] = arc.files.pop(prefixed)
+    return arc
+
+
+def test_classify_takes_bare_asdm_tar_names():
+    from alma_regen.staging.datalink import RemoteFile
+    from alma_regen.staging.stage import classify
+    p, m = PROJECT, naming.uid_to_file(MOUS)
+    first, second = (naming.uid_to_file(e) for e in EBS)
+    files = [RemoteFile(f"{p}_{m}_001_of_001.tar", 10, "u1", "#this"),
+             RemoteFile(f"{first}.asdm.sdm.tar", 20, "u2", "#progenitor"),
+             RemoteFile(f"{second}.asdm.sdm.tar", 30, "u3", "#progenitor"),
+             RemoteFile(f"{p}_{second}.asdm.sdm.tar", 31, "u4", "#progenitor"),
+             RemoteFile(f"2099.1.00001.S_{second}.asdm.sdm.tar", 32, "u5", "#progenitor"),
+             RemoteFile(f"x{first}.asdm.sdm.tar", 40, "u6", "#progenitor")]
+    listing = classify(files, MOUS)
+    # Decision: the bare name of EB 1 is taken; EB 2's prefixed name wins over its bare one; another
+    # project's tar and a name that is neither form are not this MOUS's.
+    assert {eb: f.name for eb, f in listing.asdms.items()} == {
+        EBS[0]: f"{first}.asdm.sdm.tar", EBS[1]: f"{p}_{second}.asdm.sdm.tar"}
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory):
+    return bare_asdm_names(ab.build_archive(tmp_path_factory.mktemp("bare") / "archive", PROJECT, MOUS, EBS,
+                                            n_binaries=2, binary_size=20_000))
+
+
+def check_bare_staged(arc, workdir, summary):
+    assert summary["ebs"] == list(EBS) and summary["missing_ebs"] == []
+    assert {f["file"] for f in summary["files"] if f["kind"] == "asdm"} == {
+        f"{naming.uid_to_file(eb)}.asdm.sdm.tar" for eb in EBS}
+    assert ab.staged_member(member_path(workdir, MOUS)) == ab.expected_member(arc)
+
+
+def test_bare_asdm_tars_stage_from_http(tmp_path, bare, archive_server):
+    served = archive_server(bare.dir)
+    summary = stage_mous(MOUS, HttpSource(served.url), tmp_path / "work", FAST)
+    check_bare_staged(bare, tmp_path / "work", summary)
+
+
+def test_bare_asdm_tars_stage_from_s3(tmp_path, bare, seaweedfs):
+    bucket = seaweedfs.bucket("bare")
+    ab.upload(bare, seaweedfs.client(), bucket, "mirror")
+    summary = stage_mous(MOUS, S3Source(f"s3://{bucket}/mirror", seaweedfs.client(), workers=1),
+                         tmp_path / "work", FAST)
+    check_bare_staged(bare, tmp_path / "work", summary)

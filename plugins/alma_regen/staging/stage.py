@@ -122,7 +122,10 @@ def classify(files: Iterable[RemoteFile], mous: str) -> MousFiles:
         elif (r := re.match(rf"^({_PROJ})_(?:{m}|{_DATE})_\d{{3}}_of_\d{{3}}\.tar$", f.name)):
             products.append(f)
             projects.add(r[1])
-        elif (r := re.match(rf"^({_PROJ})_({_UIDF})\.asdm\.sdm\.tar$", f.name)):
+        elif (r := re.match(rf"^(?:({_PROJ})_)?({_UIDF})\.asdm\.sdm\.tar$", f.name)):
+            # `<project>_<EB>.asdm.sdm.tar`, or the bare `<EB>.asdm.sdm.tar` the old request handler
+            # served (its download scripts, kept in astroquery's test data): a bare one (key None)
+            # belongs to the listing's project; the prefixed name of the same EB wins.
             if f.semantics in ("", "#progenitor"):
                 asdms.setdefault(r[1], {})[naming.file_to_uid(r[2])] = f
     errors = list(getattr(files, "errors", []))
@@ -141,7 +144,7 @@ def classify(files: Iterable[RemoteFile], mous: str) -> MousFiles:
         log.info("%s: no auxiliary tar: an old (Cycle 0-4) package, scripts and calibration come in the "
                  "product tars %s", mous, ", ".join(f.name for f in products))
     return MousFiles(mous, project, readme, aux, sorted(products, key=lambda f: f.name),
-                     asdms.get(project, {}), errors)
+                     {**asdms.get(None, {}), **asdms.get(project, {})}, errors)
 
 
 def _needed_aux(errors: list, mous: str) -> list:
