@@ -177,6 +177,7 @@ with DAG(
                                      doc_md="README, scripts, calibration tables and delivered products.")
         inspect = InspectDeliveryOperator(task_id="inspect", **stage_args,
                                           require_all_ebs="{{ params.require_all_ebs }}",
+                                          spacesaving="{{ params.spacesaving }}",
                                           doc_md="The plan before the raw data come: the EBs to stage and their "
                                                  "size, the CASA version, the engines, the disk needed.")
         asdms = StageAsdmOperator.partial(task_id="stage_asdm", pool=S.staging_pool, **stage_args,
@@ -184,6 +185,7 @@ with DAG(
                                           doc_md="One EB's raw ASDM (one task per EB).").expand(eb_uid=aux.output)
         staged = CheckStagedOperator(task_id="check_staged", mous_uid=mous, workdir=S.workdir,
                                      require_all_ebs="{{ params.require_all_ebs }}",
+                                     spacesaving="{{ params.spacesaving }}",
                                      doc_md="Whether everything is there to calibrate: fails on what is not.")
         aux >> inspect >> asdms >> staged
     with TaskGroup("calibration", prefix_group_id=False, tooltip="The calibrated measurement sets") as calibrate:

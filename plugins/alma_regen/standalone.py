@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from . import calibration
 from .config import Settings
+from .delivery import format_plan
 from .errors import DeliveryError
 from .member import Member
 from .mous_lock import held
@@ -56,7 +57,10 @@ def _run_locked(member, mous, source_url, workdir, step, timings, cal_options, s
         cal_options = replace(cal_options, timeout_s=casa_limit)
     casa_limit = cal_options.timeout_s
     # The delivery model, read once the files are staged, serves every step after.
-    plan = step("inspect", lambda: member.delivery.plan(require_all_ebs=stage_options.require_all_ebs))
+    # The disk judged at the run's own SPACESAVING, as the calibration's preflight will judge it.
+    plan = step("inspect", lambda: member.delivery.plan(require_all_ebs=stage_options.require_all_ebs,
+                                                        spacesaving=cal_options.spacesaving))
+    log.info("the plan, staged:\n%s", format_plan(plan))
     errors = [p for p in plan["problems"] if p["severity"] == "error"]
     if errors:
         raise DeliveryError(errors[0]["path"], errors[0]["message"] +

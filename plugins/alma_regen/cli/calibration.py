@@ -1,10 +1,16 @@
 """`alma-regen inspect`, `casa-versions` (and `casa-versions add-pipeline`), `restore`."""
+from ..calibrated import Options
 from .common import casa_timeout, casa_version_arg, member_step, print_json
+
+# SPACESAVING when none is given: the calibration's default (calibrated.Options), so `inspect`
+# judges the disk as `restore` and `run` will use it.
+DEFAULT_SPACESAVING = Options.spacesaving
 
 
 def cmd_inspect(a):
     from ..member import Member
-    plan = Member.coerce(a.member_dir).delivery.plan(require_all_ebs=a.require_all_ebs)
+    plan = Member.coerce(a.member_dir).delivery.plan(require_all_ebs=a.require_all_ebs,
+                                                     spacesaving=a.spacesaving)
     if a.json:
         print_json(plan)
     else:
@@ -48,6 +54,9 @@ def register(sub):
     s.add_argument("--json", action="store_true", help="the documented JSON object")
     s.add_argument("--require-all-ebs", action="store_true",
                    help="a PPR EB missing from raw/ is an error (default: a warning, as scriptForPI)")
+    s.add_argument("--spacesaving", type=int, default=DEFAULT_SPACESAVING,
+                   help=f"the SPACESAVING scriptForPI's disk check is judged at (default {DEFAULT_SPACESAVING}, "
+                        "as restore; -1: no disk check)")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("casa-versions", help="list the installed CASA versions (the CASA registry)")
@@ -67,7 +76,8 @@ def register(sub):
     s.add_argument("--engine", default="auto", choices=["auto", "native", "scriptforpi", "pipeline", "manual"])
     s.add_argument("--casa-version", default="", help="override the CASA version of the README")
     s.add_argument("--dosplit", action="store_true", help="split the science spws (scriptForPI's DOSPLIT)")
-    s.add_argument("--spacesaving", type=int, default=1, help="scriptForPI's SPACESAVING (default 1; -1: no disk check)")
+    s.add_argument("--spacesaving", type=int, default=DEFAULT_SPACESAVING,
+                   help=f"scriptForPI's SPACESAVING (default {DEFAULT_SPACESAVING}; -1: no disk check)")
     s.add_argument("--docontsub", action="store_true", help="scriptForPI's DOCONTSUB")
     s.add_argument("--parallel", type=int, default=1, help="EBs restored at once (native engine)")
     s.add_argument("--timeout", type=float, default=None,

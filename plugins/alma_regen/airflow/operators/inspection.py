@@ -17,13 +17,13 @@ class InspectDeliveryOperator(MousOperator):
     ASDM is what staging is for, not an error (one the archive lacks is a warning, a partial
     run, unless require_all_ebs); every other problem is (permanent)."""
 
-    template_fields: Sequence[str] = ("mous_uid", "workdir", "source", "require_all_ebs")
+    template_fields: Sequence[str] = ("mous_uid", "workdir", "source", "require_all_ebs", "spacesaving")
 
     def __init__(self, *, source: str = "request_handler", http_conn_id: str = "alma_request_handler",
-                 aws_conn_id: str = "alma_archive_s3", require_all_ebs=False, **kwargs):
+                 aws_conn_id: str = "alma_archive_s3", require_all_ebs=False, spacesaving=1, **kwargs):
         super().__init__(**kwargs)
         self.source, self.http_conn_id, self.aws_conn_id = source, http_conn_id, aws_conn_id
-        self.require_all_ebs = require_all_ebs
+        self.require_all_ebs, self.spacesaving = require_all_ebs, spacesaving
 
     def _archive_sizes(self) -> dict | None:
         """{EB uid: bytes of its ASDM tar} as the archive lists them; None if it cannot say."""
@@ -44,7 +44,8 @@ class InspectDeliveryOperator(MousOperator):
         record_step(member.root, self.task_id, context["dag_run"].run_id)
         from .staging import truthy
         plan = member.delivery.plan(staged=False, archive_sizes=self._archive_sizes(),
-                                    require_all_ebs=truthy(self.require_all_ebs))
+                                    require_all_ebs=truthy(self.require_all_ebs),
+                                    spacesaving=spacesaving_of(self.spacesaving))
         self.log.info("regeneration plan, before staging the raw data:\n%s", format_plan(plan))
         _fail_on_errors(plan)
         return _summary(plan)
@@ -54,19 +55,27 @@ class CheckStagedOperator(MousOperator):
     """After staging: the plan again, now with raw/ as staged; fails on any error (permanent).
     A PPR EB the archive lacked is a warning (a partial run) unless require_all_ebs."""
 
-    template_fields: Sequence[str] = ("mous_uid", "workdir", "require_all_ebs")
+    template_fields: Sequence[str] = ("mous_uid", "workdir", "require_all_ebs", "spacesaving")
 
-    def __init__(self, *, require_all_ebs=False, **kwargs):
+    def __init__(self, *, require_all_ebs=False, spacesaving=1, **kwargs):
         super().__init__(**kwargs)
-        self.require_all_ebs = require_all_ebs
+        self.require_all_ebs, self.spacesaving = require_all_ebs, spacesaving
 
     def execute(self, context: Any) -> dict:
         from ...delivery import format_plan
         from .staging import truthy
-        plan = self.member.delivery.plan(require_all_ebs=truthy(self.require_all_ebs))
+        plan = self.member.delivery.plan(require_all_ebs=truthy(self.require_all_ebs),
+                                         spacesaving=spacesaving_of(self.spacesaving))
         self.log.info("staged; the plan as it now stands:\n%s", format_plan(plan))
         _fail_on_errors(plan)
         return _summary(plan)
+
+
+def spacesaving_of(value) -> int:
+    """The run's SPACESAVING param (rendered "1") as the calibration reads it (calibrated.Options checks
+    it): the plan judges the disk at the SPACESAVING the calibration will run with."""
+    from ...calibrated import Options
+    return Options(spacesaving=value).spacesaving
 
 
 def _fail_on_errors(plan: dict):
@@ -83,4 +92,5 @@ def _summary(plan: dict) -> dict:
         "calibration": plan["calibration"]["kind"], "imaging": plan["imaging"]["kind"],
         "split": plan["split"]["needed"], "ebs": plan["ppr"]["ebs"],
         "missing_ebs": plan["raw"].get("missing", []),
+        "disk": {"needed_bytes": plan["disk"]["needed_bytes"], "rule": plan["disk"]["rule"]["formula"]},
     }
