@@ -136,3 +136,28 @@ def test_cli_stage_from_s3_with_the_environment(tmp_path, seaweedfs, archive, mi
     assert ab.staged_member(member_path(tmp_path / "work", archive.mous)) == ab.expected_member(archive)
     assert (member_path(tmp_path / "work", archive.mous) / "raw" /
             f".{naming.asdm_dir(archive.ebs[0])}.staged.json").is_file()
+
+
+def test_a_kept_alive_connection_the_store_closed_is_replaced_not_a_retry(tmp_path, seaweedfs, archive, mirror,
+                                                                           monkeypatch, caplog):
+    # Stores close idle keep-alive connections (S3 after a few seconds). A range sent on one of
+    # those fails at once; it is sent again on a new connection, not counted as a lost transfer
+    # (no "resuming at byte" retry of the whole file from its checkpoint).
+    import http.client
+    import socket
+    source = S3Source(mirror, seaweedfs.client(), part_size=64 * 1024, parallel_min=128 * 1024, workers=2)
+    sent, closed = {}, []
+    request = http.client.HTTPConnection.request
+
+    def request_on_a_closed_socket(self, *a, **k):
+        sent[id(self)] = sent.get(id(self), 0) + 1
+        if sent[id(self)] == 3 and self.sock is not None:  # the store closed it after two ranges
+            self.sock.shutdown(socket.SHUT_RDWR)
+            closed.append(1)
+        return request(self, *a, **k)
+    monkeypatch.setattr(http.client.HTTPConnection, "request", request_on_a_closed_socket)
+    caplog.set_level("WARNING", logger="alma_regen.staging")
+    eb = archive.ebs[0]
+    result = stage_eb(archive.mous, eb, source, tmp_path / "work", FAST)
+    assert result["sha256"] == hashlib.sha256(archive.path(archive.asdm_name(eb)).read_bytes()).hexdigest()
+    assert closed and not [r for r in caplog.records if "resuming at byte" in r.getMessage()]

@@ -534,7 +534,13 @@ class _Parts:
             if self.stop.is_set():
                 raise TransientError(f"{self.f.name}: stopped")
             conn = self.idle.pop() if self.idle else None
-        conn, resp = self.src._get(self.f, self.key, lo, hi, self.etag, conn)
+        try:
+            conn, resp = self.src._get(self.f, self.key, lo, hi, self.etag, conn)
+        except TransientError:
+            if conn is None:
+                raise
+            # a kept-alive connection the store had closed meanwhile: once more on a new one
+            conn, resp = self.src._get(self.f, self.key, lo, hi, self.etag)
         with self.lock:
             self.busy.add(conn)
             stopped = self.stop.is_set()
@@ -593,7 +599,7 @@ class _Parts:
             for conn in self.idle:
                 conn.close()
             self.idle.clear()
-        for fut in self.pending:
+        for fut in list(self.pending):  # (the reader thread may be changing it)
             fut.cancel()
         self.pool.shutdown(wait=True)
 
