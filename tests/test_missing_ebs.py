@@ -149,3 +149,88 @@ def test_a_partial_run_is_calibrated_imaged_and_published_as_partial(tmp_path, s
     bucket = seaweedfs.bucket("partial")
     manifest = publish(member, f"s3://{bucket}/p", run="r1", client=seaweedfs.client())
     assert manifest["partial"] == {"missing_ebs": [eb2], "reasons": {eb2: "not listed"}}
+
+
+# ---------------------------------------------------------------- a partial run, engine by engine
+# What the real software does with a partial run, seen with the real pipeline (2025.1.1.61) under
+# the delivery's scriptForPI, which (as v2.5) drops the missing EB from its own lists and runs the
+# delivery's scripts unchanged:
+# - the restore script lists every EB: hifa_restoredata logs "Error processing <EB>" for the missing
+#   one and restores the others, right (the real run below);
+# - the calibration pipescript imports every EB: hifa_importdata fails on the missing one, nothing
+#   is calibrated ("pipeline task(s) failed: stage 1 hifa_importdata"): the pipeline engine is
+#   refused before any CASA starts, in one line naming the EB.
+
+@pytest.fixture
+def partial_member(member_copy, synth_delivery):
+    """The synthetic 2-EB delivery with its second EB's ASDM gone from raw/."""
+    shutil.rmtree(Member.at(member_copy).asdm(synth_delivery["ebs"][1]))
+    return member_copy
+
+
+def _shape(member, setup):
+    m = Member.at(member)
+    if setup == "selfcal":  # what the native restore cannot do: auto goes to scriptForPI
+        (m.calibration / f"{naming.uid_to_file(m.delivery.mous_uid)}.selfcal.json").write_text("{}\n")
+    elif setup == "pipescript-only":  # no restore script: only the full calibration can calibrate
+        m.delivery.script("restore").unlink()
+
+
+@pytest.mark.parametrize("engine, setup, expected", [
+    ("auto", "restore", "native"),                # native restores the EB present
+    ("native", "restore", "native"),
+    ("scriptforpi", "restore", "scriptforpi"),    # hifa_restoredata copes (the real run below)
+    ("auto", "selfcal", "scriptforpi"),           # native cannot restore it right; scriptForPI copes
+    ("pipeline", "restore", "refused"),           # a full calibration, forced: hifa_importdata would fail
+    ("auto", "pipescript-only", "refused"),       # auto can only pick the pipeline, which would fail
+    ("pipeline", "pipescript-only", "refused"),
+])
+def test_each_engine_s_decision_on_a_partial_run(partial_member, synth_delivery, pipeline_registry,
+                                                 engine, setup, expected):
+    from alma_regen import calibration
+    from alma_regen.calibrated import Options
+    from alma_regen.errors import PermanentError
+    eb1, eb2 = synth_delivery["ebs"]
+    _shape(partial_member, setup)
+    if expected == "refused":
+        with pytest.raises(PermanentError) as exc:
+            calibration.plan(partial_member, Options(engine=engine), pipeline_registry)
+        msg = str(exc.value)
+        assert "engine pipeline refused for a partial run" in msg and eb2 in msg and "\n" not in msg
+        assert eb1 not in msg
+        return
+    p = calibration.plan(partial_member, Options(engine=engine), pipeline_registry)
+    assert p.engine == expected and p.ebs == [eb1]
+    assert f"a partial run ({eb2} not in raw/)" in p.reason
+
+
+def test_cli_refuses_the_pipeline_engine_on_a_partial_run_before_casa(partial_member, synth_delivery,
+                                                                       pipeline_env):
+    r = subprocess.run([sys.executable, "-m", "alma_regen.cli", "restore", str(partial_member),
+                        "--engine", "pipeline"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and synth_delivery["ebs"][1] in errors[0], r.stderr[-2000:]
+    assert not (partial_member / "calibrated").exists(), "nothing may start"
+
+
+def test_scriptforpi_restores_a_partial_run_with_the_real_pipeline(partial_member, synth_delivery,
+                                                                   pipeline_registry, tmp_path):
+    # Decision: the run goes on (the real hifa_restoredata reports the missing EB and restores the
+    # other); EB 1's split holds the true visibilities; the summary lists EB 1 only.
+    from alma_regen import calibration
+    from alma_regen.calibrated import Options
+    from fixtures_synth import truth_check
+    eb1, eb2 = synth_delivery["ebs"]
+    summary = calibration.calibrate(partial_member, Options(engine="scriptforpi", spacesaving=0),
+                                    pipeline_registry)
+    assert summary["plan"]["engine"] == "scriptforpi" and [r["eb"] for r in summary["ebs"]] == [eb1]
+    log = "\n".join(p.read_text(errors="replace") for p in (partial_member / "script").glob("casa-*.log"))
+    assert f"Error processing {naming.uid_to_file(eb2)}" in log, "the real pipeline saw the missing EB"
+    cal = partial_member / "calibrated"
+    assert not list(cal.glob(f"{naming.uid_to_file(eb2)}*"))
+    rows = truth_check(cal / f"{naming.uid_to_file(eb1)}.ms.split.cal", synth_delivery, "DATA", tmp_path)["rows"]
+    noise = synth_delivery["truth"]["noise_jy_per_visibility_component"]
+    assert {r["field"] for r in rows} == {"J1924-2914", "TW_Hya_synth"}
+    for r in rows:
+        assert abs(r["scale"] - 1) < 0.01 and abs(r["phase_deg"]) < 1.0 and r["resid_rms"] < 2 * noise, r

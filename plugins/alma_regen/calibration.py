@@ -140,7 +140,9 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
     recorded = d.casa_version()["version"] if not options.casa_version else None
     recorded = options.casa_version or recorded
     split = d.split_needed(options.dosplit)
-    ebs = present_ebs(member, d.ppr_ebs())
+    listed = d.ppr_ebs()
+    ebs = present_ebs(member, listed)
+    missing = [eb for eb in listed if eb not in ebs]
     engine = options.engine
     # What the native restore would get wrong (renormalisation, single dish, selfcal).
     limits = native_restore_limits(member.root) if engine in ("auto", "native") else []
@@ -148,6 +150,8 @@ def plan(member, options: Options | None = None, registry: CasaRegistry | None =
         engine, reason = _auto(kind, registry, recorded, options.casa_version, limits)
     else:
         reason = f"engine {engine} requested"
+    if missing:  # before any CASA is looked for: a partial run the engine cannot do is refused first
+        reason += partial_run(engine, missing)
     if engine == "native":
         if kind != "restore":
             raise PermanentError(f"the native engine restores delivered calibration; this delivery has "
@@ -263,6 +267,28 @@ def present_ebs(member, ebs: list) -> list:
     for eb in missing:
         log.warning("calibration: %s of the PPR is not in raw/: calibrating the other EBs (the run is partial)", eb)
     return [eb for eb in ebs if eb not in missing]
+
+
+def partial_run(engine: str, missing: list) -> str:
+    """What an engine does when PPR EBs are not in raw/ (a partial run), as the real software does
+    it: a note for the plan's reason, or a PermanentError before any CASA starts. Seen with the real
+    pipeline (2025.1.1.61) under a scriptForPI that, as v2.5, drops the missing EBs from its own
+    lists and runs the delivery's scripts unchanged (tests/test_missing_ebs.py):
+    - scriptforpi (the restore script lists every EB): hifa_restoredata logs an error for each
+      missing EB ("Error processing <EB>") and restores the others, right;
+    - pipeline (the calibration pipescript imports every EB): hifa_importdata fails on the first
+      missing one and nothing is calibrated: refused here, in one line;
+    - native and manual: the EBs present, one by one, as scriptForPI's own loop."""
+    names = ", ".join(missing)
+    if engine == "pipeline":
+        raise PermanentError(f"engine pipeline refused for a partial run: {names} of the PPR "
+                             f"{'is' if len(missing) == 1 else 'are'} not in raw/, and the calibration pipescript "
+                             "imports every EB it lists (hifa_importdata stops on a missing one): stage every EB, "
+                             "or restore the EBs present with engine native or scriptforpi")
+    if engine == "scriptforpi":
+        return (f"; a partial run ({names} not in raw/): hifa_restoredata reports an error for "
+                f"{'it' if len(missing) == 1 else 'them'} and restores the other EBs")
+    return f"; a partial run ({names} not in raw/): the other EBs are calibrated"
 
 
 def _auto(kind, registry, recorded, override, limits=()):
