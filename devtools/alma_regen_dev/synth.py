@@ -411,10 +411,13 @@ SCRIPT_FOR_PI = '''# scriptForPI.py stand-in of a synthetic alma-regen delivery.
 # them before `execfile(this, globals())`), restores (a restore script) or
 # reruns (only a calibration pipescript) the pipeline calibration in
 # ../calibrated/working, then splits every EB's science spws into
-# ../calibrated/<EB>.ms.split.cal (all fields, original spw ids) or, when only
-# the imaging pipeline imaged the data and DOSPLIT is off, links
-# ../calibrated/<EB>.ms. Like the real one it reports problems with an ERROR
-# line and carries on, and ends "Done" even when it found nothing to do.
+# ../calibrated/<EB>.ms.split.cal (all fields; the original spw ids unless the
+# EBs' science spws differ, as v2.5) or, when only the imaging pipeline imaged
+# the data and DOSPLIT is off (v2.5's three counts, as its shell commands count),
+# links ../calibrated/<EB>.ms. A PPR EB absent from raw/ is left out of its own
+# lists (the restore script runs unchanged), as v2.5. Like the real one it
+# reports problems with an ERROR line and carries on, and ends "Done" even when
+# it found nothing to do.
 # It also records the options it was given in
 # ../calibrated/scriptForPI.globals.json, so tests can see them arrive.
 import glob
@@ -423,9 +426,6 @@ import os
 import re
 import shutil
 import sys
-
-from casatasks import mstransform
-from casatools import msmetadata
 
 
 def _option(name, kind, default):
@@ -452,18 +452,24 @@ def _ppr_ebs(ppr):
         return re.findall(r"<AsdmDiskName>\\s*(uid[^<\\s]*)\\s*</AsdmDiskName>", f.read())
 
 
+def _count_lines(paths, keep):
+    """The lines of the files for which keep(line) holds, as `cat FILES | grep ... | wc -l` counts."""
+    n = 0
+    for path in paths:
+        with open(path, errors="replace") as f:
+            n += sum(1 for line in f if keep(line))
+    return n
+
+
 def _imaging_pipeline_only(ppr):
-    """Science images from the imaging pipeline and a scriptForImaging without code."""
-    with open(ppr) as f:
-        if f.read().count("hif_makeimages") < 2:
-            return False
+    """Science images from the imaging pipeline alone: more than one PPR line naming
+    hif_makeimages, a product/*_sci.spw*.fits, and no line without '#' in the
+    scriptForImaging (a blank line is such a line)."""
+    if ppr is None or _count_lines([ppr], lambda line: "hif_makeimages" in line) < 2:
+        return False
     if not glob.glob("../product/*_sci.spw*.fits"):
         return False
-    for script in glob.glob("*scriptForImaging.py"):
-        with open(script) as f:
-            if any(line.strip() and "#" not in line for line in f):
-                return False
-    return True
+    return _count_lines(glob.glob("*scriptForImaging.py"), lambda line: "#" not in line) == 0
 
 
 def _du_mb(path):
@@ -508,6 +514,7 @@ def _copy_rerun_inputs():
 
 
 def _science_spws(vis):
+    from casatools import msmetadata
     md = msmetadata()
     md.open(vis)
     try:
@@ -516,26 +523,39 @@ def _science_spws(vis):
         md.close()
 
 
-def _finish_eb(eb, split, savings):
-    vis = eb + ".ms"
-    if not os.path.exists(vis):
-        print("ERROR: %s was not created." % vis)
-        return
-    if not split:
-        print("Imaging pipeline was used: linking %s into calibrated/" % vis)
-        for name in (vis, vis + ".flagversions"):
-            if os.path.exists(name):
-                os.symlink("working/" + name, "../" + name)
-        return
-    spws = ",".join(str(s) for s in _science_spws(vis))
-    print("Splitting out science spws %s of %s (spw ids kept)" % (spws, eb))
-    mstransform(vis=vis, outputvis=vis + ".split.cal", spw=spws, datacolumn="corrected", reindex=False)
-    if not os.path.exists(vis + ".split.cal"):
-        print("ERROR: %s.split.cal was not created." % vis)
-        return
-    shutil.move(vis + ".split.cal", "../" + vis + ".split.cal")
-    if savings >= 2:
-        shutil.rmtree(vis)
+def needs_reindex(science_spws):
+    """The spw ids are renumbered from 0 only when the science spws of the EBs split differ."""
+    return len(set(tuple(s) for s in science_spws.values())) > 1
+
+
+def _finish(ebs, split, savings):
+    from casatasks import mstransform
+    to_split = {}
+    for eb in ebs:
+        vis = eb + ".ms"
+        if not os.path.exists(vis):
+            print("ERROR: %s was not created." % vis)
+        elif not split:
+            print("Imaging pipeline was used: linking %s into calibrated/" % vis)
+            for name in (vis, vis + ".flagversions"):
+                if os.path.exists(name):
+                    os.symlink("working/" + name, "../" + name)
+        else:
+            to_split[eb] = _science_spws(vis)
+    reindex = needs_reindex(to_split)
+    if reindex:
+        print("Note: the science spws differ between the EBs: spw ids renumbered from 0")
+    for eb, spws in to_split.items():
+        vis = eb + ".ms"
+        spw = ",".join(str(s) for s in spws)
+        print("Splitting out science spws %s of %s (reindex=%s)" % (spw, eb, reindex))
+        mstransform(vis=vis, outputvis=vis + ".split.cal", spw=spw, datacolumn="corrected", reindex=reindex)
+        if not os.path.exists(vis + ".split.cal"):
+            print("ERROR: %s.split.cal was not created." % vis)
+            continue
+        shutil.move(vis + ".split.cal", "../" + vis + ".split.cal")
+        if savings >= 2:
+            shutil.rmtree(vis)
 
 
 def main(namespace):
@@ -564,6 +584,8 @@ def main(namespace):
     if missing:
         print("ERROR: these ASDMs are absent from directory raw: %s. Will try to proceed with the rest." % missing)
         ebs = [eb for eb in ebs if eb not in missing]
+        if not ebs:
+            sys.exit("ERROR: Nothing to process.")
     if os.path.exists("../calibrated") and not usems:
         sys.exit("WARNING: will stop here since directory calibrated already exists.")
     os.makedirs("../calibrated", exist_ok=usems)
@@ -605,8 +627,7 @@ def _calibrate(namespace, ebs, restore, full, split, savings):
         _copy_rerun_inputs()
         script = "../../script/" + full
     _run(script, namespace)
-    for eb in ebs:
-        _finish_eb(eb, split, savings)
+    _finish(ebs, split, savings)
     os.chdir("..")
 
 
