@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
-from .mous import MousFields
+from .mous import MousFields, truthy
 from .timeouts import CasaTimeouts
 
 CAL_FIELDS = ("mous_uid", "workdir", "engine", "casa_version", "dosplit", "spacesaving", "docontsub")
@@ -39,8 +39,8 @@ class _CalibrationBase(CasaTimeouts, MousFields, BaseOperator):
     def _options(self):
         from ...calibration import Options
         return Options(engine=self.engine, casa_version=self.casa_version or None,
-                       dosplit=_bool(self.dosplit), spacesaving=self.spacesaving,
-                       docontsub=_bool(self.docontsub), timeout_s=self.casa_limit())
+                       dosplit=truthy(self.dosplit), spacesaving=self.spacesaving,
+                       docontsub=truthy(self.docontsub), timeout_s=self.casa_limit())
 
     def _casa_runner(self):
         from ...casa.runner import CasaRunner
@@ -50,11 +50,6 @@ class _CalibrationBase(CasaTimeouts, MousFields, BaseOperator):
     def on_kill(self) -> None:
         if self._runner is not None:
             self._runner.kill()
-
-
-def _bool(v) -> bool:
-    # Templated params arrive as strings ("True"/"False") unless rendered natively.
-    return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
 class PrepareCalibrationOperator(_CalibrationBase):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ...errors import DeliveryError
-from .mous import MousOperator
+from .mous import MousOperator, spacesaving_of, truthy
 
 
 class InspectDeliveryOperator(MousOperator):
@@ -42,7 +42,6 @@ class InspectDeliveryOperator(MousOperator):
         from ...steps import record_step
         member = self.member
         record_step(member.root, self.task_id, context["dag_run"].run_id)
-        from .staging import truthy
         plan = member.delivery.plan(staged=False, archive_sizes=self._archive_sizes(),
                                     require_all_ebs=truthy(self.require_all_ebs),
                                     spacesaving=spacesaving_of(self.spacesaving))
@@ -63,19 +62,11 @@ class CheckStagedOperator(MousOperator):
 
     def execute(self, context: Any) -> dict:
         from ...delivery import format_plan
-        from .staging import truthy
         plan = self.member.delivery.plan(require_all_ebs=truthy(self.require_all_ebs),
                                          spacesaving=spacesaving_of(self.spacesaving))
         self.log.info("staged; the plan as it now stands:\n%s", format_plan(plan))
         _fail_on_errors(plan)
         return _summary(plan)
-
-
-def spacesaving_of(value) -> int:
-    """The run's SPACESAVING param (rendered "1") as the calibration reads it (calibrated.Options checks
-    it): the plan judges the disk at the SPACESAVING the calibration will run with."""
-    from ...calibrated import Options
-    return Options(spacesaving=value).spacesaving
 
 
 def _fail_on_errors(plan: dict):

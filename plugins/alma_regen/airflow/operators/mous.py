@@ -12,6 +12,19 @@ from typing import Sequence
 from airflow.sdk import BaseOperator
 
 
+def truthy(value) -> bool:
+    """A templated boolean param as a bool: "True"/"False" once rendered as text, or a bool when
+    rendered natively."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+def spacesaving_of(value) -> int:
+    """The run's SPACESAVING param (rendered "1") as the calibration reads it (calibrated.Options
+    checks it): the plan and the calibration judge one SPACESAVING."""
+    from ...calibrated import Options
+    return Options(spacesaving=value).spacesaving
+
+
 class MousFields:
     """Mixin: `mous_uid`, `workdir` and the task's `member`."""
 

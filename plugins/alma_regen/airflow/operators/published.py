@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .mous import MousOperator
+from .mous import MousOperator, truthy
 
 
 class CheckPublishedOperator(MousOperator):
@@ -29,7 +29,7 @@ class CheckPublishedOperator(MousOperator):
         from ...products.manifest import latest_manifest
         from ...products.reuse import current_casa, same_as_published
         from ...staging import list_mous
-        if str(self.force).strip().lower() in ("true", "1", "yes", "on"):
+        if truthy(self.force):
             self.log.info("%s: force=true: regenerating without looking at what is published", self.mous_uid)
             return {"reuse": False, "why": "force=True"}
         if not self.products_url:

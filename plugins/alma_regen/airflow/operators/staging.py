@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
+from .mous import truthy
 from .timeouts import StagingTimeouts
 
 
@@ -88,7 +89,3 @@ class StageAsdmOperator(_StagingBase):
     def _files(self, listing) -> list:  # the size its time limit follows (operators/timeouts.py)
         return [listing.asdms.get(self.eb_uid)]
 
-
-def truthy(value) -> bool:
-    """A templated boolean param ("True"/"False" once rendered) as a bool."""
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
