@@ -107,3 +107,21 @@ def test_alma_regen_run_plans_at_its_calibration_spacesaving(tmp_path, archive, 
                  cal_options=Options(engine="manual", spacesaving=2), stage_options=FAST)
     planned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the plan, staged")]
     assert len(planned) == 1 and "3 + 3 x 0 = 3 x raw/ (SPACESAVING=2)" in planned[0], planned
+
+
+def test_the_plan_measures_raw_as_scriptforpi_and_the_preflight_do(tmp_path, archive, archive_server):
+    # scriptForPI's `du -smc raw/` counts every ASDM there, a semipass one (not in the PPR) too, and
+    # follows nothing: an ASDM linked in from elsewhere is counted through the link (Delivery.raw_bytes).
+    # Expected: the plan after staging and calibration.preflight_disk judge that same number.
+    import os
+    from alma_regen.member import Member
+    served = archive_server(archive.dir)
+    stage_mous(archive.mous, HttpSource(served.url), tmp_path / "work", FAST)
+    member = Member.of(tmp_path / "work", archive.mous)
+    ppr_only = sum(e["size_bytes"] for e in member.delivery.plan()["raw"]["ebs"])
+    os.symlink(member.asdm(archive.ebs[0]), member.raw / "uid___A002_Xeeeee_X1.asdm.sdm")  # semipass, linked
+    plan = member.delivery.plan()
+    assert plan["raw"]["extra"] == ["uid___A002_Xeeeee_X1.asdm.sdm"]
+    first = next(e["size_bytes"] for e in plan["raw"]["ebs"] if e["eb"] == archive.ebs[0])
+    assert plan["disk"]["raw_bytes"] == member.delivery.raw_bytes() == ppr_only + first
+    assert plan["disk"]["needed_bytes"] == 11 * (ppr_only + first)

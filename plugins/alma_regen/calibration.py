@@ -327,43 +327,20 @@ def _modular_for(registry, recorded, override) -> Resolution:
 
 # ---------------------------------------------------------------- disk
 
-def raw_size(member) -> int:
-    """The bytes scriptForPI's check measures (`du -smc raw/`): every ASDM in raw/, semipass
-    ones too, each followed through a link (staging may link an ASDM from a cache; du would
-    count the link only, and the check would pass on nothing)."""
-    raw = Member.coerce(member).raw
-    if not raw.is_dir():
-        return 0
-    return sum(_tree_size(p.resolve()) for p in sorted(raw.iterdir()) if p.name.endswith(".asdm.sdm"))
-
-
-def disk_needed(member, spacesaving: int, raw_bytes: int | None = None) -> tuple:
-    """(free bytes the calibration needs or None when SPACESAVING=-1 skips the check, the rule
-    as Delivery.disk_rule states it, the raw bytes measured)."""
-    member = Member.coerce(member)
-    rule = member.delivery.disk_rule(spacesaving)
-    raw = raw_size(member) if raw_bytes is None else raw_bytes
-    return (None if rule["factor"] is None else raw * rule["factor"]), rule, raw
-
-
-def preflight_disk(member, spacesaving: int, ebs: list | None = None):
-    """Fail before starting CASA when the disk is too small, by scriptForPI's own check:
-    (11 + 3f) x raw/ (7 + 3f for SPACESAVING=1, 3 + 3f for >= 2, none for -1). `ebs` is not
-    used: scriptForPI measures all of raw/ (kept for the callers' signature)."""
-    member = Member.coerce(member)
-    need, rule, raw = disk_needed(member, spacesaving)
-    if need is None:
+def preflight_disk(member, spacesaving: int):
+    """Fail before starting CASA when the disk is too small, by scriptForPI's own check as the
+    plan states it (Delivery.disk over Delivery.raw_bytes: (11 + 3f) x raw/, 7 + 3f for
+    SPACESAVING=1, 3 + 3f for >= 2, none for -1)."""
+    d = Member.coerce(member).delivery
+    disk = d.disk(d.raw_bytes(), spacesaving=spacesaving)
+    rule = disk["rule"]
+    if disk["needed_bytes"] is None:
         log.warning("SPACESAVING=-1: disk check skipped (%s)", rule["decided_by"])
         return
-    free = shutil.disk_usage(member.root).free
-    if free < need:
-        raise NoSpaceError(f"{member}: {free / 1e9:.2f} GB free, the calibration needs about "
-                           f"{need / 1e9:.2f} GB ({rule['formula']} of {raw / 1e9:.2f} GB; "
-                           f"{rule['decided_by']}; SPACESAVING=-1 skips the check)")
-
-
-def _tree_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    if not disk["enough"]:
+        raise NoSpaceError(f"{member}: {disk['free_bytes'] / 1e9:.2f} GB free, the calibration needs about "
+                           f"{disk['needed_bytes'] / 1e9:.2f} GB ({rule['formula']} of "
+                           f"{disk['raw_bytes'] / 1e9:.2f} GB; {rule['decided_by']}; SPACESAVING=-1 skips the check)")
 
 
 # ---------------------------------------------------------------- layout
@@ -600,7 +577,7 @@ def calibrate(member, options: Options | None = None, registry: CasaRegistry | N
     options = options or Options()
     member = Member.coerce(member)
     p = p or plan(member, options, registry)
-    preflight_disk(member, options.spacesaving, p.ebs)
+    preflight_disk(member, options.spacesaving)
     t0 = time.monotonic()
     if p.engine in ("scriptforpi", "pipeline"):
         from .scriptforpi import run_script_for_pi
@@ -839,7 +816,7 @@ def prepare(member, options: Options, run_id: str, registry: CasaRegistry | None
     plan saved for the run's later steps (load_plan)."""
     member = Member.coerce(member)
     p = plan(member, options, registry)
-    preflight_disk(member, options.spacesaving, p.ebs)
+    preflight_disk(member, options.spacesaving)
     if p.engine == "native":
         prepare_layout(member, p.ebs)
     save_plan(member, p, options, run_id)

@@ -30,8 +30,9 @@ this model instead of globbing on its own. It reads, never writes.
                    require_all_ebs, and an error when no EB is left)
     disk           {raw_bytes, needed_bytes, needed_bytes_min, needed_bytes_max, free_bytes, enough,
                     estimated, rule}  (needed_bytes: scriptForPI's check at plan(spacesaving=...),
-                   null for -1; min/max: at SPACESAVING 2..0; rule: Delivery.disk_rule; estimated:
-                   raw_bytes from the archive's sizes, before staging)
+                   null for -1; min/max: at SPACESAVING 2..0; rule: Delivery.disk_rule; raw_bytes:
+                   what scriptForPI's `du` measures of raw/ (Delivery.raw_bytes, every ASDM there);
+                   estimated: from the archive's sizes of the PPR's EBs, before staging)
     problems       [{severity: error|warning, path, message}]
     ok             true when there is no error
 
@@ -660,6 +661,16 @@ class Delivery:
                 "renormalisation": renorm, "factor": factor, "formula": formula,
                 "scriptforpi_version": version_text(v) if v else None, "decided_by": decided_by(v)}
 
+    def raw_bytes(self) -> int:
+        """What scriptForPI's check measures (`du -smc raw/`): every ASDM in raw/, semipass ones
+        too, each followed through a link (staging may link an ASDM from a cache; du would count
+        the link only, and the check would pass on nothing). The plan's disk and
+        calibration.preflight_disk both measure this."""
+        raw = self.path / "raw"
+        if not raw.is_dir():
+            return 0
+        return sum(_tree_size(p.resolve()) for p in sorted(raw.iterdir()) if p.name.endswith(".asdm.sdm"))
+
     def _script_or_none(self, role):
         try:
             return self.script(role)
@@ -736,9 +747,11 @@ class Delivery:
             except DeliveryError:
                 pass
         out["raw"] = self.raw_state(ebs, staged, archive_sizes, require_all_ebs)
-        raw_bytes = sum(e["size_bytes"] or 0 for e in out["raw"]["ebs"])
-        out["disk"] = self.disk(raw_bytes, estimated=any(e["state"] == "to_stage" for e in out["raw"]["ebs"]),
-                                spacesaving=spacesaving)
+        estimated = any(e["state"] == "to_stage" for e in out["raw"]["ebs"])
+        # Before staging: the PPR EBs' sizes (the archive's for those to stage); after: raw/ as
+        # scriptForPI measures it, as the calibration's preflight will.
+        raw_bytes = sum(e["size_bytes"] or 0 for e in out["raw"]["ebs"]) if estimated else self.raw_bytes()
+        out["disk"] = self.disk(raw_bytes, estimated=estimated, spacesaving=spacesaving)
         if raw_bytes and not out["disk"]["enough"]:
             p.warning(self.path, f"free disk {_size(out['disk']['free_bytes'])} is less than scriptForPI's check "
                                  f"needs: {out['disk']['rule']['formula']} = {_size(out['disk']['needed_bytes'])}")
@@ -746,6 +759,10 @@ class Delivery:
         out["problems"] = list({(x["severity"], x["path"], x["message"]): x for x in p}.values())
         out["ok"] = not any(x["severity"] == "error" for x in out["problems"])
         return out
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def _size(n: int) -> str:
