@@ -105,6 +105,11 @@ def states(airflow_home, run_id):
     return airflow_home.task_states("alma_regenerate", run_id)
 
 
+def datalinks(archive) -> int:
+    """The DataLink answers (listings of the MOUS) serve-archive gave so far."""
+    return sum(1 for h in archive.stats()["headers"] if h[0].startswith("/datalink/sync"))
+
+
 @pytest.mark.casa
 def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archive_server, seaweedfs, tmp_path):
     archive = archive_server(synth_delivery["archive_dir"])
@@ -112,6 +117,7 @@ def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archi
     # keep=nothing: once published and verified, the working space goes (workspace.py).
     r = airflow_home.dags_test("alma_regenerate", {"mous_uid": synth_delivery["mous_uid"], "keep": "nothing"},
                                env=run_env(tmp_path, archive, seaweedfs, bucket))
+    listings = datalinks(archive)
     (tmp_path / "dags_test.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, f"see {tmp_path / 'dags_test.log'}: " + (r.stdout + r.stderr)[-2000:]
     # inspect runs before the raw data are staged: it says what will be staged, and a
@@ -143,6 +149,11 @@ def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archi
     assert "working space cleaned (keep=nothing): removed the whole member folder" in out, \
         f"see {tmp_path / 'dags_test.log'}"
     assert not (tmp_path / "work" / ".locks" / f"{mous_f}.json").exists(), "the teardown releases the lock"
+    # The archive's listing: asked once for the whole run (lock_mous's reservation, then read by the
+    # reuse check, stage_auxiliary, inspect and each stage_asdm; staging/run_listing.py), and gone
+    # with the run's teardown.
+    assert listings == 1, f"{listings} DataLink requests in one run; see {tmp_path / 'dags_test.log'}"
+    assert not (tmp_path / "work" / ".run-listings" / f"{mous_f}.json").exists()
     # Cleaned, the run's disk reservation comes down to what is left (nothing) before its teardown.
     assert "disk reservation now 0.00 GB" in out, f"see {tmp_path / 'dags_test.log'}"
     from alma_regen import attempts
@@ -154,6 +165,7 @@ def test_dags_test_regenerates_and_publishes(airflow_home, synth_delivery, archi
                                env=run_env(tmp_path, archive, seaweedfs, bucket))
     again = states(airflow_home, airflow_home.last_run_id("alma_regenerate"))
     assert again[("check_published", -1)]["state"] == "skipped"
+    assert datalinks(archive) == listings + 1, "a later run asks the archive again"
     # The skip says why, and how to redo it anyway.
     assert "every later step is skipped; trigger again with force=true" in r.stdout + r.stderr
     assert again[("stage_auxiliary", -1)]["state"] == "skipped"
@@ -170,6 +182,9 @@ def test_transient_fault_is_retried_and_succeeds(airflow_home, synth_delivery, a
     st = states(airflow_home, airflow_home.last_run_id("alma_regenerate"))
     first = st[("stage_auxiliary", -1)]
     assert first["state"] == "success" and first["try_number"] >= 2, st
+    # The run's listing: asked by lock_mous, then again by each retry of stage_auxiliary (a failure
+    # may come from what the listing said), and read by inspect and each stage_asdm.
+    assert datalinks(archive) == first["try_number"], (r.stdout + r.stderr)[-3000:]
     assert st[("finish_calibration", -1)]["state"] == "success", (r.stdout + r.stderr)[-3000:]
     # The try that failed is not a failed run: the MOUS's attempts record a success.
     from alma_regen import attempts

@@ -35,7 +35,7 @@ def listed_files(source, mous: str, *, workdir, ttl_s: float, now: float | None 
     a thousand listings a pass for a thousand MOUSs), while what the archive holds for a
     MOUS changes rarely. A kept answer is used only for the same source; its cost is that
     a MOUS whose archive files change is seen as changed up to ttl_s later (a forced run
-    does not wait). Staging always lists afresh. ttl_s <= 0: no keeping.
+    does not wait). A DAG run lists afresh, once (staging/run_listing.py). ttl_s <= 0: no keeping.
     """
     from .staging import list_mous
     now = time.time() if now is None else now

@@ -7,7 +7,8 @@
 
 Module map: sources (HTTP/S3 + error mapping), datalink (VOTable), tarstream
 (streaming untar, safety, resume checkpoints), layout (prefix stripping),
-stage (orchestration, stamps, swap-in), lock, progress.
+stage (orchestration, stamps, swap-in), lock, progress, run_listing (a DAG run's listing,
+asked once by its first step that needs it and read by the later ones).
 """
 from .layout import member_path
 from .sources import HttpSource, S3Source, open_source

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ...errors import DeliveryError
-from .mous import MousOperator, spacesaving_of, truthy
+from .mous import MousOperator, run_listing, spacesaving_of, truthy
 
 
 class InspectDeliveryOperator(MousOperator):
@@ -25,12 +25,11 @@ class InspectDeliveryOperator(MousOperator):
         self.source, self.http_conn_id, self.aws_conn_id = source, http_conn_id, aws_conn_id
         self.require_all_ebs, self.spacesaving = require_all_ebs, spacesaving
 
-    def _archive_sizes(self) -> dict | None:
-        """{EB uid: bytes of its ASDM tar} as the archive lists them; None if it cannot say."""
+    def _archive_sizes(self, context) -> dict | None:
+        """{EB uid: bytes of its ASDM tar} as the archive lists them for this run; None if it cannot say."""
         try:
             from ..hooks.archive import archive_source
-            from ...staging import list_mous
-            listing = list_mous(archive_source(self.source, self.http_conn_id, self.aws_conn_id), self.mous_uid)
+            listing = run_listing(self, context, archive_source(self.source, self.http_conn_id, self.aws_conn_id))
             return {eb: f.size for eb, f in listing.asdms.items()}
         except Exception as exc:  # noqa: BLE001 - the sizes only inform; staging reports real faults
             self.log.info("the archive's sizes of the ASDMs are not known (%s): the disk is estimated after staging",
@@ -42,7 +41,7 @@ class InspectDeliveryOperator(MousOperator):
         from ...steps import record_step
         member = self.member
         record_step(member.root, self.task_id, context["dag_run"].run_id)
-        plan = member.delivery.plan(staged=False, archive_sizes=self._archive_sizes(),
+        plan = member.delivery.plan(staged=False, archive_sizes=self._archive_sizes(context),
                                     require_all_ebs=truthy(self.require_all_ebs),
                                     spacesaving=spacesaving_of(self.spacesaving))
         self.log.info("regeneration plan, before staging the raw data:\n%s", format_plan(plan))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .mous import MousOperator
+from .mous import MousOperator, run_listing
 
 
 def state_of(dag_id: str, run_id: str):
@@ -55,10 +55,10 @@ class LockMousOperator(MousOperator):
             s = runtime_settings()
             try:
                 from ..hooks.archive import archive_source
-                from ...staging import list_mous
                 source = (context.get("params") or {}).get("source") or "request_handler"
-                listing = list_mous(archive_source(source, s.request_handler_conn, s.archive_s3_conn),
-                                    self.mous_uid)
+                # The run's listing (run_listing): the later steps read it instead of asking again.
+                listing = run_listing(self, context, archive_source(source, s.request_handler_conn,
+                                                                    s.archive_s3_conn))
                 need = footprint({f.name: f.size for f in listing.all_files()}, s.footprint_factor)
             except Exception as exc:  # noqa: BLE001 - staging reports real archive faults
                 self.log.warning("the archive's sizes are not known (%s): reserving 0 GB, counted as in flight", exc)
@@ -77,6 +77,7 @@ class ReleaseMousOperator(MousOperator):
         from ... import admission
         released = release(self.workdir, self.mous_uid, run.dag_id, run.run_id)
         self.log.info("MOUS %s lock %s", self.mous_uid, "released" if released else "was not held by this run")
+        self._forget_listing(run.run_id)
         # The disk reservation ends with the run, whatever became of it (this is the teardown);
         # a fault here is logged: the feeder forgets the entry of an ended run anyway.
         held = None
@@ -88,6 +89,16 @@ class ReleaseMousOperator(MousOperator):
             self.log.warning("could not release the disk reservation (the feeder will forget it): %s", exc)
         self._record_end(run, held)
         return released
+
+    def _forget_listing(self, run_id: str) -> None:
+        """The archive listing the run's steps shared (staging/run_listing.py) goes with the run.
+        Bookkeeping: a fault is logged (a later run lists afresh anyway)."""
+        from ...staging.run_listing import forget
+        try:
+            if forget(self.workdir, self.mous_uid, run_id):
+                self.log.info("the run's archive listing removed")
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("could not remove the run's archive listing: %s", exc)
 
     def _record_end(self, run, held):
         """The run's end in the MOUS's attempts (attempts.py): failed when any of its tasks

@@ -25,6 +25,19 @@ def spacesaving_of(value) -> int:
     return Options(spacesaving=value).spacesaving
 
 
+def run_listing(op, context, source):
+    """The archive's listing of `op`'s MOUS for this DAG run (alma_regen.staging.run_listing):
+    asked by the run's first step that needs it, read from the workdir by its later steps; a
+    retry (try 2 on, a cleared task) asks afresh. Without a run in the context (a task made by
+    hand, a test's execute()), asked now and not kept."""
+    from ...staging.run_listing import run_listing as listing_of_run
+    ti = context.get("ti") if context else None
+    tries = getattr(ti, "try_number", None) or 1
+    index = getattr(ti, "map_index", None)
+    by = op.task_id + (f"[{index}]" if isinstance(index, int) and index >= 0 else "")
+    return listing_of_run(source, op.mous_uid, op.workdir, (context or {}).get("run_id"), fresh=tries > 1, by=by)
+
+
 class MousFields:
     """Mixin: `mous_uid`, `workdir` and the task's `member`."""
 

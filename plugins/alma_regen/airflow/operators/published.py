@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .mous import MousOperator, truthy
+from .mous import MousOperator, run_listing, truthy
 
 
 class CheckPublishedOperator(MousOperator):
@@ -28,7 +28,6 @@ class CheckPublishedOperator(MousOperator):
         from ..hooks.products import s3_client
         from ...products.manifest import latest_manifest
         from ...products.reuse import current_casa, same_as_published
-        from ...staging import list_mous
         if truthy(self.force):
             self.log.info("%s: force=true: regenerating without looking at what is published", self.mous_uid)
             return {"reuse": False, "why": "force=True"}
@@ -36,7 +35,7 @@ class CheckPublishedOperator(MousOperator):
             self.log.info("%s: no products_url is configured: nothing is published to compare with",
                           self.mous_uid)
             return {"reuse": False, "why": "no products_url: nothing is published"}
-        listing = list_mous(archive_source(self.source, self.http_conn_id, self.aws_conn_id), self.mous_uid)
+        listing = run_listing(self, context, archive_source(self.source, self.http_conn_id, self.aws_conn_id))
         files = {f.name: f.size for f in listing.all_files()}
         manifest = latest_manifest(s3_client(self.products_conn_id), self.products_url, self.mous_uid)
         same, why = same_as_published(manifest, files, current_casa())

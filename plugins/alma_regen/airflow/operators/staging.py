@@ -32,8 +32,13 @@ class _StagingBase(StagingTimeouts, BaseOperator):
         self.parallel, self.lock_timeout = parallel, lock_timeout
 
     def _source(self):
+        """The archive source of the rendered `source` param, made once per task (a connection
+        read through the Task SDK is a round trip to the api-server)."""
         from ..hooks.archive import archive_source
-        return archive_source(self.source, self.http_conn_id, self.aws_conn_id)
+        key = (self.source, self.http_conn_id, self.aws_conn_id)
+        if getattr(self, "_source_key", None) != key:
+            self._source_obj, self._source_key = archive_source(*key), key
+        return self._source_obj
 
     def _options(self):
         from ...config import runtime_settings

@@ -50,7 +50,8 @@ class CasaTimeouts:
 class StagingTimeouts:
     """For staging operators: the limit from the archive's sizes of what `_files(listing)` fetches.
 
-    The listing is kept (`self._listing`) so the step does not list the MOUS again."""
+    The listing is the run's (operators/mous.run_listing: asked once per DAG run), kept
+    (`self._listing`) so the step's work stages against it."""
 
     def _files(self, listing) -> list:
         raise NotImplementedError
@@ -58,8 +59,8 @@ class StagingTimeouts:
     def pre_execute(self, context) -> None:
         super().pre_execute(context)
         from ...config import runtime_settings
-        from ...staging import list_mous
         from ...timeouts import stage_timeout
-        self._listing = list_mous(self._source(), self.mous_uid)
+        from .mous import run_listing
+        self._listing = run_listing(self, context, self._source())
         size = sum(int(f.size or 0) for f in self._files(self._listing) if f is not None)
         _bound_task(self, stage_timeout(size, runtime_settings()), f"staging {size} bytes")
