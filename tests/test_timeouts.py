@@ -13,6 +13,7 @@ import sys
 from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import archive_builder as ab
 import pytest
@@ -56,6 +57,36 @@ def test_parse_time_settings_are_not_taken_from_the_variable(monkeypatch, caplog
     assert (s.workdir, s.raw_cache_gb, s.bulk_max_in_flight) == ("/env/work", 5.0, 7)
     assert "cannot change workdir" in caplog.text
     assert PARSE_TIME <= {f.name for f in fields(Settings)}
+
+
+def test_the_settings_are_read_once_per_task_try(monkeypatch):
+    """runtime_settings reads the `alma_regen` Variable once per task try (a round trip each time in
+    a task): a change reaches the next try, not the rest of this one; outside a task, every call
+    reads it. Airflow's own context (set_current_context) and Variable lookup (the environment's)."""
+    from airflow.sdk.execution_time.context import set_current_context
+
+    from alma_regen.config import runtime_settings
+    RUN = "manual__2026-12-06T08:00:00+00:00"
+    monkeypatch.setenv("AIRFLOW_VAR_ALMA_REGEN", json.dumps({"raw_cache_gb": 5, "workdir": "/elsewhere"}))
+    monkeypatch.setenv("ALMA_REGEN_WORKDIR", "/env/work")
+
+    def ti(**kw):
+        return SimpleNamespace(**{"dag_id": "alma_regenerate", "run_id": RUN, "task_id": "publish",
+                                  "map_index": -1, "try_number": 1, **kw})
+
+    with set_current_context({"ti": ti()}):
+        s = runtime_settings()
+        assert (s.raw_cache_gb, s.workdir) == (5.0, "/env/work")  # PARSE_TIME: the environment's
+        monkeypatch.setenv("AIRFLOW_VAR_ALMA_REGEN", json.dumps({"raw_cache_gb": 7}))
+        assert runtime_settings() is s  # the same try: not read again
+    with set_current_context({"ti": ti(try_number=2)}):
+        assert runtime_settings().raw_cache_gb == 7.0  # the next try reads it
+    with set_current_context({"ti": ti(task_id="stage_asdm", map_index=1)}):
+        assert runtime_settings().raw_cache_gb == 7.0
+    monkeypatch.setenv("AIRFLOW_VAR_ALMA_REGEN", json.dumps({"raw_cache_gb": 9}))
+    assert runtime_settings().raw_cache_gb == 9.0  # no task: read at every call
+    monkeypatch.setenv("AIRFLOW_VAR_ALMA_REGEN", json.dumps({"raw_cache_gb": 11}))
+    assert runtime_settings().raw_cache_gb == 11.0
 
 
 def raw_member(tmp_path, raw_size: int) -> Path:

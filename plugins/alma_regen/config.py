@@ -16,7 +16,10 @@ When it is read:
     leaves them out, with a warning); a deployment sets them in the
     environment of every Airflow process.
   - Every other field is read when it is used, by the task or server that uses
-    it, so an override in the Variable reaches all of them alike.
+    it, so an override in the Variable reaches all of them alike. A task reads
+    the Variable once per try (`runtime_settings` keeps it for the rest of the try:
+    each read is a round trip to the api-server); a change reaches the tasks that
+    start after it, and the next try of a running one.
 
 Secrets live in Airflow Connections (`alma_request_handler`, `alma_archive_s3`,
 `alma_products_s3`); the command line takes them from the environment
@@ -167,11 +170,38 @@ def with_variable(raw) -> Settings:
     return base.with_overrides(overrides) if overrides else base
 
 
+# The settings of the task try this process runs: (the try's identity, Settings). A task try
+# has a process of its own under the Task SDK; `airflow dags test` runs every task in one
+# process, so the try's identity (not the process) is the key.
+_TRY_SETTINGS: tuple = (None, None)
+
+
+def _task_try():
+    """(dag_id, run_id, task_id, map_index, try_number) of the task running in this process, or
+    None outside a task (the command line, a server, a test calling an operator by hand)."""
+    try:
+        from airflow.sdk import get_current_context
+        ti = get_current_context().get("ti")
+    except (ImportError, RuntimeError):  # no Airflow here, or no task running
+        return None
+    key = tuple(getattr(ti, k, None) for k in ("dag_id", "run_id", "task_id", "map_index", "try_number"))
+    return key if key[0] is not None and key[1] is not None else None
+
+
 def runtime_settings() -> Settings:
-    """Inside a task: the environment, then the `alma_regen` Variable if set."""
+    """Inside a task: the environment, then the `alma_regen` Variable if set; read once per task
+    try (the Variable is a round trip to the api-server each time it is read), then kept for the
+    rest of the try. Outside a task: the environment (no Variable to read), at every call."""
+    global _TRY_SETTINGS
+    key = _task_try()
+    if key is not None and _TRY_SETTINGS[0] == key:
+        return _TRY_SETTINGS[1]
     try:
         from airflow.sdk import Variable
         raw = Variable.get(VARIABLE, default=None)
     except Exception:  # no Airflow context (CLI): the environment is all there is
         raw = None
-    return with_variable(raw)
+    s = with_variable(raw)
+    if key is not None:
+        _TRY_SETTINGS = (key, s)
+    return s
