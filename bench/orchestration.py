@@ -25,6 +25,9 @@ On one synthetic delivery (served by serve-archive, products to SeaweedFS):
   against its own baseline, so a change of load on this shared machine falls on both);
   --variant NAME:KEY=VALUE,... adds an Airflow run per round with other settings.
 
+Listings: how many times the run asked the archive (serve-archive's DataLink) for the MOUS's
+listing, and what one listing costs here (the real DataLink service can take seconds).
+
 CPU, beside each time: our CPU-seconds (the `alma-regen run` process and what it reaped;
 for Airflow every process of the cluster and what they reaped: tasks, CASA children),
 the CASA children's own (the runner logs each child's CPU), and what the rest of the
@@ -136,6 +139,25 @@ class CpuMeter:
 
 
 CASA_CPU = re.compile(r"CASA finished in ([0-9.]+) s, CPU ([0-9.]+) s")
+
+
+def listings_asked(server) -> int:
+    """DataLink requests serve-archive has answered so far (its record of every request's path):
+    the archive listings the runs asked for. The real DataLink service can take seconds per answer."""
+    with server.lock:
+        return sum(1 for h in server.counters.headers if h[0].startswith("/datalink/sync"))
+
+
+def listing_cost_s(url: str, mous: str, n: int = 5) -> float:
+    """The median time of one listing of the MOUS from serve-archive (request + VOTable parse +
+    sorting): what each listing a run asks for costs here, besides the request's own wait."""
+    from alma_regen.staging import list_mous, open_source
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        list_mous(open_source(url), mous)
+        times.append(time.perf_counter() - t)
+    return round(sorted(times)[n // 2], 4)
 
 
 def synthetic_delivery(folder: Path, ebs: int) -> dict:
@@ -489,6 +511,9 @@ def main(argv=None):
         synth = synthetic_delivery(Path(a.synth_cache) if a.synth_cache else root / "synth", a.ebs)
         server = ArchiveServer(synth["archive_dir"], "127.0.0.1", 0)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        results["listing_cost_s"] = listing_cost_s(server.url, synth["mous_uid"])
+        print(f"one listing of the MOUS from serve-archive: {results['listing_cost_s'] * 1000:.1f} ms "
+              f"(median of 5)", flush=True)
         (root / "s3").mkdir()
         with seaweedfs_server(root / "s3") as s3:
             bucket = s3.bucket("bench")
@@ -497,12 +522,16 @@ def main(argv=None):
                 # machine falls on both; each round's ratio is against its own baseline.
                 for i in range(a.repeat):
                     tag = f"-{i + 1}" if a.repeat > 1 else ""
+                    asked = listings_asked(server)
                     base = baseline(mode, synth, server.url, root, s3, bucket, tag)
+                    base["listings"] = listings_asked(server) - asked
                     results.setdefault(f"baseline-{mode}", []).append(base)
                     print(f"baseline {mode}{tag} (load {_load()}): {base}", flush=True)
                     for arm, ex, env in arms:
+                        asked = listings_asked(server)
                         r = airflow_run(ex, mode, synth, server.url, root, s3, bucket, env,
                                         tag + (f"-{arm.split('+', 1)[1]}" if "+" in arm else ""))
+                        r["listings"] = listings_asked(server) - asked
                         if mode == "noop":  # no baseline: the figure is Airflow's own cost per task
                             r["ratio_wall"] = r["ratio_queued_to_end"] = 0.0
                             r["per_task_s"] = round(r["wall_s"] / NOOP_TASKS, 3)
@@ -524,7 +553,7 @@ def main(argv=None):
         for i, b in enumerate(results.get(f"baseline-{mode}") or []):
             print(f"  {mode:<5} round {i + 1} alma-regen alone       {b['wall_s']:8.1f}          "
                   f"cpu {b['cpu_s']:.1f} (CASA {b['casa_cpu_s']:.1f} in {b['casa_children']} children), "
-                  f"others {b['others_cores']:.2f} cores")
+                  f"others {b['others_cores']:.2f} cores; {b.get('listings', '?')} listings")
             for ex, _, _ in arms:
                 runs = results.get(f"airflow-{ex}-{mode}") or []
                 if i < len(runs):
@@ -534,7 +563,8 @@ def main(argv=None):
                           f"{per}  cpu {r['cpu_s']:.1f} (CASA {r['casa_cpu_s']:.1f} in "
                           f"{r['casa_children']} children), others {r['others_cores']:.2f} cores; "
                           f"{r['tasks']} tasks, {r['task_seconds_sum']:.1f} task-seconds; idle cluster "
-                          f"{r['idle_cores']:.3f} cores")
+                          f"{r['idle_cores']:.3f} cores; {r.get('listings', '?')} listings of the MOUS "
+                          f"(x {results.get('listing_cost_s', 0) * 1000:.0f} ms here)")
                     print(f"  {'':<5}         Airflow's CPU by process: " + ", ".join(
                         f"{k} {v:.1f}" for k, v in sorted(r["cpu_by_process_s"].items(), key=lambda kv: -kv[1]))
                           + f" (task processes include CASA's {r['casa_cpu_s']:.1f})")
