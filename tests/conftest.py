@@ -18,6 +18,7 @@ pytest_plugins = [
     "fixtures_pipeline_restore",  # pipeline_restored
     "fixtures_browser",           # demo_airflow, browser
     "imaging_fixtures",           # calibrated_member, native_imaged
+    "fixtures_zoo",               # manual_delivery, pol_delivery, *_staged, manual_calibrated, manual_truth, native_pol
 ]
 
 
@@ -25,10 +26,10 @@ pytest_plugins = [
 # and files only, in seconds. A test is marked here by the fixtures it takes (a test that
 # starts a server or Airflow itself carries the mark in its module).
 SERVICE_FIXTURES = {"seaweedfs", "archive_server", "airflow_home", "alerting_airflow", "demo_airflow", "browser",
-                    "operator_airflow",
+                    "operator_airflow", "manual_staged", "pol_staged",
                     "pipeline_casa", "pipeline_registry", "pipeline_registry_file", "pipeline_env"}
 CASA_FIXTURES = {"synth_delivery", "synth_delivery_3eb", "member_copy", "calibrated_member", "native_imaged",
-                 "pipeline_restored", "calibrated"}
+                 "pipeline_restored", "calibrated", "pol_delivery"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,7 +15,8 @@ from alma_regen_dev.local_s3 import seaweedfs_server as _seaweedfs_server
 from alma_regen_dev.local_s3 import weed_binary as _weed_binary
 
 # What test modules import from here: helpers only (the fixtures reach them through pytest_plugins).
-__all__ = ["ArchiveHandle", "S3Server", "cli_env", "free_port", "seaweedfs_server", "weed_binary"]
+__all__ = ["ArchiveHandle", "S3Server", "cli_env", "free_port", "seaweedfs_server", "start_archive_server",
+           "stop_archive_server", "weed_binary"]
 
 
 def weed_binary() -> str:
@@ -63,23 +64,31 @@ class ArchiveHandle:
         return self.stats()["bytes"].get(name, 0)
 
 
+def start_archive_server(archive_dir) -> ArchiveHandle:
+    """A real threaded serve-archive on a free port; stop_archive_server(handle) stops it."""
+    from alma_regen_dev.serve_archive import ArchiveServer
+    srv = ArchiveServer(archive_dir, "127.0.0.1", 0, control=True)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    return ArchiveHandle(srv)
+
+
+def stop_archive_server(handle: ArchiveHandle) -> None:
+    handle.server.shutdown()
+    handle.server.server_close()
+
+
 @pytest.fixture
 def archive_server():
     """Factory: start(archive_dir) -> ArchiveHandle; a real threaded HTTP server on a free port."""
-    from alma_regen_dev.serve_archive import ArchiveServer
-
-    servers = []
+    handles = []
 
     def start(archive_dir) -> ArchiveHandle:
-        srv = ArchiveServer(archive_dir, "127.0.0.1", 0, control=True)
-        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-        servers.append(srv)
-        return ArchiveHandle(srv)
+        handles.append(start_archive_server(archive_dir))
+        return handles[-1]
 
     yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+    for handle in handles:
+        stop_archive_server(handle)
 
 
 def cli_env(**extra) -> dict:

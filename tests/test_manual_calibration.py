@@ -29,24 +29,15 @@ from alma_regen.casa.registry import load_registry
 from alma_regen.casa.runner import CasaRunner
 from alma_regen.delivery import Delivery, format_plan
 from alma_regen.errors import CasaError
-from alma_regen_dev.zoo.manual import convert
-from fixtures_synth import truth_check
 
 pytestmark = pytest.mark.casa
 
 
 # ---------------------------------------------------------------- the zoo's manual delivery, recalibrated
+# `manual_calibrated` (tests/fixtures_zoo.py): the zoo's manual delivery staged from serve-archive,
+# then calibrated by the manual engine (auto, SPACESAVING 1); `manual_truth` its truth check.
 
-@pytest.fixture(scope="module")
-def manual_calibrated(synth_delivery, tmp_path_factory):
-    out = tmp_path_factory.mktemp("manual")
-    delivery = convert(synth_delivery, out)
-    member = Path(delivery["member_dir"])
-    summary = calibration.calibrate(member, Options())   # engine auto, SPACESAVING 1
-    return delivery, member, summary
-
-
-def test_the_manual_engine_recovers_the_truth(manual_calibrated, synth_delivery, tmp_path):
+def test_the_manual_engine_recovers_the_truth(manual_calibrated, manual_truth, synth_delivery):
     delivery, member, summary = manual_calibrated
     assert summary["plan"]["engine"] == "manual" and "exact version" in summary["plan"]["casa"]["reason"]
     noise = synth_delivery["truth"]["noise_jy_per_visibility_component"]
@@ -54,7 +45,7 @@ def test_the_manual_engine_recovers_the_truth(manual_calibrated, synth_delivery,
         f = naming.uid_to_file(eb)
         vis = member / "calibrated" / f"{f}.ms.split.cal"
         assert vis.is_dir() and not vis.is_symlink(), "scriptForPI moves <EB>.ms.split.cal up (not a link)"
-        rows = truth_check(vis, synth_delivery, "DATA", tmp_path)["rows"]
+        rows = manual_truth[f]
         # The science spws (0 and 1, kept by the scripts' split) and both fields.
         assert {r["spw"] for r in rows} == {0, 1}
         assert {r["field"] for r in rows} == {"J1924-2914", "TW_Hya_synth"}

@@ -26,7 +26,6 @@ from alma_regen import calibration, naming
 from alma_regen.calibration import Options
 from alma_regen.casa.registry import load_registry
 from alma_regen.errors import CasaError
-from alma_regen_dev.zoo import polarisation
 from fixtures_pipeline_restore import pipeline_launcher, real_restore
 from fixtures_synth import TESTS, run_casa_python, truth_check
 
@@ -35,23 +34,14 @@ pytestmark = pytest.mark.casa
 SESSION_TABLE_PREFIX = "session_1_polcalib.ms.hifa_polcal."
 
 
-@pytest.fixture(scope="module")
-def pol_delivery(tmp_path_factory):
-    """`alma-regen synth OUT --style polarisation --ebs 2` (about 25 s of CPU, 3 MB)."""
-    return polarisation.build(tmp_path_factory.mktemp("synth-pol"), ebs=2, seed=1)
-
+# `pol_delivery` (`alma-regen synth OUT --style polarisation --ebs 2`, about 25 s of CPU, 3 MB) and
+# `native_pol` (its copy staged from serve-archive, restored natively) are tests/fixtures_zoo.py's,
+# shared with tests/test_zoo.py.
 
 def copy_of(synth, where: Path) -> Path:
     src = Path(synth["member_dir"])
     shutil.copytree(src, where / src.name, symlinks=True)
     return where / src.name
-
-
-@pytest.fixture(scope="module")
-def native_pol(pol_delivery, tmp_path_factory):
-    member = copy_of(pol_delivery, tmp_path_factory.mktemp("native-pol"))
-    summary = calibration.calibrate(member, Options(engine="native"))
-    return member, summary
 
 
 @pytest.fixture(scope="module")

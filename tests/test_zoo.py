@@ -51,8 +51,12 @@ def test_cli_refuses_cycle10_options_for_other_styles(tmp_path):
 
 # ---------------------------------------------------------------- the styles, with real CASA data
 # Each style derives from the shared synthesized deliveries (fixtures_synth: one synthesis, many
-# styles): cycle5 and single-dish from the 2-EB one, cycle4 from the 3-EB, 2-session one. Each is
-# staged from serve-archive and from S3 (SeaweedFS), inspected, and restored where the engine can.
+# styles): cycle5, single-dish and manual from the 2-EB one, cycle4 from the 3-EB, 2-session one;
+# polarisation is its own synthesis (fixtures_zoo). Each is staged from serve-archive and from S3
+# (SeaweedFS), inspected, and restored where the engine can. manual and polarisation are staged
+# from serve-archive once per session (fixtures_zoo), and that staged copy is the one their own
+# modules' tests calibrate and check against the truth (and, for polarisation, against the real
+# hifa_restoredata): the restore here is that one, not a second.
 
 import tarfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -90,18 +94,31 @@ def staged_equals_delivery(result, workdir):
     assert staged == ab.tree_bytes(Path(result["member_dir"]))
 
 
+def stage_s3(result, workdir, seaweedfs) -> dict:
+    """The style's archive uploaded to SeaweedFS and staged from there; checked byte for byte."""
+    bucket = seaweedfs.bucket("zoo")
+    for f in result["files"]:
+        seaweedfs.client().upload_file(str(Path(result["archive_dir"]) / f["name"]), bucket, f"m/{f['name']}")
+    s3 = stage_mous(result["mous_uid"], S3Source(f"s3://{bucket}/m", seaweedfs.client(), workers=1), workdir, FAST)
+    staged_equals_delivery(result, workdir)
+    assert s3["ebs"] == result["ebs"] and s3["missing_ebs"] == []
+    return s3
+
+
 def stage_both_ways(result, tmp_path, archive_server, seaweedfs):
     served = archive_server(result["archive_dir"])
     http = stage_mous(result["mous_uid"], HttpSource(served.url), tmp_path / "http", FAST)
     staged_equals_delivery(result, tmp_path / "http")
-    bucket = seaweedfs.bucket("zoo")
-    for f in result["files"]:
-        seaweedfs.client().upload_file(str(Path(result["archive_dir"]) / f["name"]), bucket, f"m/{f['name']}")
-    s3 = stage_mous(result["mous_uid"], S3Source(f"s3://{bucket}/m", seaweedfs.client(), workers=1),
-                    tmp_path / "s3", FAST)
-    staged_equals_delivery(result, tmp_path / "s3")
-    assert http["ebs"] == s3["ebs"] == result["ebs"] and http["missing_ebs"] == s3["missing_ebs"] == []
+    assert http["ebs"] == result["ebs"] and http["missing_ebs"] == []
+    stage_s3(result, tmp_path / "s3", seaweedfs)
     return Member.of(tmp_path / "http", result["mous_uid"])
+
+
+def staged_once_equals_delivery(staged, result):
+    """A session fixture's staging from serve-archive (fixtures_zoo): what it brought, read right
+    after staging (the copy is calibrated since), is the style's member folder byte for byte."""
+    assert staged["bytes"] == ab.tree_bytes(Path(result["member_dir"]))
+    assert staged["summary"]["ebs"] == result["ebs"] and staged["summary"]["missing_ebs"] == []
 
 
 def test_cycle4_is_packed_as_cycles_0_to_4_were(cycle4):
@@ -198,3 +215,59 @@ def test_single_dish_with_the_pipeline_casa_of_the_tests(single_dish, pipeline_r
     shutil.copytree(single_dish["member_dir"], member, symlinks=True)
     p = calibration.plan(member, Options(), pipeline_registry)
     assert p.engine == "scriptforpi" and p.resolution.launcher.has_pipeline
+
+
+def test_manual_staged_inspected_and_calibrated(manual_delivery, manual_staged, manual_calibrated, manual_truth,
+                                                synth_delivery, tmp_path, seaweedfs):
+    # Decisions: staging takes the auxiliary tar (no PPR, no pipeline files: the EBs come from the
+    # per-EB scripts); the plan says manual calibration, scriptForPI's chronological EB order (the
+    # stand-in scriptForPI states no version: v2.5's rules), the ephemeris linked in, the CASA
+    # version of the README (manual data need the exact one); `auto` picks the manual engine under
+    # that CASA, every EB's split recovers the truth.
+    from alma_regen.delivery import Delivery
+    staged_once_equals_delivery(manual_staged, manual_delivery)
+    stage_s3(manual_delivery, tmp_path / "s3", seaweedfs)
+    plan = Delivery(member_path(tmp_path / "s3", manual_delivery["mous_uid"])).plan()
+    assert plan["ok"], plan["problems"]
+    assert plan["calibration"]["kind"] == "manual" and plan["ppr"]["path"] is None
+    assert plan["manual"]["order"]["rule"] == "chronological" and plan["scriptforpi"]["version"] is None
+    assert [r["eb"] for r in plan["manual"]["runs"]] == manual_delivery["ebs"]
+    assert plan["manual"]["ephemerides"] == [manual_delivery["manual"]["ephemeris"]]
+    assert plan["casa_version"]["version"] == manual_delivery["casa_version"]
+    assert plan["casa_version"]["source"].endswith(naming.readme_name(manual_delivery["mous_uid"]))
+    _, member, summary = manual_calibrated
+    assert member == manual_staged["member"], "the calibration is of the copy staged from serve-archive"
+    assert summary["plan"]["engine"] == "manual" and str(summary["plan"]["casa"]["casa"]["version"]) == \
+        manual_delivery["casa_version"]
+    assert [r["eb"] for r in summary["ebs"]] == manual_delivery["ebs"]
+    noise = synth_delivery["truth"]["noise_jy_per_visibility_component"]
+    for eb in manual_delivery["ebs"]:
+        rows = manual_truth[naming.uid_to_file(eb)]
+        assert {r["spw"] for r in rows} == {0, 1} and {r["field"] for r in rows} == {"J1924-2914", "TW_Hya_synth"}
+        for r in rows:
+            assert abs(r["scale"] - 1) < 0.01 and abs(r["phase_deg"]) < 1.0 and r["resid_rms"] < 2 * noise, r
+
+
+def test_polarisation_staged_inspected_and_restored_natively(pol_delivery, pol_staged, native_pol, tmp_path,
+                                                             seaweedfs):
+    # Decisions: the plan takes it as a pipeline restore (one session); the native plan applies
+    # with parang=True for every EB, because a caltable to apply was made by hifa_polcal (as
+    # hifa_restoredata decides), read from the calapply files before any CASA; `auto` restores it
+    # natively (nothing only the pipeline restores right). The restore is of the copy staged from
+    # serve-archive (test_polarisation compares it with the real hifa_restoredata and the truth).
+    from alma_regen import calibration
+    from alma_regen.calibrated import Options
+    from alma_regen.casa.registry import load_registry
+    staged_once_equals_delivery(pol_staged, pol_delivery)
+    stage_s3(pol_delivery, tmp_path / "s3", seaweedfs)
+    member = Member.of(tmp_path / "s3", pol_delivery["mous_uid"])
+    plan = member.delivery.plan()
+    assert plan["ok"], plan["problems"]
+    assert plan["calibration"]["kind"] == "restore" and plan["ppr"]["ebs"] == pol_delivery["ebs"]
+    p = calibration.plan(member, Options(), load_registry())
+    assert p.engine == "native" and p.parang is True and "hifa_polcal" in p.parang_rule["why"]
+    assert set(p.parang_rule["polcal_tables"]) == {naming.uid_to_file(e) for e in pol_delivery["ebs"]}
+    restored, summary = native_pol
+    assert restored == pol_staged["member"], "the restore is of the copy staged from serve-archive"
+    assert summary["plan"]["parang"] is True and [r["eb"] for r in summary["ebs"]] == pol_delivery["ebs"]
+    assert all(r["parang"] is True and Path(r["output"]).exists() for r in summary["ebs"])

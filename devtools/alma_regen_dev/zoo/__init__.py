@@ -12,13 +12,16 @@ The styles (what each one is for):
   cycle5        a Cycle 5 package: manifest, README with the old "CASA version" line, qa/ report
   cycle4        a Cycle 0-4 package: no auxiliary tar (script/, calibration/, qa2/ and the
                 README inside the product tar), no manifest, two sessions, the old restore script
-  manual        manual calibration (scriptForCalibration per EB)              [engineer B]
-  polarisation  full polarisation, session-level polcal tables                [engineer A]
+  manual        manual calibration: a scriptForCalibration per EB (recalibrating under
+                scriptForPI's applyonly), a flux script, an ephemeris; no pipeline files
+  polarisation  full polarisation, session-level polcal tables (its own synthesis: the
+                data differ: four correlations, a polarisation calibrator)
   single-dish   layout only: an hsd_ restore script and *jyperk*.csv; what `auto` routes
-                to the pipeline engine
+                to scriptForPI under a pipeline CASA
 
-Styles that derive from one synthesized delivery (cycle5, cycle4, and those built on
-them) repack `synthesize()`'s member folder: no second copy of the synthesis code.
+Styles that derive from one synthesized delivery (cycle5, cycle4, manual, single-dish) repack
+`synthesize()`'s member folder (repack.derive): no second copy of the synthesis code, and tests
+derive several styles from one session fixture.
 """
 import importlib
 

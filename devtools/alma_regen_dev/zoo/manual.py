@@ -24,7 +24,7 @@ from pathlib import Path
 
 from alma_regen import naming
 
-from ..synth import make_spec, pack_archive, synthesize
+from . import repack
 
 STEP_TITLES = ["Import of the ASDM", "listobs", "A priori flagging", "Split out science SPWs",
                "Initial flagging", "Putting a model for the flux calibrator(s)", "Save flags before bandpass cal",
@@ -35,32 +35,26 @@ MJD0 = datetime(1858, 11, 17)
 
 def build(out, *, ebs: int = 2, seed: int = 1, runner=None, flux_script: bool = True,
           ephemeris: bool = True) -> dict:
-    return convert(synthesize(out, ebs=ebs, seed=seed, runner=runner), out, flux_script=flux_script,
-                   ephemeris=ephemeris)
+    return repack.synthesize_then(
+        lambda result, where: convert(result, where, flux_script=flux_script, ephemeris=ephemeris),
+        out, ebs=ebs, seed=seed, runner=runner)
 
 
 def convert(result: dict, out, *, flux_script: bool = True, ephemeris: bool = True) -> dict:
-    """The manual delivery made from one `synthesize()` result: its member folder copied to
-    OUT/delivery/ (or changed in place when it is there already), made manual, and packed
-    into OUT/archive/. The truth (model_dir) is the synthesized one's."""
-    out = Path(out).resolve()
-    src = Path(result["member_dir"])
-    member = out / "delivery" / src.name
-    if member != src:
-        shutil.rmtree(out / "delivery", ignore_errors=True)
-        shutil.copytree(src, member, symlinks=True)
-    # The names synthesize() chose (same seed, same defaults): for packing the archive again.
-    spec = make_spec(result["seed"], len(result["ebs"]), 8, member)
-    if [e["uid"] for e in spec["ebs"]] != result["ebs"] or spec["mous"] != result["mous_uid"]:
-        raise ValueError("the synthesized delivery was not made with synthesize()'s defaults (8 antennas)")
-    make_manual(member, spec, result, result["casa_version"], flux_script=flux_script, ephemeris=ephemeris)
-    archive = out / "archive"
-    shutil.rmtree(archive, ignore_errors=True)
-    return {**result, "member_dir": str(member), "archive_dir": str(archive),
-            "files": pack_archive(spec, member, archive), "style": "manual", "layout_only": False,
+    """The manual delivery made from one `synthesize()` result (repack.derive: its member folder
+    copied to OUT/delivery/ with raw/ hard-linked, made manual, packed into OUT/archive/). The
+    truth (model_dir) is the synthesized one's."""
+    eph = []
+
+    def edit(spec, member):
+        make_manual(member, spec, result, result["casa_version"], flux_script=flux_script, ephemeris=ephemeris)
+        eph.extend([f"{spec['target']['name']}.eph"] if ephemeris else [])
+
+    derived = repack.derive(result, out, project=result["project"], edit=edit)
+    member = Path(derived["member_dir"])
+    return {**derived, "style": "manual", "layout_only": False,
             "manual": {"scripts": sorted(p.name for p in (member / "script").glob("*.ms.scriptForCalibration.py")),
-                       "flux_script": flux_script,
-                       "ephemeris": f"{spec['target']['name']}.eph" if ephemeris else None}}
+                       "flux_script": flux_script, "ephemeris": eph[0] if eph else None}}
 
 
 def make_manual(member: Path, spec: dict, result: dict, casa: str, *, flux_script: bool, ephemeris: bool):
