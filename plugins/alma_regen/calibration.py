@@ -226,7 +226,7 @@ def split_reindex(member, ebs) -> dict:
     checks them against the imported MS. Returns {reindex, rule, why, decided_by,
     scriptforpi_version, science_spws: {EB file name: [ids]}}."""
     member = Member.coerce(member)
-    v = getattr(member.delivery, "scriptforpi_version", lambda: None)()
+    v = member.delivery.scriptforpi_version()
     followed = followed_version(v)
     out = {"scriptforpi_version": version_text(v) if v else None, "decided_by": decided_by(v), "science_spws": {}}
     if followed < SPLIT_KEEPS_IDS_SINCE:
@@ -261,7 +261,7 @@ def present_ebs(member, ebs: list) -> list:
     none present is its "Nothing to process". Staging and the plan's check make a missing EB
     an error when all are required (require_all_ebs)."""
     member = Member.coerce(member)
-    missing = [eb for eb in ebs if not member.asdm(eb).is_dir()]
+    missing = member.delivery.ebs_not_in_raw(ebs)
     if missing and len(missing) == len(ebs):
         raise DeliveryError(member.raw, f"none of the PPR's EBs is in raw/ ({', '.join(missing)}): nothing to process")
     for eb in missing:

@@ -476,6 +476,14 @@ class Delivery:
                 ebs.append(uid)
         return ebs
 
+    def ebs_not_in_raw(self, ebs: list | None = None) -> list:
+        """The PPR's EBs (or `ebs`) whose ASDM folder is not in raw/: a partial run's missing EBs,
+        as scriptForPI v2.5 finds them ("absent from directory raw"). The one test of it for the
+        calibration (calibration.present_ebs), the imaging choice and the published manifest;
+        raw_state (the plan) also checks the ASDMs that are there."""
+        raw = self.path / "raw"
+        return [eb for eb in (self.ppr_ebs() if ebs is None else ebs) if not (raw / naming.asdm_dir(eb)).is_dir()]
+
     # ------------------------------------------------------------ decisions
     def calibration_kind(self) -> dict:
         restore, pipe = self.script("restore"), self.script("pipescript")

@@ -164,10 +164,9 @@ def choose_engine(member_dir, engine: str = "auto", registry=None) -> dict:
 
 
 def _missing_ebs(member_dir) -> list:
-    """The PPR's EBs without an ASDM in raw/ (a partial run, as alma_regen.calibration.present_ebs)."""
-    member = Member.coerce(member_dir)
+    """The PPR's EBs without an ASDM in raw/ (a partial run: Delivery.ebs_not_in_raw)."""
     try:
-        return [eb for eb in member.delivery.ppr_ebs() if not member.asdm(eb).is_dir()]
+        return Member.coerce(member_dir).delivery.ebs_not_in_raw()
     except DeliveryError:
         return []
 

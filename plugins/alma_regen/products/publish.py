@@ -233,7 +233,7 @@ def partial_of(member) -> dict | None:
     except DeliveryError:
         return None
     done = ((_load(_calibration_json(member)) or {}).get("plan") or {}).get("ebs")
-    missing = [eb for eb in ppr if (eb not in done if done is not None else not member.asdm(eb).is_dir())]
+    missing = [eb for eb in ppr if eb not in done] if done is not None else member.delivery.ebs_not_in_raw(ppr)
     if not missing:
         return None
     said = {m.get("eb"): m.get("archive") for m in read_missing_ebs(member.root)}
