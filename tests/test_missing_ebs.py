@@ -234,3 +234,19 @@ def test_scriptforpi_restores_a_partial_run_with_the_real_pipeline(partial_membe
     assert {r["field"] for r in rows} == {"J1924-2914", "TW_Hya_synth"}
     for r in rows:
         assert abs(r["scale"] - 1) < 0.01 and abs(r["phase_deg"]) < 1.0 and r["resid_rms"] < 2 * noise, r
+
+
+def test_a_wrapped_pipeline_exception_is_worded_by_what_it_says():
+    # Seen with the pipeline engine on a partial run before it was refused: hifa_importdata's
+    # PipelineException wraps a traceback and ends in a line holding only ')', which made the
+    # error "pipeline task(s) failed: stage 1 hifa_importdata: )". Expected: the last line that
+    # says something.
+    from alma_regen.scriptforpi import _failure, gist
+    wrapped = ("Traceback (most recent call last):\n  File \"importdata.py\", line 3, in prepare\n"
+               "PipelineException(Failure executing job by an exception OSError with the following traceback\n"
+               "    raise OSError(msg)\nOSError: Input data set 'uid___A002_X1_X2' not found\n)\n")
+    assert gist(wrapped) == "OSError: Input data set 'uid___A002_X1_X2' not found"
+    report = {"tasks": [{"task": "hifa_importdata", "stage": 1, "failed": True, "error": gist(wrapped)}],
+              "error": wrapped}
+    msg = str(_failure("scriptForPI.py", report, None))
+    assert msg.endswith("the script stopped: OSError: Input data set 'uid___A002_X1_X2' not found") and ": )" not in msg

@@ -74,7 +74,15 @@ def _alma_regen_task(proxy):
     tracebacks = _alma_regen_tracebacks(result)
     name = getattr(result, "taskname", None) or type(result).__name__
     return {"task": name, "stage": getattr(result, "stage_number", None), "failed": bool(tracebacks),
-            "error": tracebacks[-1].strip().splitlines()[-1] if tracebacks else None}
+            "error": _alma_regen_gist(tracebacks[-1]) if tracebacks else None}
+
+
+def _alma_regen_gist(text):
+    """The last line of a traceback that says something: a pipeline task's wrapped exception
+    (`PipelineException(... traceback ...)`) ends in a line holding only ')'. (alma_regen.scriptforpi
+    reads the script's own error by the same rule.)"""
+    lines = [ln.strip() for ln in text.strip().splitlines() if any(c.isalnum() for c in ln)]
+    return lines[-1] if lines else text.strip()
 
 
 def _alma_regen_tracebacks(result):
@@ -153,7 +161,7 @@ _alma_regen_os.chdir(_alma_regen["home"])
 _alma_regen_report = _alma_regen_judge(_alma_regen)
 print("alma-regen: %d pipeline task(s), %d failed; script error: %s" % (
     len(_alma_regen_report["tasks"]), sum(t["failed"] for t in _alma_regen_report["tasks"]),
-    (_alma_regen["error"] or "none").strip().splitlines()[-1]), flush=True)
+    _alma_regen_gist(_alma_regen["error"] or "none")), flush=True)
 if _alma_regen["error"]:
     import sys as _alma_regen_sys
     _alma_regen_sys.exit(1)

@@ -125,6 +125,14 @@ def _take_report(member: Member, path: Path) -> dict | None:
     return report
 
 
+def gist(text: str) -> str:
+    """The last line of a traceback that says something: a pipeline's wrapped exception
+    (`PipelineException(... traceback ...)`) ends in a line holding only ')'. The CASA-side
+    wrapper (include/casa_scripts/run_script_for_pi.py) words each task's error by the same rule."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if any(c.isalnum() for c in ln)]
+    return lines[-1] if lines else text.strip()
+
+
 def _failure(name: str, report: dict, run) -> CasaError | None:
     """The script's own error or the failed pipeline tasks, as one error (None: neither)."""
     failed = [t for t in report["tasks"] if t["failed"]]
@@ -135,7 +143,7 @@ def _failure(name: str, report: dict, run) -> CasaError | None:
         parts.append("pipeline task(s) failed: " + "; ".join(
             f"stage {t['stage']} {t['task']}: {t['error']}" for t in failed))
     if report.get("error"):
-        parts.append("the script stopped: " + report["error"].strip().splitlines()[-1])
+        parts.append("the script stopped: " + gist(report["error"]))
     exc = CasaError(f"{name}: " + " | ".join(parts))
     exc.run = run
     return exc
