@@ -148,6 +148,29 @@ def listings_asked(server) -> int:
         return sum(1 for h in server.counters.headers if h[0].startswith("/datalink/sync"))
 
 
+ACCESS = re.compile(r"duration_us=(\d+) .*method=(\w+) path=(/execution/\S*)")
+
+
+def execution_api_calls(api_log: Path) -> dict:
+    """The Task Execution API requests the api-server answered (its access log): in all, and the
+    Variable and Connection reads (each a round trip from a task process through its supervisor),
+    with the server's own time for them. The cluster is idle before the trigger: these are the run's."""
+    out = {"requests": 0, "variables": 0, "variables_server_ms": 0.0, "connections": 0}
+    try:
+        text = api_log.read_text(errors="replace")
+    except OSError:
+        return out
+    for m in ACCESS.finditer(text):
+        out["requests"] += 1
+        if m.group(3).startswith("/execution/variables/"):
+            out["variables"] += 1
+            out["variables_server_ms"] += int(m.group(1)) / 1000
+        elif m.group(3).startswith("/execution/connections/"):
+            out["connections"] += 1
+    out["variables_server_ms"] = round(out["variables_server_ms"], 1)
+    return out
+
+
 def listing_cost_s(url: str, mous: str, n: int = 5) -> float:
     """The median time of one listing of the MOUS from serve-archive (request + VOTable parse +
     sorting): what each listing a run asks for costs here, besides the request's own wait."""
@@ -271,11 +294,12 @@ def airflow_run(executor: str, mode: str, synth: dict, url: str, root: Path, s3,
         life["run_start_s"] = round(first - q.timestamp(), 3)
         life["run_end_s"] = round(e.timestamp() - last, 3)
         casa_cpu = sum(c.get("cpu_s") or 0 for r in life["tasks"] for c in r.pop("_casa"))
+        api = execution_api_calls(Path(cluster.home) / "proc-logs" / "api-server.log")
         return {"wall_s": round(wall, 2), "queued_to_end_s": round((e - q).total_seconds(), 2),
                 "tasks": len(tis), "task_seconds_sum": round(busy, 2), "task_s": per_task,
                 "cluster_start_s": round(startup, 1), **cpu, "casa_children": life["sum"]["casa_children"],
                 "casa_cpu_s": round(casa_cpu, 1), "idle_cores": round(idle["cpu_s"] / IDLE_S, 3),
-                "life": life}
+                "execution_api": api, "life": life}
 
     home = root / name / "airflow"
     if executor == "celery":
@@ -565,6 +589,10 @@ def main(argv=None):
                           f"{r['tasks']} tasks, {r['task_seconds_sum']:.1f} task-seconds; idle cluster "
                           f"{r['idle_cores']:.3f} cores; {r.get('listings', '?')} listings of the MOUS "
                           f"(x {results.get('listing_cost_s', 0) * 1000:.0f} ms here)")
+                    api = r.get("execution_api") or {}
+                    print(f"  {'':<5}         Task Execution API: {api.get('requests')} requests, of them "
+                          f"{api.get('variables')} Variable reads ({api.get('variables_server_ms')} ms of the "
+                          f"api-server's time) and {api.get('connections')} Connection reads")
                     print(f"  {'':<5}         Airflow's CPU by process: " + ", ".join(
                         f"{k} {v:.1f}" for k, v in sorted(r["cpu_by_process_s"].items(), key=lambda kv: -kv[1]))
                           + f" (task processes include CASA's {r['casa_cpu_s']:.1f})")
