@@ -26,7 +26,8 @@ On one synthetic delivery (served by serve-archive, products to SeaweedFS):
   --variant NAME:KEY=VALUE,... adds an Airflow run per round with other settings.
 
 Listings: how many times the run asked the archive (serve-archive's DataLink) for the MOUS's
-listing, and what one listing costs here (the real DataLink service can take seconds).
+listing, and what one listing costs here (the real DataLink service can take seconds:
+--datalink-delay S answers each DataLink request S seconds late).
 
 CPU, beside each time: our CPU-seconds (the `alma-regen run` process and what it reaped;
 for Airflow every process of the cluster and what they reaped: tasks, CASA children),
@@ -169,6 +170,19 @@ def execution_api_calls(api_log: Path) -> dict:
             out["connections"] += 1
     out["variables_server_ms"] = round(out["variables_server_ms"], 1)
     return out
+
+
+def slow_datalink(delay_s: float) -> None:
+    """serve-archive's DataLink answers, each `delay_s` late (--datalink-delay): a stand-in for the
+    real service's latency, which cannot be had here. Only the DataLink route; files are served as
+    fast as before."""
+    from alma_regen_dev import serve_archive
+    answer = serve_archive._Handler._datalink
+
+    def late(self, mous, head):
+        time.sleep(delay_s)
+        return answer(self, mous, head)
+    serve_archive._Handler._datalink = late
 
 
 def listing_cost_s(url: str, mous: str, n: int = 5) -> float:
@@ -508,6 +522,9 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--synth-cache", metavar="DIR",
                     help="make the synthetic delivery there once and reuse it in later runs (same --ebs, seed 1)")
+    ap.add_argument("--datalink-delay", type=float, default=0.0, metavar="S",
+                    help="serve-archive answers each DataLink request S seconds late: the real ALMA "
+                         "DataLink service can take seconds per listing, the local one takes milliseconds")
     ap.add_argument("--parse-only", action="store_true")
     ap.add_argument("--no-parse", action="store_true", help="leave out the DAG parse timings")
     ap.add_argument("--airflow-env", action="append", default=[], metavar="KEY=VALUE",
@@ -533,6 +550,8 @@ def main(argv=None):
     root = Path(tempfile.mkdtemp(prefix="bench-orch-"))
     try:
         synth = synthetic_delivery(Path(a.synth_cache) if a.synth_cache else root / "synth", a.ebs)
+        if a.datalink_delay > 0:
+            slow_datalink(a.datalink_delay)
         server = ArchiveServer(synth["archive_dir"], "127.0.0.1", 0)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         results["listing_cost_s"] = listing_cost_s(server.url, synth["mous_uid"])
