@@ -172,6 +172,16 @@ def test_cycle5_staged_inspected_and_restored_natively(cycle5, tmp_path, archive
     plan = member.delivery.plan()
     assert plan["ok"], plan["problems"]
     assert plan["casa_version"]["version"] == "5.1.1-5"
+    # Its scriptForPI is v1.23 (the $Id line): that version's rules decide, and inspect says so.
+    assert plan["scriptforpi"]["version"] == "v1.23" and plan["scriptforpi"]["rules_of"] == "v1.23"
+    assert plan["split"]["decided_by"] == "scriptForPI v1.23 (the delivery's)"
+    # A Python 2 scriptForPI cannot run on CASA 6: the scriptforpi engine refuses before any CASA.
+    from alma_regen.casa.registry import load_registry
+    from alma_regen.errors import CasaError
+    from alma_regen.scriptforpi import run_script_for_pi
+    with pytest.raises(CasaError, match=r"scriptForPI v1\.23, a Python 2 script"):
+        run_script_for_pi(member, load_registry().modular(), Options())
+    assert not member.calibrated.exists()
     summary = calibration.calibrate(member, Options(), parallel=2)
     assert summary["plan"]["engine"] == "native"
     assert "5.1.1-5" in summary["plan"]["casa"]["reason"] and "not installed" in summary["plan"]["casa"]["reason"]

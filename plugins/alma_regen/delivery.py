@@ -11,7 +11,7 @@ this model instead of globbing on its own. It reads, never writes.
                    decision: what a pipeline delivery without any version runs with, else null)
     calibration    {kind: restore|pipeline|manual|null, reason, script}
     imaging        {kind: pipeline|script|none, reason, script}
-    scriptforpi    {version, rules_of, decided_by}  (the delivery's scriptForPI version, "2.5", null if
+    scriptforpi    {version, rules_of, decided_by}  (the delivery's scriptForPI version, "v2.5", null if
                    unknown; rules_of: the version whose rules decide, the newest read when unknown)
     split          {needed, reasons, why, rule: manual|always|imaging-pipeline-used, decided_by,
                     scriptforpi_version, imaging_pipeline: {used, hif_makeimages_lines,
