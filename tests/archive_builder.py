@@ -154,6 +154,18 @@ def build_archive(out: Path, project=PROJECT, mous=MOUS, ebs=EBS, n_binaries=3,
     return arc
 
 
+# An EB the PPR lists and the archive does not serve (a partial run, as scriptForPI goes on).
+MISSING_EB = "uid://A002/Xb4264b/X9999"
+
+
+def build_partial_archive(out: Path) -> Archive:
+    """Two small EBs served, a third (MISSING_EB) in the PPR only."""
+    arc = build_archive(out, n_binaries=2, binary_size=20_000)
+    write_tar(arc.path(naming.auxiliary_tar(arc.project, arc.mous)),
+              aux_members(arc.mous, arc.ebs + (MISSING_EB,)), prefix())
+    return arc
+
+
 def tree_bytes(root: Path) -> dict:
     """{relative path: bytes} of every file under root (for byte-identical comparisons)."""
     root = Path(root)

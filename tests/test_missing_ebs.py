@@ -26,15 +26,12 @@ from alma_regen.staging.errors import NotFoundError
 from alma_regen.staging.stage import MISSING_EBS, read_missing_ebs
 
 FAST = StageOptions(backoff=0.01, max_attempts=3)
-EXTRA = "uid://A002/Xb4264b/X9999"  # in the PPR, not in the archive
+EXTRA = ab.MISSING_EB  # in the PPR, not in the archive
 
 
 @pytest.fixture
 def archive(tmp_path):
-    arc = ab.build_archive(tmp_path / "archive", n_binaries=2, binary_size=20_000)
-    ab.write_tar(arc.path(naming.auxiliary_tar(arc.project, arc.mous)),
-                 ab.aux_members(arc.mous, arc.ebs + (EXTRA,)), ab.prefix())
-    return arc
+    return ab.build_partial_archive(tmp_path / "archive")
 
 
 def problems(plan, severity):

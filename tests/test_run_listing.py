@@ -22,17 +22,14 @@ from alma_regen.staging.errors import NotFoundError
 from alma_regen.staging.run_listing import forget, path_of, run_listing
 from alma_regen.staging.stage import read_missing_ebs
 
-EXTRA = "uid://A002/Xb4264b/X9999"  # in the PPR, not in the archive
+EXTRA = ab.MISSING_EB  # in the PPR, not in the archive
 RUN = "manual__2026-12-06T08:00:00+00:00"
 
 
 @pytest.fixture
 def archive(tmp_path):
     """Two EBs served, a third in the PPR the archive does not list (a partial run)."""
-    arc = ab.build_archive(tmp_path / "archive", n_binaries=2, binary_size=20_000)
-    ab.write_tar(arc.path(naming.auxiliary_tar(arc.project, arc.mous)),
-                 ab.aux_members(arc.mous, arc.ebs + (EXTRA,)), ab.prefix())
-    return arc
+    return ab.build_partial_archive(tmp_path / "archive")
 
 
 def datalinks(served) -> int:
