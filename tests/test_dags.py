@@ -84,6 +84,18 @@ def test_valid_params_pass():
     assert params.validate()["calibration"] == "auto"
 
 
+@pytest.mark.parametrize("value,default,expected", [
+    (True, False, True), (False, True, False), ("True", False, True), ("False", True, False),
+    (" on ", False, True), ("0", True, False),
+    ("", False, False), ("", True, True), ("None", True, True),  # neither: the operator's default
+])
+def test_rendered_boolean_params(value, default, expected):
+    """One reading of a rendered boolean param for every operator: force and require_all_ebs are
+    off unless said on, publish is on unless said off."""
+    from alma_regen.airflow.operators.mous import truthy
+    assert truthy(value, default=default) is expected
+
+
 # ---------------------------------------------------------------- whole runs
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
+from .mous import truthy
+
 
 REGEN_DAG_ID = "alma_regenerate"
 
@@ -63,16 +65,16 @@ class BulkPlanOperator(BaseOperator):
         # time is this bulk run's, so a retry of the plan or the triggers names the same runs
         # (and finds their reservations already made).
         when = getattr(context.get("dag_run"), "run_after", None) or datetime.now(timezone.utc)
+        force = truthy(self.force)
         result = plan_bulk(
             self.worklist, source_for=lambda: archive_source(self.source, s.request_handler_conn, s.archive_s3_conn),
             products_url=s.products_url, products_client=products, archive_client=archive,
-            casa_version=current_casa(), force_all=str(self.force).lower() in ("true", "1", "yes"),
+            casa_version=current_casa(), force_all=force,
             workdir=s.workdir, run_id_for=lambda mous: run_id(mous, when, prefix="bulk"),
             budget_gb=s.bulk_disk_budget_gb, min_free_gb=s.bulk_min_free_gb,
             max_in_flight=s.bulk_max_in_flight, footprint_factor=s.footprint_factor,
             listing_ttl_s=s.bulk_listing_ttl_h * 3600)
         context["ti"].xcom_push(key="summary", value=result)
-        force = str(self.force).lower() in ("true", "1", "yes")
         return [{"conf": {"mous_uid": e["mous_uid"], "source": self.source, "bulk": True, "force": force},
                  "trigger_run_id": e["run_id"]} for e in result["start"]]
 

@@ -12,10 +12,17 @@ from typing import Sequence
 from airflow.sdk import BaseOperator
 
 
-def truthy(value) -> bool:
+def truthy(value, default: bool = False) -> bool:
     """A templated boolean param as a bool: "True"/"False" once rendered as text, or a bool when
-    rendered natively."""
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
+    rendered natively; `default` for anything that is neither (publish is on unless said off)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    return default
 
 
 def spacesaving_of(value) -> int:

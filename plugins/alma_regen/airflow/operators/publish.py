@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 
 from ..ui import ManifestLink, SummaryPageLink
-from .mous import MousFields
+from .mous import MousFields, truthy
 
 PRODUCTS_ALIAS = "alma_regen_products"
 
@@ -58,7 +58,7 @@ class PublishOperator(MousFields, BaseOperator):
         from ...products.publish import publish
         from ...s3 import run_folder
         from ..hooks.products import s3_client
-        if str(self.enabled).strip().lower() in ("false", "0", "no", "off"):
+        if not truthy(self.enabled, default=True):
             raise AirflowSkipException("not published: the run was triggered with publish=false; "
                                        "the products stay in the working folder")
         if not self.to:
