@@ -26,14 +26,21 @@ tarball's. Then tarfile's 'data' filter extracts, as a second opinion.
 the delivery named (a caltable of calapply.txt): its real path, links
 followed, is under `root`.
 
-Pure standard library: it runs in CASA's Python (restore_eb.py imports it by
-path) and is tested directly.
+Standard library and calapply_parse.py beside it (whose rule names a session's
+own tables, so that what is unpacked and what calapply.txt may name are one
+rule): it runs in CASA's Python (restore_eb.py imports it by path) and is
+tested directly.
 """
 import os
 import shutil
+import sys
 import tarfile
 
-SESSION_TABLES = "session_caltables"  # as calapply_parse.SESSION_TABLES (this file imports nothing)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # loaded by path (the tests): calapply_parse sits beside this file
+    sys.path.append(_HERE)
+from calapply_parse import SESSION_TABLES, is_session_table  # noqa: E402
+
 RESERVED_SUFFIXES = (".ms", ".ms.flagversions", ".ms.split.cal", ".ms.split", ".ms." + SESSION_TABLES)
 
 
@@ -64,14 +71,6 @@ def _parts(tgz, name):
     return parts
 
 
-def _is_session_table(top, session):
-    # calapply_parse.is_session_table's rule (this file imports nothing of ours).
-    if not session or not top.startswith(session + "_"):
-        return False
-    ms, dot, table = top[len(session) + 1:].partition(".ms.")
-    return bool(dot and table and ms)
-
-
 def _owned(tgz, parts, eb, kind, shown, session=None):
     """Where a member goes: its parts for a member of this EB, its parts under
     <EB>.ms.session_caltables/ for a table of the EB's session, None for another
@@ -81,7 +80,7 @@ def _owned(tgz, parts, eb, kind, shown, session=None):
         if top != eb + ".ms.flagversions":
             raise ConfinementError("%s: member %r is outside %s.ms.flagversions/" % (tgz, _short(shown), eb))
         return parts
-    if _is_session_table(top, session):
+    if is_session_table(top, session):
         return [eb + ".ms." + SESSION_TABLES] + parts
     if not top.startswith(eb + "."):
         return None  # another EB of the session: not unpacked

@@ -25,6 +25,7 @@ from pathlib import Path
 from .calibrated import Options, set_aside
 from .casa.registry import CasaLauncher
 from .casa.runner import CasaRunner
+from .delivery import version_text
 from .errors import CasaError, DeliveryError
 from .member import Member
 from .paths import casa_script
@@ -85,7 +86,7 @@ def run_script_for_pi(member, launcher: CasaLauncher, options: Options | None = 
         raise DeliveryError(member.script, "no scriptForPI.py (nor member.<MOUS>.scriptForPI.py)")
     version = member.delivery.scriptforpi_version()
     if version and version <= PYTHON2_UNTIL and launcher.version.major >= 6:
-        raise CasaError(f"{script.name} is scriptForPI v{version[0]}.{version[1]}, a Python 2 script, and CASA "
+        raise CasaError(f"{script.name} is scriptForPI {version_text(version)}, a Python 2 script, and CASA "
                         f"{launcher.version} runs Python 3 only: use the native engine (or a CASA 5 with its pipeline)")
     set_aside(member.calibrated)
     # Outside calibrated/: scriptForPI must find no ../calibrated when it starts.

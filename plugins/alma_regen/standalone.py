@@ -41,7 +41,9 @@ def run_mous(mous: str, source_url: str, workdir, *, cal_options: calibration.Op
     # A malformed uid (a trailing newline...) is refused before anything is made.
     member = Member.of(workdir, mous)
     # The MOUS's lock, the one the DAG's runs take: no DAG run or other command works in it meanwhile.
-    stage_options = replace(stage_options or StageOptions(), require_all_ebs=require_all_ebs)
+    # Either way of asking for every EB counts (the argument, or stage options that say so).
+    stage_options = stage_options or StageOptions()
+    stage_options = replace(stage_options, require_all_ebs=require_all_ebs or stage_options.require_all_ebs)
     with held(workdir, mous, "run"):
         return _run_locked(member, mous, source_url, workdir, step, timings, cal_options, stage_options, parallel,
                            imaging, publish_to, run_id)

@@ -233,7 +233,6 @@ class HttpSource:
         raise _status_error(resp.status, resp.reason, f"{f.name} ({f.url})", resp.getheader("Retry-After"))
 
 
-
 def _close_conn(conn) -> None:
     """Close a connection from another thread: shutdown() wakes a reader blocked in recv(),
     close() alone may not."""

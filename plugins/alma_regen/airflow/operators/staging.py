@@ -93,4 +93,3 @@ class StageAsdmOperator(_StagingBase):
 
     def _files(self, listing) -> list:  # the size its time limit follows (operators/timeouts.py)
         return [listing.asdms.get(self.eb_uid)]
-
