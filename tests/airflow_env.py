@@ -48,6 +48,15 @@ class AirflowHome:
         return {(t, m): {"state": st, "try_number": n} for t, m, st, n in rows}
 
 
+def s3_conn(s3, archive_url: str | None = None) -> str:
+    """An aws connection (JSON form) to the test S3 server; `archive_url` names the archive mirror
+    in it (the alma_archive_s3 connection's extra)."""
+    extra = {"endpoint_url": s3.endpoint_url, "region_name": s3.region}
+    if archive_url:
+        extra["archive_url"] = archive_url
+    return json.dumps({"conn_type": "aws", "login": s3.access_key, "password": s3.secret_key, "extra": extra})
+
+
 def connection_env(request_handler_url: str | None = None, s3=None) -> dict:
     """AIRFLOW_CONN_* for the project's connections (JSON form)."""
     env = {}
@@ -57,8 +66,7 @@ def connection_env(request_handler_url: str | None = None, s3=None) -> dict:
         env["AIRFLOW_CONN_ALMA_REQUEST_HANDLER"] = json.dumps(
             {"conn_type": "http", "host": host, "port": int(port), "schema": scheme})
     if s3 is not None:
-        aws = json.dumps({"conn_type": "aws", "login": s3.access_key, "password": s3.secret_key,
-                          "extra": {"endpoint_url": s3.endpoint_url, "region_name": s3.region}})
+        aws = s3_conn(s3)
         env["AIRFLOW_CONN_ALMA_PRODUCTS_S3"] = aws
         env["AIRFLOW_CONN_ALMA_ARCHIVE_S3"] = aws
     return env

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alma_regen import naming
+from alma_regen.staging import StageOptions
+
+# Staging options for tests against local servers: retries come quickly and give up soon.
+FAST = StageOptions(backoff=0.01, max_attempts=3)
 
 PROJECT = "2023.1.00001.S"
 MOUS = "uid://A001/X1a2b/X3c"

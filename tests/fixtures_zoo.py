@@ -29,11 +29,11 @@ from alma_regen import naming
 
 def stage_from_serve_archive(delivery: dict, workdir: Path) -> dict:
     """Stage a zoo delivery's archive from a serve-archive of its own, as `alma-regen stage` does."""
-    from alma_regen.staging import HttpSource, StageOptions, member_path, stage_mous
+    from alma_regen.staging import HttpSource, member_path, stage_mous
     server = start_archive_server(delivery["archive_dir"])
     try:
         summary = stage_mous(delivery["mous_uid"], HttpSource(server.url), workdir,
-                             StageOptions(backoff=0.01, max_attempts=3))
+                             ab.FAST)
     finally:
         stop_archive_server(server)
     member = member_path(workdir, delivery["mous_uid"])

@@ -17,15 +17,15 @@ import sys
 from dataclasses import replace
 
 import archive_builder as ab
+from archive_builder import FAST
 import pytest
 
 from alma_regen import naming
 from alma_regen.member import Member
-from alma_regen.staging import HttpSource, StageOptions, member_path, stage_mous
+from alma_regen.staging import HttpSource, member_path, stage_mous
 from alma_regen.staging.errors import NotFoundError
 from alma_regen.staging.stage import MISSING_EBS, read_missing_ebs
 
-FAST = StageOptions(backoff=0.01, max_attempts=3)
 EXTRA = ab.MISSING_EB  # in the PPR, not in the archive
 
 

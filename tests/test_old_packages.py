@@ -9,14 +9,14 @@ are `uid://A002/...`. The expected decision is stated per case.
 from __future__ import annotations
 
 import archive_builder as ab
+from archive_builder import FAST
 import pytest
 
 from alma_regen import naming
 from alma_regen.member import Member
-from alma_regen.staging import HttpSource, S3Source, StageOptions, member_path, stage_mous
+from alma_regen.staging import HttpSource, S3Source, member_path, stage_mous
 from alma_regen.staging.errors import HostileTarError, NotFoundError
 
-FAST = StageOptions(backoff=0.01, max_attempts=3)
 PROJECT = "2013.1.00305.S"
 MOUS = "uid://A002/X9d13e1/X1c"  # an early MOUS, in archive A002
 EBS = ("uid://A002/X9d13e1/X2a3", "uid://A002/X9d2f70/X11b")

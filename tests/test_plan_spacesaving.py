@@ -17,13 +17,13 @@ import sys
 from types import SimpleNamespace
 
 import archive_builder as ab
+from archive_builder import FAST
 import pytest
 
 from alma_regen.calibrated import Options
 from alma_regen.errors import CasaError, PermanentError
-from alma_regen.staging import HttpSource, StageOptions, member_path, stage_auxiliary, stage_mous
+from alma_regen.staging import HttpSource, member_path, stage_auxiliary, stage_mous
 
-FAST = StageOptions(backoff=0.01, max_attempts=3)
 ALMA_REGEN = [sys.executable, "-m", "alma_regen.cli"]
 
 

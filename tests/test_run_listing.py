@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import archive_builder as ab
 import pytest
+from airflow_env import s3_conn
 
 from alma_regen import naming
 from alma_regen.member import Member
@@ -158,10 +159,7 @@ def test_the_run_listing_of_an_s3_mirror_keeps_its_etags(tmp_path, seaweedfs, mo
     arc = ab.build_archive(tmp_path / "archive", n_binaries=2, binary_size=20_000)
     bucket = seaweedfs.bucket("runlisting")
     ab.upload(arc, seaweedfs.client(), bucket, "mirror")
-    monkeypatch.setenv("AIRFLOW_CONN_ALMA_ARCHIVE_S3", json.dumps(
-        {"conn_type": "aws", "login": seaweedfs.access_key, "password": seaweedfs.secret_key,
-         "extra": {"endpoint_url": seaweedfs.endpoint_url, "region_name": seaweedfs.region,
-                   "archive_url": f"s3://{bucket}/mirror"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_ALMA_ARCHIVE_S3", s3_conn(seaweedfs, f"s3://{bucket}/mirror"))
     work = tmp_path / "work"
     fields = dict(mous_uid=arc.mous, workdir=str(work), source="s3")
     aux = StageAuxiliaryOperator(task_id="stage_auxiliary", **fields)

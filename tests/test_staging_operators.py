@@ -5,6 +5,7 @@ import json
 
 import archive_builder as ab
 import pytest
+from airflow_env import s3_conn
 
 from alma_regen.errors import PermanentError
 from alma_regen.staging import member_path
@@ -39,10 +40,7 @@ def test_operators_stage_from_the_request_handler_connection(tmp_path, archive, 
 def test_operators_stage_from_the_s3_connection(tmp_path, archive, seaweedfs, monkeypatch):
     bucket = seaweedfs.bucket("opmirror")
     ab.upload(archive, seaweedfs.client(), bucket, "mirror")
-    monkeypatch.setenv("AIRFLOW_CONN_ALMA_ARCHIVE_S3", json.dumps(
-        {"conn_type": "aws", "login": seaweedfs.access_key, "password": seaweedfs.secret_key,
-         "extra": {"endpoint_url": seaweedfs.endpoint_url, "region_name": seaweedfs.region,
-                   "archive_url": f"s3://{bucket}/mirror"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_ALMA_ARCHIVE_S3", s3_conn(seaweedfs, f"s3://{bucket}/mirror"))
     ebs, results = _run("s3", tmp_path / "work", archive.mous)
     assert len(results) == len(archive.ebs)
     assert ab.staged_member(member_path(tmp_path / "work", archive.mous)) == ab.expected_member(archive)

@@ -7,14 +7,13 @@ import subprocess
 import sys
 
 import archive_builder as ab
+from archive_builder import FAST
 import pytest
 
 from alma_regen import naming
 from alma_regen.errors import TransientError
-from alma_regen.staging import S3Source, StageOptions, list_mous, member_path, stage_eb, stage_mous
+from alma_regen.staging import S3Source, list_mous, member_path, stage_eb, stage_mous
 from alma_regen.staging.errors import AccessDeniedError, NotFoundError
-
-FAST = StageOptions(backoff=0.01, max_attempts=3)
 
 
 @pytest.fixture(scope="module")

@@ -62,12 +62,11 @@ import tarfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import archive_builder as ab  # noqa: E402
+from archive_builder import FAST  # noqa: E402
 
 from alma_regen import naming  # noqa: E402
 from alma_regen.member import Member  # noqa: E402
-from alma_regen.staging import HttpSource, S3Source, StageOptions, member_path, stage_mous  # noqa: E402
-
-FAST = StageOptions(backoff=0.01, max_attempts=3)
+from alma_regen.staging import HttpSource, S3Source, member_path, stage_mous  # noqa: E402
 
 
 @pytest.fixture(scope="module")
