@@ -24,33 +24,49 @@ def keys(t, a1, a2):
     return np.round(t * 100).astype(np.int64) * 10000 + a1 * 100 + a2
 
 
+def field_names(vis):
+    md = msmetadata()
+    md.open(vis)
+    try:
+        return list(md.fieldnames())
+    finally:
+        md.close()
+
+
+def matched(tb, npz, d, fid, column, vis):
+    """(COLUMN, FLAG, the true model) of the rows of data description d and field fid, row by
+    row (matched by time and baseline); None when there are no such rows."""
+    sub = tb.query("DATA_DESC_ID==%d && FIELD_ID==%d" % (d, fid))
+    try:
+        if sub.nrows() == 0:
+            return None
+        data, flag = sub.getcol(column), sub.getcol("FLAG")
+        k = keys(sub.getcol("TIME"), sub.getcol("ANTENNA1"), sub.getcol("ANTENNA2"))
+    finally:
+        sub.close()
+    mkeys = keys(npz["time%d" % d], npz["a1_%d" % d], npz["a2_%d" % d])
+    order = np.argsort(mkeys)
+    pos = order[np.searchsorted(mkeys[order], k)]
+    if not np.array_equal(mkeys[pos], k):
+        raise SystemExit("rows of %s do not match the model" % vis)
+    return data, flag, npz["model%d" % d][:, :, pos]
+
+
 def main(vis, model_path, truth_path, column, result_path):
     truth = json.load(open(truth_path))
     npz = np.load(model_path)
-    md = msmetadata()
-    md.open(vis)
-    names = list(md.fieldnames())
-    md.close()
+    names = field_names(vis)
     tb = table()
     tb.open(vis)
     out = []
     for d in np.unique(tb.getcol("DATA_DESC_ID")):
         if "model%d" % d not in npz:
             continue
-        mkeys = keys(npz["time%d" % d], npz["a1_%d" % d], npz["a2_%d" % d])
-        order = np.argsort(mkeys)
         for fid, fname in enumerate(names):
-            sub = tb.query("DATA_DESC_ID==%d && FIELD_ID==%d" % (d, fid))
-            if sub.nrows() == 0:
-                sub.close()
+            rows = matched(tb, npz, d, fid, column, vis)
+            if rows is None:
                 continue
-            data, flag = sub.getcol(column), sub.getcol("FLAG")
-            k = keys(sub.getcol("TIME"), sub.getcol("ANTENNA1"), sub.getcol("ANTENNA2"))
-            sub.close()
-            pos = order[np.searchsorted(mkeys[order], k)]
-            if not np.array_equal(mkeys[pos], k):
-                raise SystemExit("rows of %s do not match the model" % vis)
-            model = npz["model%d" % d][:, :, pos]
+            data, flag, model = rows
             ok = ~flag
             D, M = data[ok], model[ok]
             cross = np.sum(np.conj(M) * D)
@@ -86,10 +102,7 @@ def fractions(v, m):
 
 def pol_main(vis, model_path, column, result_path):
     npz = np.load(model_path)
-    md = msmetadata()
-    md.open(vis)
-    names = list(md.fieldnames())
-    md.close()
+    names = field_names(vis)
     tb = table()
     tb.open(vis)
     out = {}
@@ -99,21 +112,13 @@ def pol_main(vis, model_path, column, result_path):
             for d in np.unique(tb.getcol("DATA_DESC_ID")):
                 if "model%d" % d not in npz:
                     continue
-                sub = tb.query("DATA_DESC_ID==%d && FIELD_ID==%d" % (d, fid))
-                if sub.nrows() == 0:
-                    sub.close()
+                rows = matched(tb, npz, d, fid, column, vis)
+                if rows is None:
                     continue
-                col, flag = sub.getcol(column), sub.getcol("FLAG")
-                k = keys(sub.getcol("TIME"), sub.getcol("ANTENNA1"), sub.getcol("ANTENNA2"))
-                sub.close()
-                mkeys = keys(npz["time%d" % d], npz["a1_%d" % d], npz["a2_%d" % d])
-                order = np.argsort(mkeys)
-                pos = order[np.searchsorted(mkeys[order], k)]
-                if not np.array_equal(mkeys[pos], k):
-                    raise SystemExit("rows of %s do not match the model" % vis)
+                col, flag, truth = rows
                 ok = ~flag.any(axis=0)  # a visibility with all four products
                 data.append(col[:, ok])
-                model.append(npz["model%d" % d][:, :, pos][:, ok])
+                model.append(truth[:, ok])
             if not data:
                 continue
             v, m = np.concatenate(data, axis=1), np.concatenate(model, axis=1)
